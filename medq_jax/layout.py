@@ -1,0 +1,261 @@
+"""The token-layout contract between data and model, and the packer that builds it.
+
+A MedQ-UNI sample in logical order (one split each; stage 1 drops the description):
+
+  split 0 causal  <|im_start|> instruction <|im_end|>                       und (text)
+  split 1 full    <|vision_start|> ViT(I_low) <|vision_end|>                 und (text, vit)
+  split 2 full    <|vision_start|> VAE(I_low) clean <|vision_end|>           und markers, gen
+  split 3 causal  <|im_start|> description <|im_end|>     (CE loss)          und (text)
+  split 4 noise   <|vision_start|> VAE(I_high) noised <|vision_end|> (flow)  und markers, gen
+
+Text tokens advance the RoPE position by one; all tokens of one image (markers included) share
+one position. A batch row holds one example; every array has a static shape from `LayoutSpec`.
+
+Batch keys (per row; the collated batch adds a leading [B]):
+  und_token_ids, und_kind, und_positions, und_sample_ids, und_split_ids, und_split_modes,
+  und_vit_index, und_targets, und_loss_mask                                      [Lu]
+  vit_patches [Nv, 3*p*p] (SigLIP-normalised), vit_position_ids [Nv], vit_valid [Nv]
+  vae_images [2, H, W, 3] in [-1, 1] (condition, target)
+  gen_image_index, gen_latent_pos, gen_positions, gen_sample_ids, gen_split_ids,
+  gen_split_modes, gen_noised, gen_loss_mask                                     [Lg]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from skimage.transform import resize
+
+from medq_jax.models.attention import PAD_SAMPLE, SPLIT_CAUSAL, SPLIT_FULL, SPLIT_NOISE
+
+KIND_PAD, KIND_TEXT, KIND_VIT = 0, 1, 2
+STAGES = (1, 2)
+
+
+class LayoutError(ValueError):
+  """An example cannot be packed (too long, wrong image shape, missing field)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutSpec:
+  """Static sizes of a packed row, derived from `config.model` and `config.layout`."""
+
+  max_und_len: int
+  vit_image_size: int
+  vit_patch_size: int
+  vit_grid_side: int
+  vae_image_size: int
+  vae_downsample: int
+  latent_patch_size: int
+  max_latent_size: int
+  stage: int
+
+  @classmethod
+  def from_config(cls, model, layout, stage: int) -> "LayoutSpec":
+    if stage not in STAGES:
+      raise ValueError(f"train.stage: expected 1 or 2, got {stage!r}")
+    spec = cls(max_und_len=layout.max_und_len, vit_image_size=layout.vit_image_size,
+               vit_patch_size=model.vit.patch_size,
+               vit_grid_side=model.vit.image_size // model.vit.patch_size,
+               vae_image_size=layout.vae_image_size,
+               vae_downsample=2 ** (len(model.vae.ch_mult) - 1),
+               latent_patch_size=model.latent_patch_size, max_latent_size=model.max_latent_size,
+               stage=stage)
+    spec.validate()
+    return spec
+
+  def validate(self):
+    if self.vit_image_size % self.vit_patch_size:
+      raise ValueError(f"layout.vit_image_size={self.vit_image_size} is not a multiple of the "
+                       f"ViT patch size {self.vit_patch_size}")
+    if self.vit_image_size // self.vit_patch_size > self.vit_grid_side:
+      raise ValueError(f"layout.vit_image_size={self.vit_image_size} exceeds the ViT position grid "
+                       f"({self.vit_grid_side} patches per side)")
+    unit = self.vae_downsample * self.latent_patch_size
+    if self.vae_image_size % unit:
+      raise ValueError(f"layout.vae_image_size={self.vae_image_size} must be a multiple of {unit} "
+                       "(VAE downsampling x latent patch)")
+    if self.latent_side > self.max_latent_size:
+      raise ValueError(f"layout.vae_image_size={self.vae_image_size} gives {self.latent_side} latent "
+                       f"patches per side > model.max_latent_size={self.max_latent_size}")
+
+  @property
+  def vit_side(self) -> int:
+    return self.vit_image_size // self.vit_patch_size
+
+  @property
+  def num_vit_tokens(self) -> int:
+    return self.vit_side ** 2
+
+  @property
+  def latent_side(self) -> int:
+    return self.vae_image_size // (self.vae_downsample * self.latent_patch_size)
+
+  @property
+  def tokens_per_image(self) -> int:
+    return self.latent_side ** 2
+
+  @property
+  def gen_len(self) -> int:
+    return 2 * self.tokens_per_image
+
+
+def image_to_vit_patches(image: np.ndarray, patch: int, grid_side: int):
+  """[H, W, C] in [-1, 1] -> (patches [N, C*p*p] in (C, kh, kw) order, position ids [N])."""
+  height, width, channels = image.shape
+  rows, cols = height // patch, width // patch
+  patches = image.reshape(rows, patch, cols, patch, channels).transpose(0, 2, 4, 1, 3)
+  patches = patches.reshape(rows * cols, channels * patch * patch)
+  ids = (np.arange(rows)[:, None] * grid_side + np.arange(cols)[None, :]).reshape(-1)
+  return patches.astype(np.float32), ids.astype(np.int32)
+
+
+def _to_rgb(image: np.ndarray, size: int, name: str, example_id: str) -> np.ndarray:
+  """Grey [H, W] in [0, 1] -> [size, size, 3] in [-1, 1]."""
+  image = np.asarray(image, np.float32)
+  if image.ndim != 2 or min(image.shape) < 2:
+    raise LayoutError(f"example {example_id}: field {name!r} must be a 2-D image, got shape "
+                      f"{image.shape}")
+  if not np.isfinite(image).all():
+    raise LayoutError(f"example {example_id}: field {name!r} has NaN/Inf pixels")
+  if image.shape != (size, size):
+    image = resize(image, (size, size), order=1, anti_aliasing=True, preserve_range=True)
+  image = np.clip(image, 0.0, 1.0) * 2.0 - 1.0
+  return np.repeat(image[..., None], 3, axis=-1).astype(np.float32)
+
+
+class _RowBuilder:
+  """Accumulates und/gen tokens of one row in logical order."""
+
+  def __init__(self):
+    self.und = {k: [] for k in ("token_ids", "kind", "positions", "split_ids", "split_modes",
+                                "vit_index", "targets", "loss_mask")}
+    self.gen = {k: [] for k in ("image_index", "latent_pos", "positions", "split_ids",
+                                "split_modes", "noised")}
+    self.position = 0
+    self.split = 0
+
+  def _und(self, token, kind, mode, vit_index=0, target=-1, loss=0.0):
+    for key, value in zip(self.und, (token, kind, self.position, self.split, mode, vit_index,
+                                     target, loss)):
+      self.und[key].append(value)
+
+  def text(self, ids: Sequence[int], loss: bool):
+    for index, token in enumerate(ids):
+      has_next = index + 1 < len(ids)
+      self._und(token, KIND_TEXT, SPLIT_CAUSAL, target=ids[index + 1] if has_next else -1,
+                loss=float(loss and has_next))
+      self.position += 1
+    self.split += 1
+
+  def vit_image(self, num_tokens: int, start: int, end: int):
+    self._und(start, KIND_TEXT, SPLIT_FULL)
+    for index in range(num_tokens):
+      self._und(0, KIND_VIT, SPLIT_FULL, vit_index=index)
+    self._und(end, KIND_TEXT, SPLIT_FULL)
+    self.position += 1
+    self.split += 1
+
+  def vae_image(self, image_index: int, side: int, max_side: int, noised: bool, start: int, end: int):
+    mode = SPLIT_NOISE if noised else SPLIT_FULL
+    self._und(start, KIND_TEXT, mode)
+    latent_pos = (np.arange(side)[:, None] * max_side + np.arange(side)[None, :]).reshape(-1)
+    for pos in latent_pos:
+      for key, value in zip(self.gen, (image_index, pos, self.position, self.split, mode, noised)):
+        self.gen[key].append(value)
+    self._und(end, KIND_TEXT, mode)
+    self.position += 1
+    self.split += 1
+
+
+def pack_example(example: Mapping[str, Any], tokenizer, spec: LayoutSpec,
+                 special: Mapping[str, int]) -> dict[str, np.ndarray]:
+  """Packs one data-pipeline example into a fixed-shape row (see module docstring).
+
+  Raises LayoutError naming the example and field when it cannot be packed.
+  """
+  example_id = str(example.get("id", "<no id>"))
+  for field in ("low", "high", "instruction") + (("description",) if spec.stage == 2 else ()):
+    if field not in example:
+      raise LayoutError(f"example {example_id}: missing field {field!r}")
+  encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
+  row = _RowBuilder()
+  row.text([special["im_start"], *encode(example["instruction"]), special["im_end"]], loss=False)
+  row.vit_image(spec.num_vit_tokens, special["vision_start"], special["vision_end"])
+  row.vae_image(0, spec.latent_side, spec.max_latent_size, False, special["vision_start"],
+                special["vision_end"])
+  if spec.stage == 2:
+    row.text([special["im_start"], *encode(example["description"]), special["im_end"]], loss=True)
+  row.vae_image(1, spec.latent_side, spec.max_latent_size, True, special["vision_start"],
+                special["vision_end"])
+
+  und_len = len(row.und["token_ids"])
+  if und_len > spec.max_und_len:
+    raise LayoutError(f"example {example_id}: {und_len} und tokens exceed layout.max_und_len="
+                      f"{spec.max_und_len} (shorten the texts or raise the limit)")
+  pad = spec.max_und_len - und_len
+  out = {}
+  pad_values = dict(token_ids=special["pad"], kind=KIND_PAD, targets=-1)
+  for key, values in row.und.items():
+    dtype = np.float32 if key == "loss_mask" else np.int32
+    out[f"und_{key}"] = np.asarray(values + [pad_values.get(key, 0)] * pad, dtype)
+  out["und_sample_ids"] = np.where(out["und_kind"] == KIND_PAD, PAD_SAMPLE, 0).astype(np.int32)
+  for key, values in row.gen.items():
+    out[f"gen_{key}"] = np.asarray(values, np.bool_ if key == "noised" else np.int32)
+  out["gen_sample_ids"] = np.zeros(spec.gen_len, np.int32)
+  out["gen_loss_mask"] = out["gen_noised"].astype(np.float32)
+
+  vit_image = _to_rgb(example["low"], spec.vit_image_size, "low", example_id)
+  out["vit_patches"], out["vit_position_ids"] = image_to_vit_patches(
+      vit_image, spec.vit_patch_size, spec.vit_grid_side)
+  out["vit_valid"] = np.ones(spec.num_vit_tokens, np.bool_)
+  out["vae_images"] = np.stack([_to_rgb(example["low"], spec.vae_image_size, "low", example_id),
+                                _to_rgb(example["high"], spec.vae_image_size, "high", example_id)])
+  return out
+
+
+def collate(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Stacks packed rows into a batch with a leading [B] axis."""
+  return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+
+
+class PackExamples:
+  """Picklable Grain map transform: example dict -> packed row (for the trainer's pipeline)."""
+
+  def __init__(self, tokenizer_dir: str, spec: LayoutSpec):
+    self.tokenizer_dir = tokenizer_dir
+    self.spec = spec
+    self._tokenizer = None
+
+  def map(self, example):
+    if self._tokenizer is None:
+      from medq_jax.tokenizer import load_tokenizer, special_ids
+      self._tokenizer = load_tokenizer(self.tokenizer_dir)
+      self._special = special_ids(self._tokenizer)
+    return pack_example(example, self._tokenizer, self.spec, self._special)
+
+
+def zeros_batch(spec: LayoutSpec, batch_size: int, latent_dim: int) -> dict[str, np.ndarray]:
+  """A zero batch with the exact shapes/dtypes of a collated layout batch plus the model's
+  gen inputs (`gen_latents` [B, Lg, latent_dim], `gen_timesteps` [B, Lg]); for init and AOT."""
+  lu, lg, nv, p = spec.max_und_len, spec.gen_len, spec.num_vit_tokens, spec.vit_patch_size
+  size = spec.vae_image_size
+  shapes = {
+      **{f"und_{k}": ((lu,), np.int32) for k in ("token_ids", "kind", "positions", "sample_ids",
+                                                 "split_ids", "split_modes", "vit_index",
+                                                 "targets")},
+      "und_loss_mask": ((lu,), np.float32),
+      "vit_patches": ((nv, 3 * p * p), np.float32),
+      "vit_position_ids": ((nv,), np.int32),
+      "vit_valid": ((nv,), np.bool_),
+      "vae_images": ((2, size, size, 3), np.float32),
+      **{f"gen_{k}": ((lg,), np.int32) for k in ("image_index", "latent_pos", "positions",
+                                                 "sample_ids", "split_ids", "split_modes")},
+      "gen_noised": ((lg,), np.bool_),
+      "gen_loss_mask": ((lg,), np.float32),
+      "gen_latents": ((lg, latent_dim), np.float32),
+      "gen_timesteps": ((lg,), np.float32),
+  }
+  return {k: np.zeros((batch_size,) + shape, dtype) for k, (shape, dtype) in shapes.items()}

@@ -1,0 +1,98 @@
+"""Joint attention over the und and gen streams: BAGEL's mask semantics computed from per-token
+ids, and one dispatch point for attention implementations (xla reference, cudnn, splash).
+
+Every token carries `TokenIds`: the packed sample it belongs to, the logical split (a text span
+or one image) and that split's mode. Token i may attend to token j iff
+
+  same sample  and  (split_j < split_i  or  (split_j == split_i and (mode is full/noise or
+  order_j <= order_i)))  and  not (mode_j == noise and split_j != split_i),
+
+i.e. causal text, bidirectional images, and no token outside a noise split sees into it.
+`order` is the RoPE position, which increases by one per text token inside a causal split.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+SPLIT_CAUSAL = 0
+SPLIT_FULL = 1
+SPLIT_NOISE = 2
+PAD_SAMPLE = -1  # sample id of padding tokens: they attend and are attended by nothing else
+
+
+class TokenIds(NamedTuple):
+  """Per-token mask ids, each [B, L] int32."""
+
+  sample: jax.Array
+  split: jax.Array
+  mode: jax.Array
+  order: jax.Array
+
+  @staticmethod
+  def concat(a: "TokenIds", b: "TokenIds") -> "TokenIds":
+    return TokenIds(*(jnp.concatenate([x, y], axis=1) for x, y in zip(a, b)))
+
+
+def allowed_mask(q: TokenIds, kv: TokenIds) -> jax.Array:
+  """Boolean [B, Lq, Lk]: may query i attend to key j. Padding attends only to itself."""
+  same_sample = q.sample[:, :, None] == kv.sample[:, None, :]
+  split_q, split_k = q.split[:, :, None], kv.split[:, None, :]
+  earlier_split = split_k < split_q
+  same_split = split_k == split_q
+  bidirectional = q.mode[:, :, None] != SPLIT_CAUSAL
+  causal_ok = kv.order[:, None, :] <= q.order[:, :, None]
+  within = same_split & (bidirectional | causal_ok)
+  into_noise = (kv.mode[:, None, :] == SPLIT_NOISE) & ~same_split
+  allowed = same_sample & (earlier_split | within) & ~into_noise
+  is_pad = (q.sample[:, :, None] == PAD_SAMPLE) | (kv.sample[:, None, :] == PAD_SAMPLE)
+  return jnp.where(is_pad, same_sample & same_split & (kv.order[:, None, :] == q.order[:, :, None]),
+                   allowed)
+
+
+def xla_attention(q, k, v, mask):
+  """Reference attention with grouped-query heads and an arbitrary boolean mask.
+
+  q: [B, Lq, H, D]; k, v: [B, Lk, KV, D] with H % KV == 0; mask: [B, Lq, Lk].
+  Returns [B, Lq, H, D]. Softmax in float32; fully masked rows give zeros.
+  """
+  batch, q_len, heads, head_dim = q.shape
+  kv_heads = k.shape[2]
+  groups = heads // kv_heads
+  q = q.reshape(batch, q_len, kv_heads, groups, head_dim)
+  logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
+  logits = logits / jnp.sqrt(jnp.float32(head_dim))
+  big_neg = jnp.finfo(jnp.float32).min
+  logits = jnp.where(mask[:, None, None, :, :], logits, big_neg)
+  weights = jax.nn.softmax(logits, axis=-1)
+  weights = jnp.where(mask[:, None, None, :, :], weights, 0.0).astype(v.dtype)
+  out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v)
+  return out.reshape(batch, q_len, heads, head_dim)
+
+
+def cudnn_attention(q, k, v, mask):
+  """cuDNN flash attention through `jax.nn.dot_product_attention` (GPU only)."""
+  heads, kv_heads = q.shape[2], k.shape[2]
+  if heads != kv_heads:
+    k = jnp.repeat(k, heads // kv_heads, axis=2)
+    v = jnp.repeat(v, heads // kv_heads, axis=2)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="cudnn")
+
+
+def attention(q, k, v, q_ids: TokenIds, kv_ids: TokenIds, impl: str = "xla"):
+  """The one attention entry point: builds the mask from ids and dispatches on `impl`."""
+  mask = allowed_mask(q_ids, kv_ids)
+  if impl == "xla":
+    return xla_attention(q, k, v, mask)
+  if impl == "cudnn":
+    if jax.default_backend() != "gpu":
+      raise ValueError("model.attention_impl='cudnn' needs a GPU backend; use 'xla' here")
+    return cudnn_attention(q, k, v, mask)
+  if impl == "splash":
+    raise NotImplementedError(
+        "model.attention_impl='splash' (TPU Pallas kernel) is not wired yet; use 'xla'")
+  raise ValueError(f"model.attention_impl: unknown implementation {impl!r} "
+                   "(expected 'xla', 'cudnn' or 'splash')")

@@ -1,0 +1,85 @@
+"""Small building blocks shared by the decoder and embedders: RMSNorm, RoPE, dense layers with
+logical axis names, and fixed sin-cos position tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+
+def dtype_of(name: str | Dtype) -> Dtype:
+  """'float32' / 'bfloat16' config strings -> jnp dtypes."""
+  return jnp.dtype(name) if isinstance(name, str) else name
+
+
+def logical_dense(features: int, axes: tuple[str, str], *, use_bias: bool, dtype: Dtype,
+                  param_dtype: Dtype, name: str, zero_init: bool = False) -> nn.Dense:
+  """nn.Dense whose kernel [in, out] and bias [out] carry logical axis names."""
+  kernel_init = nn.initializers.zeros if zero_init else nn.initializers.normal(0.02)
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
+
+
+class RMSNorm(nn.Module):
+  """Qwen2 RMSNorm: x * rsqrt(mean(x^2) + eps) * weight, computed in float32."""
+
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  axis_name: str = "norm"
+
+  @nn.compact
+  def __call__(self, x):
+    weight = self.param("weight", nn.with_logical_partitioning(nn.initializers.ones,
+                                                               (self.axis_name,)),
+                        (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32 * weight.astype(jnp.float32)).astype(self.dtype)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float):
+  """cos, sin tables [B, L, head_dim] for integer positions [B, L] (Qwen2/HF convention)."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates x [B, L, heads, head_dim] by the tables [B, L, head_dim] (rotate-half form)."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+  return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+def sincos_1d(embed_dim: int, positions: np.ndarray) -> np.ndarray:
+  """MAE 1-D sin-cos table: [len(positions), embed_dim] = concat(sin, cos)."""
+  omega = 1.0 / 10000 ** (np.arange(embed_dim // 2, dtype=np.float64) / (embed_dim / 2.0))
+  out = np.einsum("m,d->md", positions.reshape(-1).astype(np.float64), omega)
+  return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(embed_dim: int, grid_side: int) -> np.ndarray:
+  """MAE/BAGEL 2-D sin-cos table [grid_side**2, embed_dim]; row index = h * grid_side + w."""
+  grid_h = np.arange(grid_side, dtype=np.float32)
+  grid_w = np.arange(grid_side, dtype=np.float32)
+  grid = np.meshgrid(grid_w, grid_h)  # w first, as in MAE
+  emb_a = sincos_1d(embed_dim // 2, grid[0])
+  emb_b = sincos_1d(embed_dim // 2, grid[1])
+  return np.concatenate([emb_a, emb_b], axis=1).astype(np.float32)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Logical sharding constraint on an activation (no-op outside a mesh with rules)."""
+  return nn.with_logical_constraint(x, tuple(axes))

@@ -1,0 +1,99 @@
+"""MedQUni: the unified assess-then-restore model (BAGEL layout) in Flax linen.
+
+It embeds a layout batch (see `medq_jax.layout`) into two dense streams -- und: text tokens and
+ViT tokens; gen: VAE-latent tokens -- runs the MoT decoder once, and returns text logits for the
+und stream and velocity predictions for the gen stream. The frozen VAE lives outside this module
+(`medq_jax.models.vae`): the caller encodes images to latent tokens and noises them, so that the
+trainable parameter tree holds only what training updates.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from medq_jax import layout as layout_lib
+from medq_jax.models.attention import TokenIds
+from medq_jax.models.decoder import MoTDecoder
+from medq_jax.models.embedders import FixedPositionEmbedding, MLPConnector, TimestepEmbedder
+from medq_jax.models.layers import constrain, dtype_of, logical_dense
+from medq_jax.models.vit import SiglipVisionEncoder
+
+Batch = Mapping[str, jax.Array]
+
+
+def stream_ids(batch: Batch, prefix: str) -> TokenIds:
+  """The mask ids of one stream ('und' or 'gen') from a layout batch."""
+  return TokenIds(sample=batch[f"{prefix}_sample_ids"], split=batch[f"{prefix}_split_ids"],
+                  mode=batch[f"{prefix}_split_modes"], order=batch[f"{prefix}_positions"])
+
+
+class MedQUni(nn.Module):
+  """Unified model. `config` is `config.model` (see configs/model_sizes.py)."""
+
+  config: ml_collections.ConfigDict
+
+  def setup(self):
+    cfg = self.config
+    llm = cfg.llm
+    self.dtype = dtype_of(cfg.dtype)
+    self.param_dtype = dtype_of(cfg.param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.embed_tokens = nn.Embed(
+        llm.vocab_size, llm.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
+        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                    ("vocab", "embed")))
+    self.vit = SiglipVisionEncoder(cfg.vit, scan_layers=cfg.scan_layers,
+                                   remat_policy=cfg.remat_policy, **kw)
+    self.connector = MLPConnector(llm.hidden_size, **kw)
+    vit_grid = cfg.vit.image_size // cfg.vit.patch_size
+    self.vit_pos_embed = FixedPositionEmbedding(vit_grid, llm.hidden_size)
+    latent_dim = cfg.latent_patch_size ** 2 * cfg.vae.z_channels
+    self.vae2llm = logical_dense(llm.hidden_size, ("latent", "embed"), use_bias=True,
+                                 name="vae2llm", **kw)
+    self.time_embedder = TimestepEmbedder(llm.hidden_size, cfg.timestep_freq_dim, **kw)
+    self.latent_pos_embed = FixedPositionEmbedding(cfg.max_latent_size, llm.hidden_size)
+    self.decoder = MoTDecoder(llm, cfg.expert_scope, cfg.attention_impl, self.dtype,
+                              self.param_dtype, cfg.scan_layers, cfg.remat_policy)
+    self.lm_head = logical_dense(llm.vocab_size, ("embed", "vocab"), use_bias=False,
+                                 name="lm_head", **kw)
+    # Zero-initialised as in BAGEL, so a fresh gen expert starts from a zero velocity.
+    self.llm2vae = logical_dense(latent_dim, ("embed", "latent"), use_bias=True,
+                                 name="llm2vae", zero_init=True, **kw)
+
+  def embed_und(self, batch: Batch) -> jax.Array:
+    """und stream embeddings [B, Lu, D]: token embeddings, with ViT tokens in their slots."""
+    text = self.embed_tokens(batch["und_token_ids"])
+    vit = self.vit(batch["vit_patches"], batch["vit_position_ids"], batch["vit_valid"])
+    vit = self.connector(vit) + self.vit_pos_embed(batch["vit_position_ids"]).astype(self.dtype)
+    vit_in_slots = jnp.take_along_axis(vit, batch["und_vit_index"][..., None], axis=1)
+    is_vit = (batch["und_kind"] == layout_lib.KIND_VIT)[..., None]
+    return jnp.where(is_vit, vit_in_slots.astype(self.dtype), text.astype(self.dtype))
+
+  def embed_gen(self, batch: Batch) -> jax.Array:
+    """gen stream embeddings [B, Lg, D] from (noised) latent tokens, timesteps and positions."""
+    latents = batch["gen_latents"].astype(self.dtype)
+    return (self.vae2llm(latents) + self.time_embedder(batch["gen_timesteps"])
+            + self.latent_pos_embed(batch["gen_latent_pos"]).astype(self.dtype))
+
+  def hidden_states(self, batch: Batch):
+    """Runs the decoder; returns final-normed (und_h [B, Lu, D], gen_h [B, Lg, D])."""
+    und_h = constrain(self.embed_und(batch), ("act_batch", "act_len", "act_embed"))
+    gen_h = constrain(self.embed_gen(batch), ("act_batch", "act_len", "act_embed"))
+    return self.decoder(und_h, gen_h, stream_ids(batch, "und"), stream_ids(batch, "gen"),
+                        batch["und_positions"], batch["gen_positions"])
+
+  def __call__(self, batch: Batch):
+    """Returns {'logits': [B, Lu, vocab] float32, 'velocity': [B, Lg, p*p*z] float32}."""
+    und_h, gen_h = self.hidden_states(batch)
+    logits = constrain(self.lm_head(und_h), ("act_batch", "act_len", "act_vocab"))
+    velocity = self.llm2vae(gen_h)
+    return {"logits": logits.astype(jnp.float32), "velocity": velocity.astype(jnp.float32)}
+
+
+def param_count(params: Any) -> int:
+  return sum(x.size for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,101 @@
+"""Train state, optimizer and sharded initialisation.
+
+Parameters are created already sharded: `jax.jit(init, out_shardings=...)` from the logical
+partitioning metadata, so no host ever materialises the whole tree.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from medq_jax import layout as layout_lib
+from medq_jax.models.medq_uni import MedQUni
+from medq_jax.models.vae import FluxAutoEncoder
+from medq_jax.train import sharding as sharding_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a train step updates. `params` are the trainable MedQUni parameters."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def latent_dim(model_config) -> int:
+  return model_config.latent_patch_size ** 2 * model_config.vae.z_channels
+
+
+def path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def trainable_labels(params: Any, stage: int, stage1_regex: str) -> Any:
+  """'train' / 'freeze' per parameter: stage 1 trains only the gen (Med-IR) expert."""
+  pattern = re.compile(stage1_regex)
+  def label(path, _):
+    if stage == 2:
+      return "train"
+    return "train" if pattern.search(path_name(path)) else "freeze"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(train_config, params: Any) -> optax.GradientTransformation:
+  """AdamW with linear warmup + cosine decay (paper: cosine from 2e-5), global-norm clipping,
+  and frozen parameters (stage 1) set to zero updates."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, train_config.learning_rate, max(train_config.warmup_steps, 1),
+      max(train_config.steps, train_config.warmup_steps + 1))
+  adamw = optax.chain(optax.clip_by_global_norm(train_config.grad_clip_norm),
+                      optax.adamw(schedule, weight_decay=train_config.weight_decay))
+  labels = trainable_labels(params, train_config.stage, train_config.stage1_trainable)
+  return optax.multi_transform({"train": adamw, "freeze": optax.set_to_zero()}, labels)
+
+
+def build_models(model_config):
+  """(MedQUni, FluxAutoEncoder) modules for `config.model`."""
+  vae = FluxAutoEncoder(model_config.vae)
+  return MedQUni(model_config), vae
+
+
+def _init_fns(model, vae, spec: layout_lib.LayoutSpec, model_config):
+  batch = layout_lib.zeros_batch(spec, 1, latent_dim(model_config))
+  image = batch["vae_images"][:, 0]
+  model_init = lambda rng: model.init(rng, batch)["params"]
+  vae_init = lambda rng: vae.init(rng, image)["params"]
+  return model_init, vae_init
+
+
+def init_params_sharded(model, vae, spec, model_config, mesh, rules, rng):
+  """Initialises (model params, vae params) directly into their mesh shardings.
+
+  Returns (params, vae_params, param_shardings, vae_shardings), params unboxed.
+  """
+  model_init, vae_init = _init_fns(model, vae, spec, model_config)
+  rng_model, rng_vae = jax.random.split(rng)
+  results = []
+  for init_fn, key in ((model_init, rng_model), (vae_init, rng_vae)):
+    abstract = jax.eval_shape(init_fn, key)
+    shardings = sharding_lib.mesh_shardings(abstract, mesh, rules)
+    params = jax.jit(lambda k: nn.unbox(init_fn(k)), out_shardings=shardings)(key)
+    results.append((params, shardings))
+  (params, param_shardings), (vae_params, vae_shardings) = results
+  return params, vae_params, param_shardings, vae_shardings
+
+
+def abstract_boxed_params(model, spec, model_config):
+  """Boxed abstract params (with logical names) of MedQUni, without allocating anything."""
+  batch = layout_lib.zeros_batch(spec, 1, latent_dim(model_config))
+  return jax.eval_shape(lambda rng: model.init(rng, batch)["params"], jax.random.PRNGKey(0))
+
+
+def create_train_state(params, optimizer) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))

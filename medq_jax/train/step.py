@@ -1,0 +1,92 @@
+"""The MedQ-UNI loss and train step as pure functions of (state, frozen VAE params, batch, rng).
+
+Per row: the frozen VAE encodes the condition and target images to latent tokens; the target's
+tokens are noised at a logit-normal t (the condition stays clean, t=0); the model predicts the
+velocity of the target and the description's next tokens. Loss (paper Eq. 6 and 8):
+  L = L_rf + alpha * L1 + beta * (1 - SSIM) + lambda * CE,
+with pixel terms on x0_hat = x_t - t v_hat decoded through the frozen VAE.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from medq_jax import objectives
+from medq_jax.models.vae import patchify_latents, unpatchify_latents
+from medq_jax.train.state import TrainState
+
+
+def _grey01(images):
+  """[..., H, W, 3] in [-1, 1] -> [..., H, W] in [0, 1]."""
+  return jnp.clip((jnp.mean(images, axis=-1) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def make_loss_fn(model, vae, model_config, train_config) -> Callable:
+  """Returns loss_fn(params, vae_params, batch, rng) -> (loss, metrics)."""
+  p = model_config.latent_patch_size
+
+  def encode_tokens(vae_params, images):
+    batch, num_images = images.shape[:2]
+    flat = images.reshape((batch * num_images,) + images.shape[2:])
+    latents = vae.apply({"params": vae_params}, flat, method=vae.encode)
+    tokens = patchify_latents(latents, p)
+    return jax.lax.stop_gradient(tokens.reshape(batch, num_images * tokens.shape[1], -1)), latents.shape[1:3]
+
+  def decode_tokens(vae_params, tokens, latent_hw):
+    latents = unpatchify_latents(tokens, latent_hw[0], latent_hw[1], p)
+    return vae.apply({"params": vae_params}, latents, method=vae.decode)
+
+  def loss_fn(params, vae_params, batch, rng):
+    rng_t, rng_eps = jax.random.split(rng)
+    x0, latent_hw = encode_tokens(vae_params, batch["vae_images"])
+    rows = x0.shape[0]
+    t_row = objectives.sample_timesteps(rng_t, (rows,), train_config.timestep_shift)
+    eps = jax.random.normal(rng_eps, x0.shape, jnp.float32)
+    noised = batch["gen_noised"]
+    t_tok = jnp.where(noised, t_row[:, None], 0.0)
+    x_t = jnp.where(noised[..., None], objectives.noise_latents(x0, eps, t_tok), x0)
+    outputs = model.apply({"params": params},
+                          {**batch, "gen_latents": x_t, "gen_timesteps": t_tok})
+    velocity = outputs["velocity"]
+    rf = objectives.rectified_flow_loss(velocity, x0, eps, batch["gen_loss_mask"])
+
+    metrics = {"loss_rf": rf}
+    l_ir = rf
+    if train_config.alpha_l1 or train_config.beta_ssim:
+      per_image = x0.shape[1] // batch["vae_images"].shape[1]
+      target_slice = slice(x0.shape[1] - per_image, None)  # the target is the last image
+      x0_hat = objectives.predicted_clean(x_t, t_tok, velocity)[:, target_slice]
+      restored = _grey01(decode_tokens(vae_params, x0_hat, latent_hw))
+      target = _grey01(batch["vae_images"][:, -1])
+      row_weight = (t_row <= train_config.pixel_loss_max_t).astype(jnp.float32)
+      l1, one_minus_ssim = objectives.pixel_losses(restored, target, row_weight)
+      l_ir = objectives.restoration_loss(rf, l1, one_minus_ssim, train_config.alpha_l1,
+                                         train_config.beta_ssim)
+      metrics.update(loss_l1=l1, loss_1m_ssim=one_minus_ssim)
+    ce, accuracy = objectives.next_token_cross_entropy(outputs["logits"], batch["und_targets"],
+                                                       batch["und_loss_mask"])
+    loss = objectives.total_loss(l_ir, ce, train_config.lambda_iqa)
+    metrics.update(loss=loss, loss_ir=l_ir, loss_ce=ce, token_accuracy=accuracy)
+    return loss, metrics
+
+  return loss_fn
+
+
+def make_train_step(model, vae, optimizer, model_config, train_config) -> Callable:
+  """Returns train_step(state, vae_params, batch, rng) -> (state, metrics); jit it with
+  shardings and donate the state."""
+  loss_fn = make_loss_fn(model, vae, model_config, train_config)
+
+  def train_step(state: TrainState, vae_params: Any, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, vae_params, batch, rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
+    metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2)
+                                        for g in jax.tree_util.tree_leaves(grads)))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
