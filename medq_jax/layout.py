@@ -259,3 +259,23 @@ def zeros_batch(spec: LayoutSpec, batch_size: int, latent_dim: int) -> dict[str,
       "gen_timesteps": ((lg,), np.float32),
   }
   return {k: np.zeros((batch_size,) + shape, dtype) for k, (shape, dtype) in shapes.items()}
+
+
+def text_batch(token_ids: np.ndarray, spec: LayoutSpec, latent_dim: int) -> dict[str, np.ndarray]:
+  """A text-only batch (one causal split per row, empty gen stream) for token ids [B, L]:
+  the und-only path used for LM likelihoods and for parity with plain Qwen2."""
+  token_ids = np.asarray(token_ids, np.int32)
+  batch_size, length = token_ids.shape
+  base = zeros_batch(spec, batch_size, latent_dim)
+  out = {k: v for k, v in base.items() if k.startswith("vit_")}
+  positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length))
+  out.update(und_token_ids=token_ids, und_kind=np.full_like(token_ids, KIND_TEXT),
+             und_positions=positions.copy(), und_sample_ids=np.zeros_like(token_ids),
+             und_split_ids=np.zeros_like(token_ids),
+             und_split_modes=np.full_like(token_ids, SPLIT_CAUSAL),
+             und_vit_index=np.zeros_like(token_ids))
+  for key in ("positions", "sample_ids", "split_ids", "split_modes", "latent_pos"):
+    out[f"gen_{key}"] = np.zeros((batch_size, 0), np.int32)
+  out["gen_latents"] = np.zeros((batch_size, 0, latent_dim), np.float32)
+  out["gen_timesteps"] = np.zeros((batch_size, 0), np.float32)
+  return out

@@ -75,3 +75,14 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
+
+
+import contextlib  # noqa: E402
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, rules):
+  """Activates the mesh and the logical rules, so the model's activation constraints apply
+  while functions are traced (without the rules they are silently no-ops)."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules_tuple(rules)):
+    yield

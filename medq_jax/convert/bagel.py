@@ -1,0 +1,93 @@
+"""Whole-model conversion for BAGEL / UniMedVL / MedQ-Uni checkpoints (`ema.safetensors` plus the
+FLUX `ae.safetensors`), and for a transformers Qwen2 + SigLIP pair, into (MedQUni params, VAE
+params); and export back to BAGEL names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from medq_jax.convert.core import (KeyRule, export_params, iter_safetensors, linear_from_flax,
+                                   linear_to_flax, load_params, save_safetensors)
+from medq_jax.convert.flux_vae import flux_vae_rules
+from medq_jax.convert.qwen2 import QWEN2_IGNORE, decoder_rules
+from medq_jax.convert.siglip import BAGEL_PREFIX, siglip_ignore_patterns, siglip_rules
+
+# Fixed sin-cos buffers BAGEL stores but we compute.
+BAGEL_IGNORE = (r"^latent_pos_embed\.pos_embed$", r"^vit_pos_embed\.pos_embed$") + QWEN2_IGNORE
+
+
+def _linear(src: str, dst: str) -> list[KeyRule]:
+  return [KeyRule(f"{src}.weight", f"{dst}/kernel", linear_to_flax, linear_from_flax),
+          KeyRule(f"{src}.bias", f"{dst}/bias")]
+
+
+def bagel_rules(model_config) -> list[KeyRule]:
+  """Rules for every MedQUni parameter in BAGEL's naming."""
+  llm = model_config.llm
+  rules = decoder_rules("language_model.model.", "language_model.lm_head.weight",
+                        model_config.expert_scope, llm.qk_norm)
+  rules += siglip_rules(BAGEL_PREFIX, "vit", num_channels=model_config.vit.num_channels,
+                        scan_layers=model_config.scan_layers)
+  rules += _linear("connector.fc1", "connector/fc1") + _linear("connector.fc2", "connector/fc2")
+  rules += _linear("vae2llm", "vae2llm") + _linear("llm2vae", "llm2vae")
+  rules += _linear("time_embedder.mlp.0", "time_embedder/mlp_0")
+  rules += _linear("time_embedder.mlp.2", "time_embedder/mlp_2")
+  return rules
+
+
+def load_bagel(model_config, target_params: Any, target_vae: Any, ema_path: str | Sequence[str],
+               ae_path: str):
+  """Loads (params, vae_params) from BAGEL-format files, tensor by tensor.
+
+  target_params / target_vae: trees with `.shape` leaves (e.g. from `jax.eval_shape`).
+  Raises ConversionError listing missing/unexpected keys and shape mismatches.
+  """
+  params = load_params(target_params, iter_safetensors(ema_path), bagel_rules(model_config),
+                       ignore=BAGEL_IGNORE + siglip_ignore_patterns(BAGEL_PREFIX))
+  vae_params = load_params(target_vae, iter_safetensors(ae_path), flux_vae_rules())
+  return params, vae_params
+
+
+def export_bagel(model_config, params: Any, vae_params: Any, ema_path: str, ae_path: str,
+                 max_shard_bytes: int = 4 << 30) -> list[str]:
+  """Writes MedQUni params as BAGEL `ema.safetensors` and the VAE as FLUX `ae.safetensors`."""
+  files = save_safetensors(export_params(params, bagel_rules(model_config)), ema_path,
+                           max_shard_bytes=max_shard_bytes)
+  files += save_safetensors(export_params(vae_params, flux_vae_rules()), ae_path,
+                            max_shard_bytes=max_shard_bytes)
+  return files
+
+
+def _select(tree: dict, keep) -> dict:
+  from medq_jax.convert.core import flatten, unflatten
+  return unflatten({p: v for p, v in flatten(tree).items() if keep(p)})
+
+
+def init_from_pretrained(model_config, init_params: dict, qwen2_path: str | None = None,
+                         siglip_path: str | None = None) -> dict:
+  """BAGEL-style start from separately pretrained parts in transformers' naming.
+
+  The decoder's und expert loads from a `Qwen2ForCausalLM` checkpoint and the gen expert starts
+  as a copy of it; the ViT loads from a `SiglipVisionModel` checkpoint; every other parameter
+  (connector, vae2llm, llm2vae, time embedder) keeps its value from `init_params`.
+  """
+  from medq_jax.convert.core import flatten, unflatten
+  from medq_jax.convert.qwen2 import GEN, copy_und_to_gen, qwen2_rules
+  from medq_jax.convert.siglip import TRANSFORMERS_PREFIX
+
+  flat = dict(flatten(init_params))
+  if qwen2_path is not None:
+    is_und_llm = lambda p: (p.startswith(("decoder/", "embed_tokens/", "lm_head/")) and GEN not in p)
+    loaded = load_params(_select(init_params, is_und_llm), iter_safetensors(qwen2_path),
+                         qwen2_rules(model_config.expert_scope, model_config.llm.qk_norm),
+                         ignore=QWEN2_IGNORE)
+    flat.update(flatten(loaded))
+    flat = flatten(copy_und_to_gen(unflatten(flat)))
+  if siglip_path is not None:
+    vit = load_params(init_params["vit"], iter_safetensors(siglip_path),
+                      siglip_rules(TRANSFORMERS_PREFIX, "", num_channels=model_config.vit.num_channels,
+                                   scan_layers=model_config.scan_layers),
+                      ignore=siglip_ignore_patterns(TRANSFORMERS_PREFIX))
+    flat.update(flatten({"vit": vit}))
+  return unflatten(flat)
