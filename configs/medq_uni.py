@@ -13,6 +13,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common, model_sizes
+from configs.data import medq_sample
 
 # Logical axis -> mesh axis (or None = replicated). The one place parallelism is decided.
 SHARDING_RULES = (
@@ -91,6 +92,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Stage 1 trains the Med-IR (gen) expert alone: parameters matching this regex.
       stage1_trainable=r"(_moe_gen|vae2llm|llm2vae|time_embedder)",
       log_every=1,
+      checkpoint_every=10,
   ))
-  config.workdir = "runs/medq_uni"
+  # The data config (configs/data/medq_sample.py) at the VAE image size; the built-in real
+  # images by default, a real dataset with --config.data.source / --config.data.paths.*.
+  config.data = medq_sample.get_config(f"image_size={images.vae_image_size}")
+  config.data.data_dir = f"runs/data/{arg.size}"
+  config.workdir = f"runs/medq_uni_{arg.size}_stage{arg.stage}"
   return config

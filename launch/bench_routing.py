@@ -1,0 +1,81 @@
+"""Routing overhead of the two-stream MoT decoder: forward+backward step time of `small` with
+expert_scope 'ffn' and 'all' against a single dense expert of the same per-token width (all
+tokens in one stream: identical per-token FLOPs). Target: ratio <= 1.05.
+
+  python -m launch.bench_routing --config=configs/medq_uni.py:size=small --batch=4
+"""
+
+import functools
+
+from absl import app, flags
+from ml_collections import config_flags
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from medq_jax.models.attention import TokenIds
+from medq_jax.models.decoder import MoTDecoder
+from medq_jax.models.layers import dtype_of
+from medq_jax.train.timing import compile_seconds, median_seconds, print_table
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/medq_uni.py:size=small",
+                                          "Config file.", lock_config=True)
+_BATCH = flags.DEFINE_integer("batch", 4, "Rows per step.")
+_UND_LEN = flags.DEFINE_integer("und_len", 192, "und tokens per row.")
+_GEN_LEN = flags.DEFINE_integer("gen_len", 64, "gen tokens per row.")
+_ITERS = flags.DEFINE_integer("iters", 10, "Timed iterations.")
+
+
+def _ids(batch, length, offset):
+  order = jnp.broadcast_to(jnp.arange(offset, offset + length, dtype=jnp.int32), (batch, length))
+  zeros = jnp.zeros((batch, length), jnp.int32)
+  return TokenIds(sample=zeros, split=zeros, mode=zeros, order=order), order
+
+
+def step_time(model_config, scope: str, und_len: int, gen_len: int, batch: int, iters: int):
+  """(compile s, median fwd+bwd s) of the decoder with `und_len` und and `gen_len` gen tokens."""
+  llm = model_config.llm
+  decoder = MoTDecoder(llm, scope, model_config.attention_impl, dtype_of(model_config.dtype),
+                       dtype_of(model_config.param_dtype), model_config.scan_layers,
+                       model_config.remat_policy)
+  key = jax.random.PRNGKey(0)
+  und_h = jax.random.normal(key, (batch, und_len, llm.hidden_size))
+  gen_h = jax.random.normal(key, (batch, gen_len, llm.hidden_size))
+  und_ids, und_pos = _ids(batch, und_len, 0)
+  gen_ids, gen_pos = _ids(batch, gen_len, und_len)
+  params = nn.unbox(decoder.init(key, und_h, gen_h, und_ids, gen_ids, und_pos, gen_pos))
+
+  def loss(p, u, g):
+    out_u, out_g = decoder.apply(p, u, g, und_ids, gen_ids, und_pos, gen_pos)
+    return jnp.sum(out_u.astype(jnp.float32) ** 2) + jnp.sum(out_g.astype(jnp.float32) ** 2)
+
+  grad_fn = jax.jit(jax.grad(loss))
+  compiled, seconds = compile_seconds(grad_fn, params, und_h, gen_h)
+  return seconds, median_seconds(compiled, params, und_h, gen_h, iters=iters)
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  total = _UND_LEN.value + _GEN_LEN.value
+  run = functools.partial(step_time, config.model, batch=_BATCH.value, iters=_ITERS.value)
+  dense_c, dense = run(scope="ffn", und_len=total, gen_len=0)
+  rows = [["dense (one expert)", total, 0, dense_c, dense * 1e3, 1.0]]
+  for scope in ("ffn", "all"):
+    compile_s, t = run(scope=scope, und_len=_UND_LEN.value, gen_len=_GEN_LEN.value)
+    rows.append([f"MoT scope={scope}", _UND_LEN.value, _GEN_LEN.value, compile_s, t * 1e3,
+                 t / dense])
+  print(f"size={config.model.size} layers={config.model.llm.num_layers} "
+        f"hidden={config.model.llm.hidden_size} batch={_BATCH.value} backend={jax.default_backend()}")
+  print_table(["variant", "und tokens", "gen tokens", "compile s", "fwd+bwd ms", "ratio vs dense"],
+              rows)
+  print(f"routing overhead: ffn {rows[1][5]:.3f}x, all {rows[2][5]:.3f}x (target <= 1.05)")
+
+
+def run_main():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -1,0 +1,115 @@
+"""The training loop: sharded init, AOT-compiled train step, Grain batches, Orbax checkpoints
+(train state + data iterator), metrics to stdout and `workdir/metrics.jsonl`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from medq_jax import layout as layout_lib
+from medq_jax.models.medq_uni import param_count
+from medq_jax.train import checkpoint as checkpoint_lib
+from medq_jax.train import data as data_lib
+from medq_jax.train import sharding as sharding_lib
+from medq_jax.train import state as state_lib
+from medq_jax.train import step as step_lib
+
+
+def ensure_dataset(data_config) -> None:
+  """Runs the precompute (process 0; resumable) when the dataset is not there yet."""
+  from data_pipeline import precompute, tfds_format
+  directory = tfds_format.dataset_dir(data_config.data_dir, data_config.name, data_config.version)
+  if os.path.exists(os.path.join(directory, "dataset_info.json")):
+    return
+  if jax.process_index() == 0:
+    logging.info("no precomputed dataset at %s: running the precompute", directory)
+    precompute.run_precompute(data_config, progress=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("precompute")
+
+
+def _log_memory(compiled) -> None:
+  try:
+    memory = compiled.memory_analysis()
+  except Exception:  # not every backend reports it
+    return
+  if memory is not None:
+    logging.info("train step memory: args %.1f MiB, temps %.1f MiB, output %.1f MiB",
+                 memory.argument_size_in_bytes / 2**20, memory.temp_size_in_bytes / 2**20,
+                 memory.output_size_in_bytes / 2**20)
+
+
+def train(config, workdir: str) -> dict:
+  """Trains per `config` in `workdir`; resumes from the latest checkpoint there. Returns the
+  last step's metrics (floats)."""
+  os.makedirs(workdir, exist_ok=True)
+  ensure_dataset(config.data)
+  spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, config.train.stage)
+  tokenizer_dir = data_lib.ensure_tokenizer(config, workdir)
+  model, vae = state_lib.build_models(config.model)
+  mesh = sharding_lib.make_mesh(config.mesh)
+  rng = jax.random.PRNGKey(config.train.seed)
+  params, vae_params, param_shardings, vae_shardings = state_lib.init_params_sharded(
+      model, vae, spec, config.model, mesh, config.sharding_rules, rng)
+  logging.info("MedQUni parameters: %.2fM (VAE %.2fM), mesh %s", param_count(params) / 1e6,
+               param_count(vae_params) / 1e6, dict(mesh.shape))
+  optimizer = state_lib.make_optimizer(config.train, params)
+  state = jax.jit(lambda p: state_lib.create_train_state(p, optimizer))(params)
+  state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+  step_fn = step_lib.make_train_step(model, vae, optimizer, config.model, config.train)
+
+  iterator = data_lib.make_train_iterator(config, tokenizer_dir, spec)
+  manager = checkpoint_lib.make_manager(os.path.join(workdir, "checkpoints"),
+                                        save_every=config.train.checkpoint_every)
+  restored, start_step = checkpoint_lib.restore_latest(
+      manager, checkpoint_lib.abstract_like(state), iterator)
+  if restored is not None:
+    state = restored
+    logging.info("resumed from step %d", start_step)
+
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+  first = data_lib.as_numpy_batch(next(iterator))
+  with sharding_lib.mesh_context(mesh, config.sharding_rules):
+    jitted = jax.jit(step_fn, in_shardings=(state_shardings, vae_shardings, None, None),
+                     out_shardings=(state_shardings, None), donate_argnums=(0,))
+    global_first = sharding_lib.global_batch(first, mesh)
+    start = time.perf_counter()
+    compiled = jitted.lower(state, vae_params, global_first, rng).compile()
+    logging.info("train step compiled in %.1fs", time.perf_counter() - start)
+  _log_memory(compiled)
+  flops = (compiled.cost_analysis() or {}).get("flops", 0.0) if hasattr(compiled, "cost_analysis") else 0.0
+
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  last = {}
+  batch = global_first
+  for step in range(start_step, config.train.steps):
+    tick = time.perf_counter()
+    state, metrics = compiled(state, vae_params, batch, rng)
+    if (step + 1) % config.train.log_every == 0 or step + 1 == config.train.steps:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      seconds = time.perf_counter() - tick
+      metrics.update(step=step + 1, step_seconds=seconds,
+                     examples_per_second=config.train.batch_size / seconds,
+                     tflops_per_second=flops / seconds / 1e12 if flops else 0.0)
+      if not np.isfinite(metrics["loss"]):
+        raise FloatingPointError(f"step {step + 1}: loss is {metrics['loss']}; stopping")
+      logging.info("step %d: %s", step + 1, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                                                     if k != "step"))
+      if jax.process_index() == 0:
+        with open(metrics_path, "a") as f:
+          f.write(json.dumps(metrics) + "\n")
+      last = metrics
+    checkpoint_lib.save(manager, step + 1, state, iterator,
+                        force=step + 1 == config.train.steps)
+    if step + 1 < config.train.steps:
+      batch = sharding_lib.global_batch(data_lib.as_numpy_batch(next(iterator)), mesh)
+  manager.wait_until_finished()
+  manager.close()
+  return last
