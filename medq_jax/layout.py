@@ -14,7 +14,7 @@ one position. A batch row holds one example; every array has a static shape from
 Batch keys (per row; the collated batch adds a leading [B]):
   und_token_ids, und_kind, und_positions, und_sample_ids, und_split_ids, und_split_modes,
   und_vit_index, und_targets, und_loss_mask                                      [Lu]
-  vit_patches [Nv, 3*p*p] (SigLIP-normalised), vit_position_ids [Nv], vit_valid [Nv]
+  vit_patches [Nv, p*p*3] (kh, kw, C order; SigLIP-normalised), vit_position_ids [Nv], vit_valid [Nv]
   vae_images [2, H, W, 3] in [-1, 1] (condition, target)
   gen_image_index, gen_latent_pos, gen_positions, gen_sample_ids, gen_split_ids,
   gen_split_modes, gen_noised, gen_loss_mask                                     [Lg]
@@ -103,10 +103,13 @@ class LayoutSpec:
 
 
 def image_to_vit_patches(image: np.ndarray, patch: int, grid_side: int):
-  """[H, W, C] in [-1, 1] -> (patches [N, C*p*p] in (C, kh, kw) order, position ids [N])."""
+  """[H, W, C] in [-1, 1] -> (patches [N, p*p*C] in BAGEL's (kh, kw, C) order, position ids [N]).
+
+  NumPy twin of `medq_jax.models.vit.image_to_patches` (kept NumPy so Grain workers need no JAX).
+  """
   height, width, channels = image.shape
   rows, cols = height // patch, width // patch
-  patches = image.reshape(rows, patch, cols, patch, channels).transpose(0, 2, 4, 1, 3)
+  patches = image.reshape(rows, patch, cols, patch, channels).transpose(0, 2, 1, 3, 4)
   patches = patches.reshape(rows * cols, channels * patch * patch)
   ids = (np.arange(rows)[:, None] * grid_side + np.arange(cols)[None, :]).reshape(-1)
   return patches.astype(np.float32), ids.astype(np.int32)

@@ -74,7 +74,6 @@ def init_from_pretrained(model_config, init_params: dict, qwen2_path: str | None
   """
   from medq_jax.convert.core import flatten, unflatten
   from medq_jax.convert.qwen2 import GEN, copy_und_to_gen, qwen2_rules
-  from medq_jax.convert.siglip import TRANSFORMERS_PREFIX
 
   flat = dict(flatten(init_params))
   if qwen2_path is not None:
@@ -85,9 +84,8 @@ def init_from_pretrained(model_config, init_params: dict, qwen2_path: str | None
     flat.update(flatten(loaded))
     flat = flatten(copy_und_to_gen(unflatten(flat)))
   if siglip_path is not None:
-    vit = load_params(init_params["vit"], iter_safetensors(siglip_path),
-                      siglip_rules(TRANSFORMERS_PREFIX, "", num_channels=model_config.vit.num_channels,
-                                   scan_layers=model_config.scan_layers),
-                      ignore=siglip_ignore_patterns(TRANSFORMERS_PREFIX))
+    from medq_jax.convert.siglip import load_siglip
+    vit = load_siglip(init_params["vit"], siglip_path, scan_layers=model_config.scan_layers,
+                      num_channels=model_config.vit.num_channels)
     flat.update(flatten({"vit": vit}))
   return unflatten(flat)
