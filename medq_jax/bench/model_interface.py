@@ -1,0 +1,85 @@
+"""How our own model plugs into the benchmark.
+
+A model implements `BenchModel`. Perception is scored by likelihood: the chosen
+option is argmax_o log P(o | image, question) (the paper's
+``argmax P(c | I, q)``); reasoning uses free text from ``describe``/``compare``.
+`predict_items` runs a model over items and returns predictions rows that the
+normal file scorer consumes, so our model and any MLLM's predictions file go
+through the very same scoring code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from medq_jax.bench.items import load_image
+from medq_jax.bench.prompts import NOREF_REASONING_PROMPT, PAIRED_REASONING_PROMPT, perception_prompt
+from medq_jax.bench.schema import McqItem, ReasoningItem
+
+
+@runtime_checkable
+class BenchModel(Protocol):
+  """The three calls the benchmark needs from a model.
+
+  image: uint8 or float array [H, W] or [H, W, C].
+  """
+
+  def option_log_likelihoods(self, image: np.ndarray, question: str, options: list[str]) -> np.ndarray:
+    """[n_options] log P(option text | image, question), in the order given."""
+    ...
+
+  def describe(self, image: np.ndarray, prompt: str) -> str:
+    """Free-text quality description of one image."""
+    ...
+
+  def compare(self, image_a: np.ndarray, image_b: np.ndarray, prompt: str) -> str:
+    """Free-text comparison of two images ending with which has higher quality."""
+    ...
+
+
+def choose_option(log_likelihoods: np.ndarray, letters: Sequence[str]) -> str:
+  """Argmax over options; ties go to the earliest letter. Rejects NaN and wrong lengths."""
+  scores = np.asarray(log_likelihoods, dtype=np.float64).reshape(-1)
+  if scores.shape[0] != len(letters):
+    raise ValueError(f"model returned {scores.shape[0]} log-likelihoods for {len(letters)} options")
+  if np.isnan(scores).any():
+    raise ValueError(f"model returned NaN log-likelihoods: {scores.tolist()}")
+  return letters[int(np.argmax(scores))]
+
+
+def predict_mcq(model: BenchModel, item: McqItem, image: np.ndarray | None = None) -> dict[str, Any]:
+  """One perception item -> predictions row with the chosen letter and the scores."""
+  image = load_image(item.image) if image is None else image
+  letters = list(item.options)
+  question = perception_prompt(item.question, item.options)
+  scores = model.option_log_likelihoods(image, question, [item.options[k] for k in letters])
+  return {"index": item.index, "prediction": choose_option(scores, letters),
+          "option_log_likelihoods": [float(s) for s in np.asarray(scores).reshape(-1)]}
+
+
+def predict_reasoning(model: BenchModel, item: ReasoningItem) -> dict[str, Any]:
+  """One reasoning item -> predictions row with the model's text."""
+  images = [load_image(ref) for ref in item.images]
+  if item.kind == "paired":
+    text = model.compare(images[0], images[1], item.question or PAIRED_REASONING_PROMPT)
+  else:
+    text = model.describe(images[0], item.question or NOREF_REASONING_PROMPT)
+  return {"index": item.index, "prediction": text}
+
+
+def predict_items(model: BenchModel, items: Sequence) -> list[dict[str, Any]]:
+  """Predictions rows for a list of McqItem or ReasoningItem."""
+  rows = []
+  for item in items:
+    rows.append(predict_mcq(model, item) if isinstance(item, McqItem) else predict_reasoning(model, item))
+  return rows
+
+
+def load_model_from_checkpoint(path: str, config: Any = None) -> BenchModel:
+  """Loads our MedQ-UNI model as a `BenchModel` (wired by the inference issue)."""
+  raise NotImplementedError(
+      f"load_model_from_checkpoint({path!r}): loading a MedQ-UNI checkpoint as a BenchModel lands "
+      "with the inference issue (medq_jax/infer). Meanwhile score a predictions file with "
+      "--predictions, or use --model=heuristic.")
