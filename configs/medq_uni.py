@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   images = model_sizes.image_config(arg.size)
 
   config.layout = ml_collections.ConfigDict(dict(
-      max_und_len={"tiny": 160, "small": 256, "base": 768, "unimedvl_7b": 2048}[arg.size],
+      max_und_len={"tiny": 320, "small": 384, "base": 768, "unimedvl_7b": 2048}[arg.size],
       vit_image_size=images.vit_image_size,
       vae_image_size=images.vae_image_size,
       tokenizer_dir="",  # empty: train a byte-level BPE on the data's texts into workdir

@@ -115,7 +115,7 @@ def image_to_vit_patches(image: np.ndarray, patch: int, grid_side: int):
   return patches.astype(np.float32), ids.astype(np.int32)
 
 
-def _to_rgb(image: np.ndarray, size: int, name: str, example_id: str) -> np.ndarray:
+def to_rgb(image: np.ndarray, size: int, name: str, example_id: str) -> np.ndarray:
   """Grey [H, W] in [0, 1] -> [size, size, 3] in [-1, 1]."""
   image = np.asarray(image, np.float32)
   if image.ndim != 2 or min(image.shape) < 2:
@@ -129,7 +129,7 @@ def _to_rgb(image: np.ndarray, size: int, name: str, example_id: str) -> np.ndar
   return np.repeat(image[..., None], 3, axis=-1).astype(np.float32)
 
 
-class _RowBuilder:
+class RowBuilder:
   """Accumulates und/gen tokens of one row in logical order."""
 
   def __init__(self):
@@ -153,9 +153,9 @@ class _RowBuilder:
       self.position += 1
     self.split += 1
 
-  def vit_image(self, num_tokens: int, start: int, end: int):
+  def vit_image(self, num_tokens: int, start: int, end: int, first_index: int = 0):
     self._und(start, KIND_TEXT, SPLIT_FULL)
-    for index in range(num_tokens):
+    for index in range(first_index, first_index + num_tokens):
       self._und(0, KIND_VIT, SPLIT_FULL, vit_index=index)
     self._und(end, KIND_TEXT, SPLIT_FULL)
     self.position += 1
@@ -173,6 +173,23 @@ class _RowBuilder:
     self.split += 1
 
 
+def finish_und(row: RowBuilder, max_und_len: int, special: Mapping[str, int],
+               example_id: str) -> dict[str, np.ndarray]:
+  """Pads the und tokens of `row` to `max_und_len`; raises LayoutError when they do not fit."""
+  und_len = len(row.und["token_ids"])
+  if und_len > max_und_len:
+    raise LayoutError(f"example {example_id}: {und_len} und tokens exceed layout.max_und_len="
+                      f"{max_und_len} (shorten the texts or raise the limit)")
+  pad = max_und_len - und_len
+  out = {}
+  pad_values = dict(token_ids=special["pad"], kind=KIND_PAD, targets=-1)
+  for key, values in row.und.items():
+    dtype = np.float32 if key == "loss_mask" else np.int32
+    out[f"und_{key}"] = np.asarray(values + [pad_values.get(key, 0)] * pad, dtype)
+  out["und_sample_ids"] = np.where(out["und_kind"] == KIND_PAD, PAD_SAMPLE, 0).astype(np.int32)
+  return out
+
+
 def pack_example(example: Mapping[str, Any], tokenizer, spec: LayoutSpec,
                  special: Mapping[str, int]) -> dict[str, np.ndarray]:
   """Packs one data-pipeline example into a fixed-shape row (see module docstring).
@@ -184,7 +201,7 @@ def pack_example(example: Mapping[str, Any], tokenizer, spec: LayoutSpec,
     if field not in example:
       raise LayoutError(f"example {example_id}: missing field {field!r}")
   encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
-  row = _RowBuilder()
+  row = RowBuilder()
   row.text([special["im_start"], *encode(example["instruction"]), special["im_end"]], loss=False)
   row.vit_image(spec.num_vit_tokens, special["vision_start"], special["vision_end"])
   row.vae_image(0, spec.latent_side, spec.max_latent_size, False, special["vision_start"],
@@ -194,28 +211,18 @@ def pack_example(example: Mapping[str, Any], tokenizer, spec: LayoutSpec,
   row.vae_image(1, spec.latent_side, spec.max_latent_size, True, special["vision_start"],
                 special["vision_end"])
 
-  und_len = len(row.und["token_ids"])
-  if und_len > spec.max_und_len:
-    raise LayoutError(f"example {example_id}: {und_len} und tokens exceed layout.max_und_len="
-                      f"{spec.max_und_len} (shorten the texts or raise the limit)")
-  pad = spec.max_und_len - und_len
-  out = {}
-  pad_values = dict(token_ids=special["pad"], kind=KIND_PAD, targets=-1)
-  for key, values in row.und.items():
-    dtype = np.float32 if key == "loss_mask" else np.int32
-    out[f"und_{key}"] = np.asarray(values + [pad_values.get(key, 0)] * pad, dtype)
-  out["und_sample_ids"] = np.where(out["und_kind"] == KIND_PAD, PAD_SAMPLE, 0).astype(np.int32)
+  out = finish_und(row, spec.max_und_len, special, example_id)
   for key, values in row.gen.items():
     out[f"gen_{key}"] = np.asarray(values, np.bool_ if key == "noised" else np.int32)
   out["gen_sample_ids"] = np.zeros(spec.gen_len, np.int32)
   out["gen_loss_mask"] = out["gen_noised"].astype(np.float32)
 
-  vit_image = _to_rgb(example["low"], spec.vit_image_size, "low", example_id)
+  vit_image = to_rgb(example["low"], spec.vit_image_size, "low", example_id)
   out["vit_patches"], out["vit_position_ids"] = image_to_vit_patches(
       vit_image, spec.vit_patch_size, spec.vit_grid_side)
   out["vit_valid"] = np.ones(spec.num_vit_tokens, np.bool_)
-  out["vae_images"] = np.stack([_to_rgb(example["low"], spec.vae_image_size, "low", example_id),
-                                _to_rgb(example["high"], spec.vae_image_size, "high", example_id)])
+  out["vae_images"] = np.stack([to_rgb(example["low"], spec.vae_image_size, "low", example_id),
+                                to_rgb(example["high"], spec.vae_image_size, "high", example_id)])
   return out
 
 

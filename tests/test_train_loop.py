@@ -50,3 +50,30 @@ def test_resumed_run_matches_uninterrupted_run(data_dir, tmp_path):
   assert [m["step"] for m in _metrics(resumed)] == [1, 2, 3]
   for key in ("loss", "loss_rf", "loss_ce", "grad_norm"):
     assert final_resumed[key] == pytest.approx(final_straight[key], rel=1e-5), key
+
+
+def test_trained_checkpoint_scores_bench_items(data_dir, tmp_path):
+  """The checkpoint of a run restores as a BenchModel and predicts MedQ-Bench items written
+  and read back in VLMEvalKit TSV format."""
+  from medq_jax.bench import model_interface
+  from medq_jax.bench.demo_examples import demo_examples
+  from medq_jax.bench.generator import generate_items, write_items
+  from medq_jax.bench.items import load_mcq_items, load_reasoning_items
+  from medq_jax.train.loop import train
+  workdir = str(tmp_path / "run")
+  config = _config(data_dir, 1)
+  train(config, workdir)
+  model = model_interface.load_model_from_checkpoint(workdir, config)
+  assert isinstance(model, model_interface.BenchModel)
+  model.max_new_tokens = 4
+  paths = write_items(generate_items(demo_examples()[:2], seed=0), str(tmp_path / "items"))
+  mcq = load_mcq_items(paths["qa"]).items[:3]
+  rows = model_interface.predict_items(model, mcq)
+  assert [r["index"] for r in rows] == [i.index for i in mcq]
+  for row, item in zip(rows, mcq):
+    assert row["prediction"] in item.options
+    assert len(row["option_log_likelihoods"]) == len(item.options)
+    assert all(s < 0 for s in row["option_log_likelihoods"])
+  paired = load_reasoning_items(paths["paired"], "paired").items[:1]
+  texts = model_interface.predict_items(model, paired)
+  assert isinstance(texts[0]["prediction"], str)

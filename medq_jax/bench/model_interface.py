@@ -78,8 +78,15 @@ def predict_items(model: BenchModel, items: Sequence) -> list[dict[str, Any]]:
 
 
 def load_model_from_checkpoint(path: str, config: Any = None) -> BenchModel:
-  """Loads our MedQ-UNI model as a `BenchModel` (wired by the inference issue)."""
-  raise NotImplementedError(
-      f"load_model_from_checkpoint({path!r}): loading a MedQ-UNI checkpoint as a BenchModel lands "
-      "with the inference issue (medq_jax/infer). Meanwhile score a predictions file with "
-      "--predictions, or use --model=heuristic.")
+  """Loads our MedQ-UNI model from a medq-train workdir as a `BenchModel`.
+
+  path: the training run's workdir (holding checkpoints/ and tokenizer/).
+  config: the training config spec, e.g. 'configs/medq_uni.py:size=tiny,stage=2', or a ConfigDict.
+  """
+  from medq_jax.infer.bench_model import load_config, load_from_workdir
+  if config is None:
+    raise ValueError("--config is required with --checkpoint (the training config spec, e.g. "
+                     "configs/medq_uni.py:size=tiny,stage=2)")
+  if isinstance(config, str):
+    config = load_config(config)
+  return load_from_workdir(path, config)

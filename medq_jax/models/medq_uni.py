@@ -66,10 +66,23 @@ class MedQUni(nn.Module):
                                  name="llm2vae", zero_init=True, **kw)
 
   def embed_und(self, batch: Batch) -> jax.Array:
-    """und stream embeddings [B, Lu, D]: token embeddings, with ViT tokens in their slots."""
+    """und stream embeddings [B, Lu, D]: token embeddings, with ViT tokens in their slots.
+
+    vit_patches is [B, Nv, F] (one image per row) or [B, n_images, Nv, F]; und_vit_index
+    indexes the flattened n_images * Nv ViT tokens.
+    """
     text = self.embed_tokens(batch["und_token_ids"])
-    vit = self.vit(batch["vit_patches"], batch["vit_position_ids"], batch["vit_valid"])
-    vit = self.connector(vit) + self.vit_pos_embed(batch["vit_position_ids"]).astype(self.dtype)
+    patches, position_ids, valid = (batch["vit_patches"], batch["vit_position_ids"],
+                                    batch["vit_valid"])
+    if patches.ndim == 4:  # [B, n_images, Nv, F]: encode each image alone, then flatten
+      rows, images, tokens = patches.shape[:3]
+      fold = lambda x: x.reshape((rows * images,) + x.shape[2:])
+      vit = self.vit(fold(patches), fold(position_ids), fold(valid))
+      vit = vit.reshape(rows, images * tokens, vit.shape[-1])
+      position_ids = position_ids.reshape(rows, images * tokens)
+    else:
+      vit = self.vit(patches, position_ids, valid)
+    vit = self.connector(vit) + self.vit_pos_embed(position_ids).astype(self.dtype)
     vit_in_slots = jnp.take_along_axis(vit, batch["und_vit_index"][..., None], axis=1)
     is_vit = (batch["und_kind"] == layout_lib.KIND_VIT)[..., None]
     return jnp.where(is_vit, vit_in_slots.astype(self.dtype), text.astype(self.dtype))

@@ -80,11 +80,12 @@ def test_align_mode(demo, tmp_path):
   assert (tmp_path / "align" / "confusion_completeness.png").exists()
 
 
-def test_checkpoint_mode_says_it_is_not_wired(demo, tmp_path):
+def test_checkpoint_mode_names_a_missing_workdir(demo, tmp_path):
   root, _ = demo
-  result = _bench("--mode=score", f"--items_dir={root}", "--checkpoint=/nonexistent/ckpt", f"--out_dir={tmp_path}",
+  result = _bench("--mode=score", f"--items_dir={root}", "--checkpoint=/nonexistent/ckpt",
+                  "--config=configs/medq_uni.py:size=tiny,stage=2", f"--out_dir={tmp_path}",
                   check=False)
-  assert result.returncode != 0 and "lands with the inference issue" in result.stderr
+  assert result.returncode != 0 and "/nonexistent/ckpt: no checkpoints/ directory" in result.stderr
 
 
 def test_bad_items_fail_with_row_and_field(tmp_path):
