@@ -1,0 +1,87 @@
+"""The on-disk format: TFDS features (images as zlib uint16 tensors) and TFDS metadata.
+
+Shards are ArrayRecord files named the TFDS way, `{name}-{split}.array_record-XXXXX-of-YYYYY`,
+in `{data_dir}/{name}/{version}/`; `write_tfds_metadata` adds dataset_info.json and
+features.json, after which `tfds.data_source(name, data_dir=...)` and
+`tfds.builder_from_directory(...)` read them (no TensorFlow needed).
+"""
+
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_pipeline import example as example_lib
+
+FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+QUANTISATION = 65535.0  # Images are stored as uint16 = round(x * 65535): 1.5e-5 resolution.
+
+
+def features(image_size):
+  """The TFDS FeaturesDict of one stored example."""
+  text = tfds.features.Text()
+  specs = {}
+  for field in example_lib.EXAMPLE_FIELDS:
+    if field.kind == "image":
+      specs[field.name] = tfds.features.Tensor(shape=(image_size, image_size), dtype=np.uint16,
+                                               encoding="zlib")
+    elif field.kind == "bool":
+      specs[field.name] = tfds.features.Scalar(dtype=np.bool_)
+    else:
+      specs[field.name] = text
+  return tfds.features.FeaturesDict(specs)
+
+
+def to_stored(example):
+  """Contract example (float images) -> dict ready for features.serialize_example."""
+  stored = dict(example)
+  for name in example_lib.IMAGE_FIELDS:
+    stored[name] = np.round(np.clip(example[name], 0, 1) * QUANTISATION).astype(np.uint16)
+  return stored
+
+
+def from_stored(stored):
+  """Decoded TFDS record (uint16 images, bytes text) -> contract example."""
+  example = {}
+  for field in example_lib.EXAMPLE_FIELDS:
+    value = stored[field.name]
+    if field.kind == "image":
+      value = np.asarray(value, np.float32) / np.float32(QUANTISATION)
+    elif field.kind == "bool":
+      value = bool(value)
+    elif isinstance(value, bytes):
+      value = value.decode("utf-8")
+    example[field.name] = value
+  return example
+
+
+def dataset_dir(data_dir, name, version):
+  """Where the shards and TFDS metadata live."""
+  return os.path.join(data_dir, name, version)
+
+
+def shard_path(directory, name, split, shard, num_shards):
+  """TFDS-style shard file name."""
+  return os.path.join(directory,
+                      f"{name}-{split}.array_record-{shard:05d}-of-{num_shards:05d}")
+
+
+def write_tfds_metadata(directory, name, image_size, shard_lengths, description):
+  """Writes dataset_info.json/features.json for shards already on disk.
+
+  shard_lengths: {split: [records per shard]} (splits without shards are left out).
+  """
+  split_infos = []
+  for split, lengths in shard_lengths.items():
+    if not lengths:
+      continue
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=directory, template=FILENAME_TEMPLATE, dataset_name=name, split=split,
+        filetype_suffix="array_record")
+    num_bytes = sum(os.path.getsize(shard_path(directory, name, split, i, len(lengths)))
+                    for i in range(len(lengths)))
+    split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=list(lengths),
+                                           num_bytes=num_bytes, filename_template=template))
+  tfds.folder_dataset.write_metadata(
+      data_dir=directory, features=features(image_size), split_infos=split_infos,
+      filename_template=FILENAME_TEMPLATE, description=description, check_data=False)
