@@ -1,9 +1,10 @@
 """Qwen2-style Mixture-of-Transformers decoder over two dense streams.
 
 The und stream [B, Lu, D] (text and ViT tokens) and the gen stream [B, Lg, D] (VAE-latent tokens)
-each go through their own expert's weights with plain dense matmuls; keys and values of both are
-concatenated for one joint attention per layer, whose output is split back. Routing therefore
-costs a concat and a split, never a per-token gather or scatter.
+are joined once into one residual stream [B, Lu + Lg, D] (und first); each layer applies the und
+expert's weights to the static und slice and the gen expert's to the gen slice with plain dense
+matmuls, and runs one joint attention over everything. Routing costs a concat per split layer
+(only the FFN with expert_scope='ffn'), never a per-token gather or scatter.
 
 expert_scope:
   "ffn": shared q/k/v/o, q/k norms and layer norms; separate FFNs (the MedQ-UNI paper's form).
@@ -54,11 +55,15 @@ class ExpertMLP(nn.Module):
 
 
 class JointSelfAttention(nn.Module):
-  """Grouped-query attention with q/k/v bias, optional QK-norm and RoPE, over both streams."""
+  """Grouped-query attention with q/k/v bias, optional QK-norm and RoPE over the joint stream.
+
+  x: [B, L, D] with the und tokens first (`und_len` of them) and the gen tokens after.
+  """
 
   config: ml_collections.ConfigDict
   expert_scope: str
   attention_impl: str
+  und_len: int
   dtype: Dtype
   param_dtype: Dtype
 
@@ -87,31 +92,36 @@ class JointSelfAttention(nn.Module):
                          param_dtype=self.param_dtype, name="o_proj" + suffix)(o)
 
   @nn.compact
-  def __call__(self, und_x, gen_x, ids: attention_lib.TokenIds, rope):
-    """und_x [B, Lu, D], gen_x [B, Lg, D]; ids/rope cover the concatenated [und; gen] tokens."""
-    und_len = und_x.shape[1]
-    if self.expert_scope == "ffn":
-      q, k, v = self._project(jnp.concatenate([und_x, gen_x], axis=1), "")
-    else:
-      (qu, ku, vu), (qg, kg, vg) = self._project(und_x, ""), self._project(gen_x, GEN)
+  def __call__(self, x, ids: attention_lib.TokenIds, rope):
+    split = self.expert_scope == "all" and self.und_len < x.shape[1]
+    if split:
+      (qu, ku, vu) = self._project(x[:, :self.und_len], "")
+      (qg, kg, vg) = self._project(x[:, self.und_len:], GEN)
       q, k, v = (jnp.concatenate(pair, axis=1) for pair in ((qu, qg), (ku, kg), (vu, vg)))
+    else:
+      q, k, v = self._project(x, "")
     cos, sin = rope
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     q = constrain(q, ("act_batch", "act_len", "act_heads", "act_head_dim"))
     k = constrain(k, ("act_batch", "act_len", "act_kv_heads", "act_head_dim"))
     out = attention_lib.attention(q, k, v, ids, ids, self.attention_impl)
-    if self.expert_scope == "ffn":
-      out = self._out(out, "")
-      return out[:, :und_len], out[:, und_len:]
-    return self._out(out[:, :und_len], ""), self._out(out[:, und_len:], GEN)
+    if split:
+      return jnp.concatenate([self._out(out[:, :self.und_len], ""),
+                              self._out(out[:, self.und_len:], GEN)], axis=1)
+    return self._out(out, "")
 
 
 class MoTDecoderLayer(nn.Module):
-  """One pre-norm decoder layer applied to both streams; scanned over layers."""
+  """One pre-norm decoder layer over the joint residual stream [B, L, D] (und tokens first).
+
+  Per-expert weights apply to static slices of the stream; with expert_scope='ffn' only the FFN
+  is split, so routing costs one concat per layer. Scanned over layers.
+  """
 
   config: ml_collections.ConfigDict
   expert_scope: str
   attention_impl: str
+  und_len: int
   dtype: Dtype
   param_dtype: Dtype
 
@@ -119,24 +129,29 @@ class MoTDecoderLayer(nn.Module):
     return RMSNorm(self.config.rms_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                    name=name)
 
-  def _norm_both(self, name, und_h, gen_h):
+  def _per_expert(self, x, und_fn, gen_fn):
+    """und_fn on the und slice, gen_fn on the gen slice, rejoined (no gen tokens: und only)."""
+    if self.und_len >= x.shape[1]:
+      return und_fn(x)
+    if self.und_len == 0:
+      return gen_fn(x)
+    return jnp.concatenate([und_fn(x[:, :self.und_len]), gen_fn(x[:, self.und_len:])], axis=1)
+
+  def _norm_both(self, name, h):
     if self.expert_scope == "ffn":
-      norm = self._norm(name)
-      return norm(und_h), norm(gen_h)
-    return self._norm(name)(und_h), self._norm(name + GEN)(gen_h)
+      return self._norm(name)(h)
+    return self._per_expert(h, self._norm(name), self._norm(name + GEN))
 
   @nn.compact
-  def __call__(self, streams, ids, rope):
-    und_h, gen_h = streams
-    und_x, gen_x = self._norm_both("input_layernorm", und_h, gen_h)
-    und_a, gen_a = JointSelfAttention(self.config, self.expert_scope, self.attention_impl,
-                                      self.dtype, self.param_dtype, name="self_attn")(
-                                          und_x, gen_x, ids, rope)
-    und_h, gen_h = und_h + und_a, gen_h + gen_a
-    und_x, gen_x = self._norm_both("post_attention_layernorm", und_h, gen_h)
-    und_h = und_h + ExpertMLP(self.config, self.dtype, self.param_dtype, name="mlp")(und_x)
-    gen_h = gen_h + ExpertMLP(self.config, self.dtype, self.param_dtype, name="mlp" + GEN)(gen_x)
-    return (constrain(und_h, _STREAM_AXES), constrain(gen_h, _STREAM_AXES)), None
+  def __call__(self, h, ids, rope):
+    x = self._norm_both("input_layernorm", h)
+    h = h + JointSelfAttention(self.config, self.expert_scope, self.attention_impl, self.und_len,
+                               self.dtype, self.param_dtype, name="self_attn")(x, ids, rope)
+    x = self._norm_both("post_attention_layernorm", h)
+    und_mlp = ExpertMLP(self.config, self.dtype, self.param_dtype, name="mlp")
+    gen_mlp = ExpertMLP(self.config, self.dtype, self.param_dtype, name="mlp" + GEN)
+    h = h + self._per_expert(x, und_mlp, gen_mlp)
+    return constrain(h, _STREAM_AXES), None
 
 
 class MoTDecoder(nn.Module):
@@ -166,20 +181,22 @@ class MoTDecoder(nn.Module):
     if self.remat_policy != "none":
       layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[self.remat_policy],
                            prevent_cse=not self.scan_layers)
-    args = (cfg, self.expert_scope, self.attention_impl, self.dtype, self.param_dtype)
-    streams = (constrain(und_h.astype(self.dtype), _STREAM_AXES),
-               constrain(gen_h.astype(self.dtype), _STREAM_AXES))
+    und_len = und_h.shape[1]
+    args = (cfg, self.expert_scope, self.attention_impl, und_len, self.dtype, self.param_dtype)
+    h = constrain(jnp.concatenate([und_h.astype(self.dtype), gen_h.astype(self.dtype)], axis=1),
+                  _STREAM_AXES)
     if self.scan_layers:
       stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      streams, _ = stack(*args, name="layers")(streams, ids, rope)
+      h, _ = stack(*args, name="layers")(h, ids, rope)
     else:
       for index in range(cfg.num_layers):
-        streams, _ = layer_cls(*args, name=f"layers_{index}")(streams, ids, rope)
-    und_h, gen_h = streams
-    if self.expert_scope == "ffn":
-      norm = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm")
-      return norm(und_h), norm(gen_h)
-    return (RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(und_h),
-            RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm" + GEN)(gen_h))
+        h, _ = layer_cls(*args, name=f"layers_{index}")(h, ids, rope)
+    if self.expert_scope == "ffn" or und_len == h.shape[1]:
+      h = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(h)
+      if self.expert_scope == "all":  # create the gen norm's params even without gen tokens
+        RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm" + GEN)(h[:, :0])
+      return h[:, :und_len], h[:, und_len:]
+    return (RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(h[:, :und_len]),
+            RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm" + GEN)(h[:, und_len:]))
