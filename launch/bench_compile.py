@@ -9,11 +9,8 @@ from ml_collections import config_flags
 
 import jax
 
-from medq_jax import layout as layout_lib
-from medq_jax.train import sharding as sharding_lib
-from medq_jax.train import state as state_lib
-from medq_jax.train import step as step_lib
-from medq_jax.train.timing import compile_seconds, print_table
+from medq_jax.train.measure import train_step_seconds
+from medq_jax.train.timing import print_table
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/medq_uni.py:size=small,stage=2",
                                           "Config file.", lock_config=True)
@@ -24,21 +21,7 @@ def train_step_compile_seconds(config, num_layers: int) -> float:
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.model.llm.num_layers = num_layers
-  spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, config.train.stage)
-  model, vae = state_lib.build_models(config.model)
-  mesh = sharding_lib.make_mesh(config.mesh)
-  params, vae_params, _, _ = state_lib.init_params_sharded(
-      model, vae, spec, config.model, mesh, config.sharding_rules, jax.random.PRNGKey(0))
-  optimizer = state_lib.make_optimizer(config.train, params)
-  train_state = state_lib.create_train_state(params, optimizer)
-  step = step_lib.make_train_step(model, vae, optimizer, config.model, config.train)
-  batch = layout_lib.zeros_batch(spec, config.train.batch_size, state_lib.latent_dim(config.model))
-  for key in ("gen_latents", "gen_timesteps"):
-    batch.pop(key)
-  with sharding_lib.mesh_context(mesh, config.sharding_rules):
-    _, seconds = compile_seconds(jax.jit(step, donate_argnums=(0,)), train_state, vae_params,
-                                 batch, jax.random.PRNGKey(1))
-  return seconds
+  return train_step_seconds(config, iters=0)[0]
 
 
 def main(argv):

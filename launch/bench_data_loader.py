@@ -9,8 +9,10 @@ when already there: the precompute resumes), then measures in one process (one c
   * on the fly: examples made from raw slices (degradation + description) in-process, timed
     per task and combined with the plan's task mix;
 and prints examples/s, their ratio, and the train step's consumption batch_size/step_time_s.
-The train step does not exist yet: pass its measured time per config with --step_time_s
-(the lead wires the real step later); without it that column says n/a.
+The train step's time is measured here for configs/medq_uni.py at the same size name and stage 2
+(zero batches of the config's batch size, the full step: model, frozen-VAE pixel losses and
+optimizer); --step_time_s=tiny=0.05,... overrides it with figures measured elsewhere (e.g. on a
+GPU).
 """
 
 import os
@@ -91,6 +93,16 @@ def on_the_fly_rates(config, per_task):
   return rates, mix
 
 
+def measured_step_seconds(size: str, batch_size: int) -> float:
+  """Median seconds of the real MedQ-UNI stage-2 train step of `size` at `batch_size`."""
+  from configs import medq_uni  # pylint: disable=g-import-not-at-top
+  from medq_jax.train.measure import train_step_seconds  # pylint: disable=g-import-not-at-top
+  config = medq_uni.get_config(f"size={size},stage=2")
+  with config.unlocked():
+    config.train.batch_size = batch_size
+  return train_step_seconds(config, iters=5)[1]
+
+
 def main(argv):
   del argv
   import torch  # pylint: disable=g-import-not-at-top
@@ -109,7 +121,7 @@ def main(argv):
     manifest = precompute.run_precompute(config)
     precomputed = loader_rate(config, _NUM_BATCHES.value)
     task_rates, on_the_fly = on_the_fly_rates(config, _PER_TASK.value)
-    step = step_times.get(name)
+    step = step_times.get(name) or measured_step_seconds(name, batch_size)
     consumption = batch_size / step if step else None
     rows.append((name, image_size, batch_size, manifest["num_examples"], precomputed,
                  on_the_fly, precomputed / on_the_fly, consumption))
@@ -119,7 +131,7 @@ def main(argv):
   print(" | ".join(header))
   print(" | ".join("---" for _ in header))
   for name, px, batch, count, fast, slow, ratio, consumption in rows:
-    consumed = f"{consumption:.1f}" if consumption else "n/a (pass --step_time_s)"
+    consumed = f"{consumption:.1f}" if consumption else "n/a"
     headroom = f"{fast / consumption:.1f}x" if consumption else "n/a"
     print(f"{name} | {px} | {batch} | {count} | {fast:.0f} | {slow:.1f} | {ratio:.1f}x | "
           f"{consumed} | {headroom}")

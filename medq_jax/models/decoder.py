@@ -150,7 +150,12 @@ class MoTDecoderLayer(nn.Module):
     x = self._norm_both("post_attention_layernorm", h)
     und_mlp = ExpertMLP(self.config, self.dtype, self.param_dtype, name="mlp")
     gen_mlp = ExpertMLP(self.config, self.dtype, self.param_dtype, name="mlp" + GEN)
-    h = h + self._per_expert(x, und_mlp, gen_mlp)
+    if 0 < self.und_len < h.shape[1]:
+      # Add each expert's output into its slice of the residual in place (no concat copy).
+      h = h.at[:, :self.und_len].add(und_mlp(x[:, :self.und_len]))
+      h = h.at[:, self.und_len:].add(gen_mlp(x[:, self.und_len:]))
+    else:
+      h = h + self._per_expert(x, und_mlp, gen_mlp)
     return constrain(h, _STREAM_AXES), None
 
 
