@@ -7,7 +7,8 @@ import pytest
 
 from medq_jax.bench import prompts
 
-PAPER = "/work/shared/papers/medq-bench.txt"
+PAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared",
+                     "papers", "medq-bench.txt")  # CI puts shared/ beside the checkout
 HEADINGS = ("Completeness Evaluation Prompt:", "Preciseness Evaluation Prompt:",
             "Consistency Evaluation Prompt:", "Quality Accuracy Evaluation Prompt:")
 
