@@ -144,12 +144,13 @@ class MidBlock(nn.Module):
     return ResnetBlock(x.shape[-1], *args, name="block_2")(x)
 
 
-class DownLevel(nn.Module):
-  """`num_blocks` ResnetBlocks (block_{j}) then, unless last, `downsample`: one encoder level."""
+class ResLevel(nn.Module):
+  """`num_blocks` ResnetBlocks (block_{j}), then an optional resampling conv named as FLUX names
+  it: `resample='downsample'` (encoder levels but the last), `'upsample'` (decoder levels but 0)."""
 
   out_channels: int
   num_blocks: int
-  add_downsample: bool
+  resample: str | None
   norm_groups: int = 32
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -161,29 +162,9 @@ class DownLevel(nn.Module):
     for index in range(self.num_blocks):
       x = block_cls(self.out_channels, self.norm_groups, self.dtype, self.param_dtype,
                     name=f"block_{index}")(x)
-    if self.add_downsample:
+    if self.resample == "downsample":
       x = Downsample(self.dtype, self.param_dtype, name="downsample")(x)
-    return x
-
-
-class UpLevel(nn.Module):
-  """`num_blocks` ResnetBlocks (block_{j}) then, unless level 0, `upsample`: one decoder level."""
-
-  out_channels: int
-  num_blocks: int
-  add_upsample: bool
-  norm_groups: int = 32
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  remat_blocks: bool = False
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    block_cls = nn.remat(ResnetBlock) if self.remat_blocks else ResnetBlock
-    for index in range(self.num_blocks):
-      x = block_cls(self.out_channels, self.norm_groups, self.dtype, self.param_dtype,
-                    name=f"block_{index}")(x)
-    if self.add_upsample:
+    elif self.resample == "upsample":
       x = Upsample(self.dtype, self.param_dtype, name="upsample")(x)
     return x
 
@@ -203,8 +184,8 @@ class Encoder(nn.Module):
     h = _conv(cfg.ch, 3, "conv_in", *args)(x.astype(self.dtype))
     last = len(cfg.ch_mult) - 1
     for level, mult in enumerate(cfg.ch_mult):
-      h = DownLevel(cfg.ch * mult, cfg.num_res_blocks, level != last, cfg.norm_groups, *args,
-                    self.remat_blocks, name=f"down_{level}")(h)
+      h = ResLevel(cfg.ch * mult, cfg.num_res_blocks, "downsample" if level != last else None,
+                   cfg.norm_groups, *args, self.remat_blocks, name=f"down_{level}")(h)
     h = MidBlock(cfg.norm_groups, *args, name="mid")(h)
     h = nn.swish(_group_norm(cfg.norm_groups, "norm_out", *args)(h))
     return _conv(2 * cfg.z_channels, 3, "conv_out", *args)(h)
@@ -225,8 +206,9 @@ class Decoder(nn.Module):
     h = _conv(cfg.ch * cfg.ch_mult[-1], 3, "conv_in", *args)(z.astype(self.dtype))
     h = MidBlock(cfg.norm_groups, *args, name="mid")(h)
     for level in reversed(range(len(cfg.ch_mult))):
-      h = UpLevel(cfg.ch * cfg.ch_mult[level], cfg.num_res_blocks + 1, level != 0, cfg.norm_groups,
-                  *args, self.remat_blocks, name=f"up_{level}")(h)
+      h = ResLevel(cfg.ch * cfg.ch_mult[level], cfg.num_res_blocks + 1,
+                   "upsample" if level != 0 else None, cfg.norm_groups, *args, self.remat_blocks,
+                   name=f"up_{level}")(h)
     h = nn.swish(_group_norm(cfg.norm_groups, "norm_out", *args)(h))
     return _conv(cfg.out_channels, 3, "conv_out", *args)(h)
 
