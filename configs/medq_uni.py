@@ -93,7 +93,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       stage1_trainable=r"(_moe_gen|vae2llm|llm2vae|time_embedder)",
       log_every=1,
       checkpoint_every=10,
+      tensorboard=True,              # scalars to workdir/tensorboard
+      profile_steps=(0, 0),          # (start, stop): jax.profiler trace of steps [start, stop)
+      peak_tflops_per_device=0.0,    # > 0 adds MFU (e.g. 989 for H100 bf16 dense)
   ))
+  # Starting weights (empty = fresh init). MedQ-UNI fine-tunes UniMedVL: point bagel_ema at its
+  # ema.safetensors (scope=all) and flux_ae at ae.safetensors; or start BAGEL-style from a
+  # transformers Qwen2 (gen expert = copy of und) and SigLIP. A missing/unexpected key or shape
+  # mismatch stops the run naming every offending key.
+  config.init = ml_collections.ConfigDict(dict(bagel_ema="", qwen2="", siglip="", flux_ae=""))
+
   # The data config (configs/data/medq_sample.py) at the VAE image size; the built-in real
   # images by default, a real dataset with --config.data.source / --config.data.paths.*.
   config.data = medq_sample.get_config(f"image_size={images.vae_image_size}")

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from data_pipeline import tfds_format
 
 
-def data_source(data_dir, split, name="medq_sample", version="1.0.0"):
+def data_source(data_dir, split, name="medq_sample", version="1.1.0"):
   """The TFDS ArrayRecord random-access source of one split (decodes TFDS features)."""
   builder = tfds.builder_from_directory(tfds_format.dataset_dir(data_dir, name, version))
   if split not in builder.info.splits:

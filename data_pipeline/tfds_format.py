@@ -1,4 +1,5 @@
-"""The on-disk format: TFDS features (images as zlib uint16 tensors) and TFDS metadata.
+"""The on-disk format: TFDS features (images as zlib uint16 tensors, the rest as one JSON text
+feature) and TFDS metadata.
 
 Shards are ArrayRecord files named the TFDS way, `{name}-{split}.array_record-XXXXX-of-YYYYY`,
 in `{data_dir}/{name}/{version}/`; `write_tfds_metadata` adds dataset_info.json and
@@ -6,6 +7,7 @@ features.json, after which `tfds.data_source(name, data_dir=...)` and
 `tfds.builder_from_directory(...)` read them (no TensorFlow needed).
 """
 
+import json
 import os
 
 import numpy as np
@@ -17,41 +19,36 @@ FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 QUANTISATION = 65535.0  # Images are stored as uint16 = round(x * 65535): 1.5e-5 resolution.
 
 
+METADATA = "metadata"  # One JSON Text feature holding every non-image field.
+
+
 def features(image_size):
-  """The TFDS FeaturesDict of one stored example."""
-  text = tfds.features.Text()
-  specs = {}
-  for field in example_lib.EXAMPLE_FIELDS:
-    if field.kind == "image":
-      specs[field.name] = tfds.features.Tensor(shape=(image_size, image_size), dtype=np.uint16,
-                                               encoding="zlib")
-    elif field.kind == "bool":
-      specs[field.name] = tfds.features.Scalar(dtype=np.bool_)
-    else:
-      specs[field.name] = text
+  """The TFDS FeaturesDict of one stored example: the two images as zlib uint16 tensors and
+  every other contract field in one JSON text feature (decoding 3 features instead of 15 makes
+  the loader about 3x faster per example)."""
+  specs = {name: tfds.features.Tensor(shape=(image_size, image_size), dtype=np.uint16,
+                                      encoding="zlib")
+           for name in example_lib.IMAGE_FIELDS}
+  specs[METADATA] = tfds.features.Text()
   return tfds.features.FeaturesDict(specs)
 
 
 def to_stored(example):
   """Contract example (float images) -> dict ready for features.serialize_example."""
-  stored = dict(example)
-  for name in example_lib.IMAGE_FIELDS:
-    stored[name] = np.round(np.clip(example[name], 0, 1) * QUANTISATION).astype(np.uint16)
+  stored = {name: np.round(np.clip(example[name], 0, 1) * QUANTISATION).astype(np.uint16)
+            for name in example_lib.IMAGE_FIELDS}
+  metadata = {f.name: (bool(example[f.name]) if f.kind == "bool" else example[f.name])
+              for f in example_lib.EXAMPLE_FIELDS if f.kind != "image"}
+  stored[METADATA] = json.dumps(metadata, ensure_ascii=False)
   return stored
 
 
 def from_stored(stored):
-  """Decoded TFDS record (uint16 images, bytes text) -> contract example."""
-  example = {}
-  for field in example_lib.EXAMPLE_FIELDS:
-    value = stored[field.name]
-    if field.kind == "image":
-      value = np.asarray(value, np.float32) / np.float32(QUANTISATION)
-    elif field.kind == "bool":
-      value = bool(value)
-    elif isinstance(value, bytes):
-      value = value.decode("utf-8")
-    example[field.name] = value
+  """Decoded TFDS record (uint16 images, JSON metadata bytes) -> contract example."""
+  metadata = stored[METADATA]
+  example = json.loads(metadata.decode("utf-8") if isinstance(metadata, bytes) else metadata)
+  for name in example_lib.IMAGE_FIELDS:
+    example[name] = np.asarray(stored[name], np.float32) / np.float32(QUANTISATION)
   return example
 
 

@@ -17,9 +17,10 @@ def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("data"))
 
 
-def _config(data_dir, steps):
+def _config(data_dir, steps, profile_steps=(0, 0)):
   config = medq_uni.get_config("size=tiny,stage=2,mesh=1x-1x1")
   with config.unlocked():
+    config.train.profile_steps = profile_steps
     config.data.data_dir = data_dir
     config.data.max_slices_per_volume = 2
     config.data.ldct.num_angles = 30
@@ -37,9 +38,18 @@ def _metrics(workdir):
 def test_resumed_run_matches_uninterrupted_run(data_dir, tmp_path):
   from medq_jax.train.loop import train
   straight = str(tmp_path / "straight")
-  final_straight = train(_config(data_dir, 3), straight)
+  final_straight = train(_config(data_dir, 3, profile_steps=(1, 2)), straight)
+  traces = [f for _, _, files in os.walk(os.path.join(straight, "profile")) for f in files]
+  assert any(f.endswith(".xplane.pb") for f in traces), traces
   assert [m["step"] for m in _metrics(straight)] == [1, 2, 3]
   assert np.isfinite(final_straight["loss"]) and final_straight["loss_ce"] > 0
+  assert final_straight["tflops_per_second_per_device"] > 0
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  events = EventAccumulator(os.path.join(straight, "tensorboard"))
+  events.Reload()
+  assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+  assert [e.value for e in events.Scalars("train/loss")][-1] == pytest.approx(
+      final_straight["loss"], rel=1e-6)
 
   resumed = str(tmp_path / "resumed")
   os.makedirs(resumed)

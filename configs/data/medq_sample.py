@@ -36,7 +36,7 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
 
   config.name = "medq_sample"  # TFDS dataset name of the precomputed ArrayRecord shards.
-  config.version = "1.0.0"
+  config.version = "1.1.0"  # 1.1.0: non-image fields in one JSON feature (faster decode)
   config.source = str(options.get("source", "medq-sample"))
   config.image_size = int(options.get("image_size", 32 if runlocal else 64))
   config.data_dir = "/tmp/medq_data"  # Where precompute writes and the loader reads.

@@ -64,28 +64,43 @@ def _select(tree: dict, keep) -> dict:
   return unflatten({p: v for p, v in flatten(tree).items() if keep(p)})
 
 
-def init_from_pretrained(model_config, init_params: dict, qwen2_path: str | None = None,
-                         siglip_path: str | None = None) -> dict:
-  """BAGEL-style start from separately pretrained parts in transformers' naming.
+def load_pretrained_parts(model_config, target: dict, qwen2_path: str | None = None,
+                          siglip_path: str | None = None) -> dict[str, Any]:
+  """{flax path: ndarray} for the parameters that come from separately pretrained checkpoints
+  in transformers' naming: the decoder's und expert from a `Qwen2ForCausalLM` (and the gen
+  expert as a copy of it, BAGEL's initialisation) and the ViT from a `SiglipVisionModel`.
 
-  The decoder's und expert loads from a `Qwen2ForCausalLM` checkpoint and the gen expert starts
-  as a copy of it; the ViT loads from a `SiglipVisionModel` checkpoint; every other parameter
-  (connector, vae2llm, llm2vae, time embedder) keeps its value from `init_params`.
+  target: the full MedQUni tree with `.shape` leaves; only the loaded paths are returned.
   """
-  from medq_jax.convert.core import flatten, unflatten
-  from medq_jax.convert.qwen2 import GEN, copy_und_to_gen, qwen2_rules
+  from medq_jax.convert.core import flatten
+  from medq_jax.convert.qwen2 import GEN, qwen2_rules
+  from medq_jax.convert.siglip import load_siglip
 
-  flat = dict(flatten(init_params))
+  loaded: dict[str, Any] = {}
   if qwen2_path is not None:
     is_und_llm = lambda p: (p.startswith(("decoder/", "embed_tokens/", "lm_head/")) and GEN not in p)
-    loaded = load_params(_select(init_params, is_und_llm), iter_safetensors(qwen2_path),
-                         qwen2_rules(model_config.expert_scope, model_config.llm.qk_norm),
-                         ignore=QWEN2_IGNORE)
-    flat.update(flatten(loaded))
-    flat = flatten(copy_und_to_gen(unflatten(flat)))
+    und = flatten(load_params(_select(target, is_und_llm), iter_safetensors(qwen2_path),
+                              qwen2_rules(model_config.expert_scope, model_config.llm.qk_norm),
+                              ignore=QWEN2_IGNORE))
+    loaded.update(und)
+    shapes = flatten(target)
+    for path, value in und.items():  # gen expert = copy of its und twin, where it exists
+      for part in path.split("/"):
+        twin = path.replace(f"/{part}/", f"/{part}{GEN}/", 1) if f"/{part}/" in path else None
+        if twin and twin in shapes:
+          loaded[twin] = value
   if siglip_path is not None:
-    from medq_jax.convert.siglip import load_siglip
-    vit = load_siglip(init_params["vit"], siglip_path, scan_layers=model_config.scan_layers,
+    vit = load_siglip(target["vit"], siglip_path, scan_layers=model_config.scan_layers,
                       num_channels=model_config.vit.num_channels)
-    flat.update(flatten({"vit": vit}))
+    loaded.update(flatten({"vit": vit}))
+  return loaded
+
+
+def init_from_pretrained(model_config, init_params: dict, qwen2_path: str | None = None,
+                         siglip_path: str | None = None) -> dict:
+  """BAGEL-style start from separately pretrained parts (see `load_pretrained_parts`); every
+  other parameter (connector, vae2llm, llm2vae, time embedder) keeps its `init_params` value."""
+  from medq_jax.convert.core import flatten, unflatten
+  flat = dict(flatten(init_params))
+  flat.update(load_pretrained_parts(model_config, init_params, qwen2_path, siglip_path))
   return unflatten(flat)

@@ -1,9 +1,9 @@
-"""The training loop: sharded init, AOT-compiled train step, Grain batches, Orbax checkpoints
-(train state + data iterator), metrics to stdout and `workdir/metrics.jsonl`."""
+"""The training loop: sharded init (optionally from pretrained files), AOT-compiled train step,
+Grain batches, Orbax checkpoints (train state + data iterator), metrics (stdout, metrics.jsonl,
+TensorBoard) with per-device TFLOP/s and MFU, and an optional profiler window."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -16,6 +16,8 @@ from medq_jax import layout as layout_lib
 from medq_jax.models.medq_uni import param_count
 from medq_jax.train import checkpoint as checkpoint_lib
 from medq_jax.train import data as data_lib
+from medq_jax.train import pretrained
+from medq_jax.train.metrics_writer import MetricsWriter
 from medq_jax.train import sharding as sharding_lib
 from medq_jax.train import state as state_lib
 from medq_jax.train import step as step_lib
@@ -46,6 +48,17 @@ def _log_memory(compiled) -> None:
                  memory.output_size_in_bytes / 2**20)
 
 
+def _step_flops(compiled) -> float:
+  """FLOPs of one step per device, from XLA's cost analysis (0 when unavailable)."""
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # not every backend implements it
+    return 0.0
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", 0.0))
+
+
 def train(config, workdir: str) -> dict:
   """Trains per `config` in `workdir`; resumes from the latest checkpoint there. Returns the
   last step's metrics (floats)."""
@@ -58,6 +71,8 @@ def train(config, workdir: str) -> dict:
   rng = jax.random.PRNGKey(config.train.seed)
   params, vae_params, param_shardings, vae_shardings = state_lib.init_params_sharded(
       model, vae, spec, config.model, mesh, config.sharding_rules, rng)
+  params, vae_params = pretrained.load_initial_weights(config.init, config.model, params,
+                                                      vae_params)
   logging.info("MedQUni parameters: %.2fM (VAE %.2fM), mesh %s", param_count(params) / 1e6,
                param_count(vae_params) / 1e6, dict(mesh.shape))
   optimizer = state_lib.make_optimizer(config.train, params)
@@ -84,32 +99,37 @@ def train(config, workdir: str) -> dict:
     compiled = jitted.lower(state, vae_params, global_first, rng).compile()
     logging.info("train step compiled in %.1fs", time.perf_counter() - start)
   _log_memory(compiled)
-  flops = (compiled.cost_analysis() or {}).get("flops", 0.0) if hasattr(compiled, "cost_analysis") else 0.0
+  flops = _step_flops(compiled)
 
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  writer = MetricsWriter(workdir, config.train.tensorboard)
+  profile_start, profile_stop = config.train.profile_steps
+  peak = config.train.peak_tflops_per_device * 1e12
   last = {}
   batch = global_first
   for step in range(start_step, config.train.steps):
+    if step == profile_start and profile_stop > profile_start:
+      jax.profiler.start_trace(os.path.join(workdir, "profile"))
     tick = time.perf_counter()
     state, metrics = compiled(state, vae_params, batch, rng)
     if (step + 1) % config.train.log_every == 0 or step + 1 == config.train.steps:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       seconds = time.perf_counter() - tick
-      metrics.update(step=step + 1, step_seconds=seconds,
-                     examples_per_second=config.train.batch_size / seconds,
-                     tflops_per_second=flops / seconds / 1e12 if flops else 0.0)
+      metrics.update(step_seconds=seconds, examples_per_second=config.train.batch_size / seconds,
+                     tflops_per_second_per_device=flops / seconds / 1e12)
+      if peak:
+        metrics["mfu"] = flops / seconds / peak
       if not np.isfinite(metrics["loss"]):
         raise FloatingPointError(f"step {step + 1}: loss is {metrics['loss']}; stopping")
-      logging.info("step %d: %s", step + 1, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                                                     if k != "step"))
-      if jax.process_index() == 0:
-        with open(metrics_path, "a") as f:
-          f.write(json.dumps(metrics) + "\n")
-      last = metrics
+      writer.write(step + 1, metrics)
+      last = dict(metrics, step=step + 1)
+    if step + 1 == profile_stop and profile_stop > profile_start:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
     checkpoint_lib.save(manager, step + 1, state, iterator,
                         force=step + 1 == config.train.steps)
     if step + 1 < config.train.steps:
       batch = sharding_lib.global_batch(data_lib.as_numpy_batch(next(iterator)), mesh)
+  writer.close()
   manager.wait_until_finished()
   manager.close()
   return last

@@ -134,7 +134,7 @@ def test_bad_files_never_stop_a_precompute_and_nothing_else_is_lost(tmp_path, sm
   assert manifest["skipped"]["count"] == len(BAD_CASES)
   for reason in reasons:
     assert any(reason in found for found in manifest["skipped"]["reasons"]), reason
-  on_disk = json.load(open(os.path.join(small_config.data_dir, "medq_sample", "1.0.0",
+  on_disk = json.load(open(os.path.join(small_config.data_dir, "medq_sample", small_config.version,
                                         "manifest.json")))
   assert on_disk["skipped"]["count"] == len(BAD_CASES)
 
