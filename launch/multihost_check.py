@@ -40,13 +40,9 @@ def main():
   from medq_jax.train import step as step_lib
 
   config = medq_uni.get_config(_flag("config_arg", "size=tiny,stage=2,mesh=2x2x2"))
-  spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, config.train.stage)
-  model, vae = state_lib.build_models(config.model)
-  mesh = sharding_lib.make_mesh(config.mesh)
-  params, vae_params, _, _ = state_lib.init_params_sharded(
-      model, vae, spec, config.model, mesh, config.sharding_rules, jax.random.PRNGKey(0))
-  optimizer = state_lib.make_optimizer(config.train, params)
-  state = jax.jit(lambda p: state_lib.create_train_state(p, optimizer))(params)
+  setup = state_lib.build_setup(config, jax.random.PRNGKey(0))
+  spec, mesh, vae_params = setup.spec, setup.mesh, setup.vae_params
+  state = jax.jit(lambda p: state_lib.create_train_state(p, setup.optimizer))(setup.params)
 
   rng = np.random.default_rng(0)
   batch = layout_lib.zeros_batch(spec, config.train.batch_size, state_lib.latent_dim(config.model))
@@ -62,7 +58,8 @@ def main():
   rows = config.train.batch_size // jax.process_count()
   local = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows] for k, v in batch.items()}
 
-  step = step_lib.make_train_step(model, vae, optimizer, config.model, config.train)
+  step = step_lib.make_train_step(setup.model, setup.vae, setup.optimizer, config.model,
+                                  config.train)
   with sharding_lib.mesh_context(mesh, config.sharding_rules):
     global_batch = sharding_lib.global_batch(local, mesh)
     state, metrics = jax.jit(step)(state, vae_params, global_batch, jax.random.PRNGKey(1))

@@ -3,10 +3,8 @@ Qwen2, loading straight into the parameters' shardings."""
 
 import numpy as np
 import pytest
-import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-import flax.linen as nn
 import jax
 
 from configs import medq_uni

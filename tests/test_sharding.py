@@ -6,9 +6,8 @@ import os
 
 import numpy as np
 
-import flax.linen as nn
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from configs import medq_uni
 from medq_jax import layout as layout_lib

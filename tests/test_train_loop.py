@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 
-import jax
 
 from configs import medq_uni
 

@@ -102,7 +102,7 @@ def write_report(results: BenchResults, out_dir: str) -> dict[str, str]:
     by_modality = tables.reasoning_table(track.reasoning_modality)
     write_csv(os.path.join(out_dir, "tables", f"reasoning_{track.track}_by_modality.csv"), by_modality)
     md += [f"## {title} (judge `{results.judge_name}`; mean [95% CI] (n scored); Overall = sum, 0-8)", "",
-           tables.markdown(table), "", f"By modality:", "", tables.markdown(by_modality), "",
+           tables.markdown(table), "", "By modality:", "", tables.markdown(by_modality), "",
            f"Judge requests: {track.judge_requests} ({track.judge_cached} answered from cache).", ""]
     _write_jsonl(os.path.join(out_dir, "items", f"{track.track}_items.jsonl"),
                  (dataclasses.asdict(s) for s in track.reasoning_scores))

@@ -9,10 +9,8 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from medq_jax import layout as layout_lib
 from medq_jax.models.medq_uni import param_count
 from medq_jax.train import checkpoint as checkpoint_lib
 from medq_jax.train import data as data_lib
@@ -64,21 +62,18 @@ def train(config, workdir: str) -> dict:
   last step's metrics (floats)."""
   os.makedirs(workdir, exist_ok=True)
   ensure_dataset(config.data)
-  spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, config.train.stage)
   tokenizer_dir = data_lib.ensure_tokenizer(config, workdir)
-  model, vae = state_lib.build_models(config.model)
-  mesh = sharding_lib.make_mesh(config.mesh)
   rng = jax.random.PRNGKey(config.train.seed)
-  params, vae_params, param_shardings, vae_shardings = state_lib.init_params_sharded(
-      model, vae, spec, config.model, mesh, config.sharding_rules, rng)
-  params, vae_params = pretrained.load_initial_weights(config.init, config.model, params,
-                                                      vae_params)
+  setup = state_lib.build_setup(config, rng)
+  spec, mesh, optimizer = setup.spec, setup.mesh, setup.optimizer
+  params, vae_params = pretrained.load_initial_weights(config.init, config.model, setup.params,
+                                                      setup.vae_params)
   logging.info("MedQUni parameters: %.2fM (VAE %.2fM), mesh %s", param_count(params) / 1e6,
                param_count(vae_params) / 1e6, dict(mesh.shape))
-  optimizer = state_lib.make_optimizer(config.train, params)
   state = jax.jit(lambda p: state_lib.create_train_state(p, optimizer))(params)
   state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-  step_fn = step_lib.make_train_step(model, vae, optimizer, config.model, config.train)
+  step_fn = step_lib.make_train_step(setup.model, setup.vae, optimizer, config.model,
+                                     config.train)
 
   iterator = data_lib.make_train_iterator(config, tokenizer_dir, spec)
   manager = checkpoint_lib.make_manager(os.path.join(workdir, "checkpoints"),
@@ -89,10 +84,9 @@ def train(config, workdir: str) -> dict:
     state = restored
     logging.info("resumed from step %d", start_step)
 
-  batch_sharding = sharding_lib.batch_sharding(mesh)
   first = data_lib.as_numpy_batch(next(iterator))
   with sharding_lib.mesh_context(mesh, config.sharding_rules):
-    jitted = jax.jit(step_fn, in_shardings=(state_shardings, vae_shardings, None, None),
+    jitted = jax.jit(step_fn, in_shardings=(state_shardings, setup.vae_shardings, None, None),
                      out_shardings=(state_shardings, None), donate_argnums=(0,))
     global_first = sharding_lib.global_batch(first, mesh)
     start = time.perf_counter()

@@ -17,14 +17,11 @@ def train_step_seconds(config, iters: int = 5) -> tuple[float, float]:
 
   iters=0 only compiles (step s is then 0).
   """
-  spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, config.train.stage)
-  model, vae = state_lib.build_models(config.model)
-  mesh = sharding_lib.make_mesh(config.mesh)
-  params, vae_params, _, _ = state_lib.init_params_sharded(
-      model, vae, spec, config.model, mesh, config.sharding_rules, jax.random.PRNGKey(0))
-  optimizer = state_lib.make_optimizer(config.train, params)
-  train_state = state_lib.create_train_state(params, optimizer)
-  step = step_lib.make_train_step(model, vae, optimizer, config.model, config.train)
+  setup = state_lib.build_setup(config, jax.random.PRNGKey(0))
+  spec, mesh, vae_params = setup.spec, setup.mesh, setup.vae_params
+  train_state = state_lib.create_train_state(setup.params, setup.optimizer)
+  step = step_lib.make_train_step(setup.model, setup.vae, setup.optimizer, config.model,
+                                  config.train)
   batch = layout_lib.zeros_batch(spec, config.train.batch_size, state_lib.latent_dim(config.model))
   for key in ("gen_latents", "gen_timesteps"):
     batch.pop(key)

@@ -6,6 +6,7 @@ partitioning metadata, so no host ever materialises the whole tree.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -99,3 +100,29 @@ def abstract_boxed_params(model, spec, model_config):
 
 def create_train_state(params, optimizer) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
+@dataclasses.dataclass
+class TrainSetup:
+  """Everything a training or benchmark run builds from a config before its first step."""
+
+  spec: layout_lib.LayoutSpec
+  model: Any
+  vae: Any
+  mesh: Any
+  params: Any
+  vae_params: Any
+  param_shardings: Any
+  vae_shardings: Any
+  optimizer: optax.GradientTransformation
+
+
+def build_setup(config, rng) -> TrainSetup:
+  """Layout spec, modules, mesh, parameters initialised into their shardings, and optimizer."""
+  spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, config.train.stage)
+  model, vae = build_models(config.model)
+  mesh = sharding_lib.make_mesh(config.mesh)
+  params, vae_params, param_shardings, vae_shardings = init_params_sharded(
+      model, vae, spec, config.model, mesh, config.sharding_rules, rng)
+  return TrainSetup(spec, model, vae, mesh, params, vae_params, param_shardings, vae_shardings,
+                    make_optimizer(config.train, params))

@@ -81,7 +81,6 @@ def test_missing_gen_weights_are_reported(hf_qwen2):
 
 def _mixed_batch(config, spec, rng):
   """A packed stage-2 layout with random token ids and random gen latents."""
-  from medq_jax.tokenizer import SPECIAL_TOKENS  # noqa: F401  (ids below are arbitrary ints)
   batch = layout_lib.zeros_batch(spec, 2, state_lib.latent_dim(config.model))
   row = _layout_row(spec)
   for key, value in row.items():

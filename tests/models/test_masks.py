@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-import jax
 
 from medq_jax.models.attention import (PAD_SAMPLE, SPLIT_CAUSAL as C, SPLIT_FULL as F,
                                        SPLIT_NOISE as N, TokenIds, allowed_mask, xla_attention)
