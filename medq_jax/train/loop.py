@@ -83,6 +83,11 @@ def train(config, workdir: str) -> dict:
   if restored is not None:
     state = restored
     logging.info("resumed from step %d", start_step)
+  if start_step >= config.train.steps:
+    logging.info("nothing to do: the checkpoint is at step %d >= train.steps=%d (raise "
+                 "--config.train.steps to continue)", start_step, config.train.steps)
+    manager.close()
+    return {"step": start_step}
 
   first = data_lib.as_numpy_batch(next(iterator))
   with sharding_lib.mesh_context(mesh, config.sharding_rules):
