@@ -284,8 +284,15 @@ def text_batch(token_ids: np.ndarray, spec: LayoutSpec, latent_dim: int) -> dict
              und_split_ids=np.zeros_like(token_ids),
              und_split_modes=np.full_like(token_ids, SPLIT_CAUSAL),
              und_vit_index=np.zeros_like(token_ids))
-  for key in ("positions", "sample_ids", "split_ids", "split_modes", "latent_pos"):
-    out[f"gen_{key}"] = np.zeros((batch_size, 0), np.int32)
+  out.update(empty_gen_stream(batch_size, latent_dim))
+  return out
+
+
+def empty_gen_stream(batch_size: int, latent_dim: int) -> dict[str, np.ndarray]:
+  """The model's gen inputs with no gen tokens ([B, 0] ids, [B, 0, latent_dim] latents): the
+  und-only path for text likelihoods and description."""
+  out = {f"gen_{key}": np.zeros((batch_size, 0), np.int32)
+         for key in ("positions", "sample_ids", "split_ids", "split_modes", "latent_pos")}
   out["gen_latents"] = np.zeros((batch_size, 0, latent_dim), np.float32)
   out["gen_timesteps"] = np.zeros((batch_size, 0), np.float32)
   return out

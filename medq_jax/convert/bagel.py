@@ -73,7 +73,7 @@ def load_pretrained_parts(model_config, target: dict, qwen2_path: str | None = N
   target: the full MedQUni tree with `.shape` leaves; only the loaded paths are returned.
   """
   from medq_jax.convert.core import flatten
-  from medq_jax.convert.qwen2 import GEN, qwen2_rules
+  from medq_jax.convert.qwen2 import GEN, gen_twins, qwen2_rules
   from medq_jax.convert.siglip import load_siglip
 
   loaded: dict[str, Any] = {}
@@ -83,12 +83,9 @@ def load_pretrained_parts(model_config, target: dict, qwen2_path: str | None = N
                               qwen2_rules(model_config.expert_scope, model_config.llm.qk_norm),
                               ignore=QWEN2_IGNORE))
     loaded.update(und)
-    shapes = flatten(target)
-    for path, value in und.items():  # gen expert = copy of its und twin, where it exists
-      for part in path.split("/"):
-        twin = path.replace(f"/{part}/", f"/{part}{GEN}/", 1) if f"/{part}/" in path else None
-        if twin and twin in shapes:
-          loaded[twin] = value
+    for und_path, gen_path in gen_twins(flatten(target)).items():  # gen expert = copy of und
+      if und_path in und:
+        loaded[gen_path] = und[und_path]
   if siglip_path is not None:
     vit = load_siglip(target["vit"], siglip_path, scan_layers=model_config.scan_layers,
                       num_channels=model_config.vit.num_channels)

@@ -68,15 +68,25 @@ def qwen2_rules(expert_scope: str = "ffn", qk_norm: bool = False) -> list[KeyRul
 QWEN2_IGNORE = (r"rotary_emb\.inv_freq$",)
 
 
+def gen_twins(paths) -> dict[str, str]:
+  """{und path: gen path} for every '/'-separated Flax path whose `_moe_gen` twin (one path
+  component suffixed, e.g. mlp -> mlp_moe_gen, norm -> norm_moe_gen) is also in `paths`."""
+  paths = set(paths)
+  twins = {}
+  for path in paths:
+    parts = path.split("/")
+    for index, part in enumerate(parts[:-1]):
+      twin = "/".join(parts[:index] + [part + GEN] + parts[index + 1:])
+      if twin in paths:
+        twins[path] = twin
+  return twins
+
+
 def copy_und_to_gen(params: dict) -> dict:
   """Fills every `*_moe_gen` parameter with a copy of its und twin (BAGEL's initialisation of the
   generation expert from a pretrained LLM). Returns a new nested dict."""
-  def visit(node):
-    out = {}
-    for key, value in node.items():
-      out[key] = visit(value) if isinstance(value, dict) else value
-    for key in list(out):
-      if key.endswith(GEN) and key[: -len(GEN)] in out:
-        out[key] = out[key[: -len(GEN)]]
-    return out
-  return visit(params)
+  from medq_jax.convert.core import flatten, unflatten
+  flat = dict(flatten(params))
+  for und, gen in gen_twins(flat).items():
+    flat[gen] = flat[und]
+  return unflatten(flat)

@@ -69,10 +69,7 @@ class MedQUniBenchModel:
     batch["vit_position_ids"] = np.broadcast_to(np.stack(ids), (count,) + np.stack(ids).shape).copy()
     batch["vit_valid"] = np.ones(batch["vit_position_ids"].shape, np.bool_)
     latent = self.config.model.latent_patch_size ** 2 * self.config.model.vae.z_channels
-    for key in ("positions", "sample_ids", "split_ids", "split_modes", "latent_pos"):
-      batch[f"gen_{key}"] = np.zeros((count, 0), np.int32)
-    batch["gen_latents"] = np.zeros((count, 0, latent), np.float32)
-    batch["gen_timesteps"] = np.zeros((count, 0), np.float32)
+    batch.update(layout_lib.empty_gen_stream(count, latent))
     return batch
 
   # --------------------------------------------------------------------------- protocol
