@@ -9,9 +9,12 @@ features.json, after which `tfds.data_source(name, data_dir=...)` and
 
 import json
 import os
+import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
+from google.protobuf.message import DecodeError
+from tensorflow_datasets.proto import tf_example_pb2
 
 from data_pipeline import example as example_lib
 
@@ -50,6 +53,55 @@ def from_stored(stored):
   for name in example_lib.IMAGE_FIELDS:
     example[name] = np.asarray(stored[name], np.float32) / np.float32(QUANTISATION)
   return example
+
+
+def _bytes_feature(feature_map, name, where):
+  """The single bytes value of TFDS feature `name` in a parsed tf.train.Example."""
+  if name not in feature_map:
+    raise ValueError(f"{where}: record has no feature {name!r} (features: "
+                     f"{sorted(feature_map)}); expected the medq_sample format")
+  values = feature_map[name].bytes_list.value
+  if len(values) != 1:
+    raise ValueError(f"{where}: feature {name!r} holds {len(values)} byte strings, expected 1")
+  return values[0]
+
+
+def decode_records(records, image_size, where="record"):
+  """Serialized records -> one batch: images float32 [B, H, W] in [0, 1], other fields as numpy
+  arrays [B] (str, bool) -- the same values as TFDS's per-record decode + from_stored + np.stack
+  (tested), in one pass: the images of the batch are quantised back to float in one vectorised
+  operation and TFDS's generic per-feature machinery is skipped (3-4x less Python per example).
+  """
+  count = len(records)
+  pixels = {name: np.empty((count, image_size, image_size), np.uint16)
+            for name in example_lib.IMAGE_FIELDS}
+  metadata = []
+  for index, record in enumerate(records):
+    at = f"{where} {index} of {count}"
+    try:
+      feature_map = tf_example_pb2.Example.FromString(record).features.feature
+      for name in example_lib.IMAGE_FIELDS:
+        raw = zlib.decompress(_bytes_feature(feature_map, name, at))
+        if len(raw) != 2 * image_size * image_size:
+          raise ValueError(f"{at}: image {name!r} has {len(raw)} bytes, expected "
+                           f"{image_size}x{image_size} uint16")
+        pixels[name][index] = np.frombuffer(raw, "<u2").reshape(image_size, image_size)
+      meta = json.loads(_bytes_feature(feature_map, METADATA, at))
+      missing = [f.name for f in example_lib.EXAMPLE_FIELDS
+                 if f.kind != "image" and f.name not in meta]
+      if missing:
+        raise ValueError(f"{at}: metadata lacks fields {missing}")
+    except (DecodeError, zlib.error, UnicodeDecodeError, TypeError) as error:
+      raise ValueError(f"{at}: not a medq_sample record ({type(error).__name__}: {error})") \
+          from error
+    metadata.append(meta)
+  batch = {name: np.divide(values, np.float32(QUANTISATION), dtype=np.float32)
+           for name, values in pixels.items()}
+  for field in example_lib.EXAMPLE_FIELDS:
+    if field.kind != "image":
+      batch[field.name] = np.array([meta[field.name] for meta in metadata],
+                                   bool if field.kind == "bool" else None)
+  return batch
 
 
 def dataset_dir(data_dir, name, version):

@@ -1,8 +1,8 @@
 """The trainer's input pipeline: precomputed examples (data_pipeline) -> layout rows -> batches.
 
-Grain pipeline: ArrayRecord source -> per-host shard -> seeded shuffle -> repeat -> decode ->
+Grain pipeline: ArrayRecord source -> per-host shard -> seeded shuffle -> repeat -> decode and
 `PackExamples` (medq_jax.layout) -> batch -> iterator (optionally multiprocess prefetch). Bad
-examples (e.g. texts longer than layout.max_und_len) are skipped with a logged reason and counted.
+records (undecodable, or texts longer than layout.max_und_len) are skipped with a logged reason.
 """
 
 from __future__ import annotations
@@ -19,17 +19,29 @@ from medq_jax import layout as layout_lib
 from medq_jax import tokenizer as tokenizer_lib
 
 
-class PackOrSkip(grain.transforms.Map):
-  """Packs an example into a layout row; unpackable examples become None (filtered next)."""
+class DecodePackOrSkip(grain.transforms.Map):
+  """Serialized record -> layout row; a record that does not decode or does not fit the layout
+  becomes None (filtered next) with a logged reason."""
 
-  def __init__(self, tokenizer_dir: str, spec: layout_lib.LayoutSpec):
+  def __init__(self, tokenizer_dir: str, spec: layout_lib.LayoutSpec, image_size: int):
+    self._decode = data_loader.DecodeRecord(image_size)
     self._pack = layout_lib.PackExamples(tokenizer_dir, spec)
+    self.skipped = 0  # Per process (each Grain worker counts its own).
 
-  def map(self, example):
+  def _skip(self, reason):
+    self.skipped += 1
+    logging.warning("skipping %s (%d skipped in this process)", reason, self.skipped)
+
+  def map(self, record):
+    try:
+      example = self._decode.map(record)
+    except ValueError as error:
+      self._skip(f"a record that does not decode: {error}")
+      return None
     try:
       return self._pack.map(example)
     except layout_lib.LayoutError as error:
-      logging.warning("skipping example: %s", error)
+      self._skip(f"example {example['id']}: {error}")
       return None
 
 
@@ -62,10 +74,10 @@ def make_train_iterator(config, tokenizer_dir: str, spec: layout_lib.LayoutSpec,
   if per_host * jax.process_count() != config.train.batch_size:
     raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by "
                      f"{jax.process_count()} processes")
-  source = data_loader.data_source(data.data_dir, split, data.name, data.version)
+  source, image_size = data_loader.record_source(data.data_dir, split, data.name, data.version)
   dataset = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
   dataset = dataset.shuffle(seed=int(data.shuffle_seed)).repeat(None)
-  dataset = dataset.map(data_loader.DecodeExample()).map(PackOrSkip(tokenizer_dir, spec))
+  dataset = dataset.map(DecodePackOrSkip(tokenizer_dir, spec, image_size))
   iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4))
   iter_dataset = iter_dataset.filter(lambda row: row is not None).batch(per_host, drop_remainder=True)
   if int(data.loader_workers) > 0:
