@@ -39,7 +39,8 @@ from data_pipeline import tfds_format  # pylint: disable=g-import-not-at-top
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/data/medq_sample.py", "Data config file.", lock_config=True)
 _STEP_TIME = flags.DEFINE_string(
-    "step_time_s", "", "Train step time per model config, e.g. 'tiny=0.05,small=0.5' (s).")
+    "step_time_s", "", "Train step time per model config, e.g. 'tiny=0.05,small=0.5' (s); "
+    "'base=none' skips the train step column for that config.")
 _SIZES = flags.DEFINE_string(
     "sizes", "tiny=32:8,small=64:16", "model config -> image_size:batch_size; add e.g. "
     "base=256:8 for paper-scale slices.")
@@ -127,7 +128,8 @@ def main(argv):
   del argv
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(1)
-  step_times = {k: float(v) for k, v in _parse_pairs(_STEP_TIME.value).items()}
+  step_times = {k: None if v == "none" else float(v)
+                for k, v in _parse_pairs(_STEP_TIME.value).items()}
   rows, per_task = [], []
   for name, spec in _parse_pairs(_SIZES.value).items():
     image_size, batch_size = (int(v) for v in spec.split(":"))
@@ -141,7 +143,8 @@ def main(argv):
     manifest = precompute.run_precompute(config)
     precomputed = loader_rate(config, _NUM_BATCHES.value)
     task_rates, on_the_fly = on_the_fly_rates(config, _PER_TASK.value, _MIN_SECONDS.value)
-    step = step_times.get(name) or measured_step_seconds(name, batch_size)
+    step = (step_times[name] if name in step_times
+            else measured_step_seconds(name, batch_size))
     consumption = batch_size / step if step else None
     rows.append((name, image_size, batch_size, manifest["num_examples"], precomputed,
                  on_the_fly, precomputed / on_the_fly, consumption))

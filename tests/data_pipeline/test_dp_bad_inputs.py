@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -37,6 +38,15 @@ def _dicom_without_pixels(path):
   path = path / "no_pixels.dcm"
   dataset.save_as(str(path))
   return path, "DICOM without pixel data"
+
+
+def _compressed_dicom_without_decoder(path):
+  """A real JPEG Lossless (Process 14) DICOM from pydicom's test data: no installed pydicom
+  plugin decodes it (pillow does not, pylibjpeg is not a dependency)."""
+  source = get_testdata_file("JPEG-LL.dcm")
+  path = path / "jpeg_lossless.dcm"
+  shutil.copy(source, path)
+  return path, "undecodable DICOM pixels"
 
 
 def _zero_size(path):
@@ -78,8 +88,9 @@ def _unreadable_path(path):
   return path, "unreadable path"
 
 
-BAD_CASES = [_corrupt_nifti, _corrupt_dicom, _dicom_without_pixels, _zero_size, _one_pixel,
-             _nan_inf, _constant, _unexpected_dimensions, _unreadable_path]
+BAD_CASES = [_corrupt_nifti, _corrupt_dicom, _dicom_without_pixels,
+             _compressed_dicom_without_decoder, _zero_size, _one_pixel, _nan_inf, _constant,
+             _unexpected_dimensions, _unreadable_path]
 
 
 def _good_volume(path):
@@ -102,6 +113,15 @@ def test_each_bad_input_is_skipped_with_reason(tmp_path, small_config, make_case
   assert sources_datasets.folder_slices(small_config, skipped) == []
   assert len(skipped) == 1 and reason in skipped[0]["reason"], skipped
   assert skipped[0]["path"] == str(path)
+
+
+@pytest.mark.parametrize("compressed", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"])
+def test_compressed_dicom_with_a_decoder_reads_like_the_uncompressed_file(compressed):
+  """RLE and lossless JPEG 2000 copies of pydicom's MR_small decode to its exact pixels."""
+  expected, _ = readers.read_dicom(get_testdata_file("MR_small.dcm"))
+  pixels, dataset = readers.read_dicom(get_testdata_file(compressed))
+  assert dataset.file_meta.TransferSyntaxUID.is_compressed
+  np.testing.assert_array_equal(pixels, expected)
 
 
 def test_reader_errors_name_the_file(tmp_path):
