@@ -10,6 +10,7 @@ other fields numpy arrays [B]. The iterator's `get_state()` / `set_state()` resu
 import grain
 import tensorflow_datasets as tfds
 
+from data_pipeline import example as example_lib
 from data_pipeline import tfds_format
 
 
@@ -31,7 +32,7 @@ def record_source(data_dir, split, name="medq_sample", version="1.1.0"):
   """(Grain ArrayRecord source of the split's serialized records, image size)."""
   builder = _builder(data_dir, split, name, version)
   paths = [str(path) for path in builder.info.splits[split].filepaths]
-  image_size = int(builder.info.features[tfds_format.example_lib.IMAGE_FIELDS[0]].shape[0])
+  image_size = int(builder.info.features[example_lib.IMAGE_FIELDS[0]].shape[0])
   return grain.sources.ArrayRecordDataSource(paths), image_size
 
 

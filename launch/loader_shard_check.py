@@ -12,34 +12,28 @@ files of all hosts together must hold every example of the split exactly once.
 
 import json
 import os
-import sys
 
-
-def _flag(name, default=None):
-  for arg in sys.argv[1:]:
-    if arg.startswith(f"--{name}="):
-      return arg.split("=", 1)[1]
-  return default
+from launch.argv import flag
 
 
 def main():
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax
-  num_processes = int(_flag("num_processes", "0") or 0)
+  num_processes = int(flag("num_processes", "0") or 0)
   if num_processes > 1:
-    jax.distributed.initialize(coordinator_address=_flag("coordinator"),
-                               num_processes=num_processes, process_id=int(_flag("process_id")))
+    jax.distributed.initialize(coordinator_address=flag("coordinator"),
+                               num_processes=num_processes, process_id=int(flag("process_id")))
   elif num_processes == 0:
     jax.distributed.initialize()  # Cluster: addresses from the environment.
   from configs.data import medq_sample
   from data_pipeline import loader
-  config = medq_sample.get_config(_flag("config_arg", ""))
-  config.data_dir = _flag("data_dir", config.data_dir)
-  split = _flag("split", "train")
+  config = medq_sample.get_config(flag("config_arg", ""))
+  config.data_dir = flag("data_dir", config.data_dir)
+  split = flag("split", "train")
   iterator = iter(loader.make_loader(config, split, worker_count=0, batch_size=1, num_epochs=1,
                                      drop_remainder=False))
   ids = [str(batch["id"][0]) for batch in iterator]
-  out_dir = _flag("out_dir", ".")
+  out_dir = flag("out_dir", ".")
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, f"ids_{jax.process_index()}.json"), "w") as f:
     json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),

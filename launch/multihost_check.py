@@ -12,34 +12,28 @@ single-process reference.
 
 import json
 import os
-import sys
 
-
-def _flag(name, default=None):
-  for arg in sys.argv[1:]:
-    if arg.startswith(f"--{name}="):
-      return arg.split("=", 1)[1]
-  return default
+from launch.argv import flag
 
 
 def main():
-  local_devices = _flag("local_devices")
+  local_devices = flag("local_devices")
   if local_devices:  # must precede the JAX import
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
     os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   import numpy as np
-  num_processes = int(_flag("num_processes", "1"))
+  num_processes = int(flag("num_processes", "1"))
   if num_processes > 1:
-    jax.distributed.initialize(coordinator_address=_flag("coordinator"),
-                               num_processes=num_processes, process_id=int(_flag("process_id")))
+    jax.distributed.initialize(coordinator_address=flag("coordinator"),
+                               num_processes=num_processes, process_id=int(flag("process_id")))
   from configs import medq_uni
   from medq_jax import layout as layout_lib
   from medq_jax.train import sharding as sharding_lib
   from medq_jax.train import state as state_lib
   from medq_jax.train import step as step_lib
 
-  config = medq_uni.get_config(_flag("config_arg", "size=tiny,stage=2,mesh=2x2x2"))
+  config = medq_uni.get_config(flag("config_arg", "size=tiny,stage=2,mesh=2x2x2"))
   setup = state_lib.build_setup(config, jax.random.PRNGKey(0))
   spec, mesh, vae_params = setup.spec, setup.mesh, setup.vae_params
   state = jax.jit(lambda p: state_lib.create_train_state(p, setup.optimizer))(setup.params)
@@ -69,7 +63,7 @@ def main():
   metrics["param_checksum"] = float(np.sum(multihost_utils.process_allgather(kernel, tiled=True)))
   metrics["process_count"] = jax.process_count()
   metrics["device_count"] = jax.device_count()
-  out = _flag("out")
+  out = flag("out")
   if out and jax.process_index() == 0:
     with open(out, "w") as f:
       json.dump(metrics, f)
