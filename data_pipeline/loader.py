@@ -36,13 +36,6 @@ def record_source(data_dir, split, name="medq_sample", version="1.1.0"):
   return grain.sources.ArrayRecordDataSource(paths), image_size
 
 
-class DecodeExample(grain.transforms.Map):
-  """TFDS-decoded record -> contract example (see data_pipeline/example.py)."""
-
-  def map(self, element):
-    return tfds_format.from_stored(element)
-
-
 class DecodeRecord(grain.transforms.Map):
   """Serialized record -> contract example, without TFDS's per-feature machinery."""
 

@@ -54,9 +54,9 @@ def ensure_tokenizer(config, workdir: str) -> str:
   out_dir = os.path.join(workdir, "tokenizer")
   if os.path.exists(os.path.join(out_dir, "tokenizer.json")):
     return out_dir
-  source = data_loader.data_source(config.data.data_dir, "train", config.data.name,
-                                   config.data.version)
-  decode = data_loader.DecodeExample()
+  source, image_size = data_loader.record_source(config.data.data_dir, "train",
+                                                 config.data.name, config.data.version)
+  decode = data_loader.DecodeRecord(image_size)
   texts = []
   for index in range(len(source)):
     example = decode.map(source[index])
