@@ -96,14 +96,18 @@ def ixi_slices(config, skipped):
   return result
 
 
+def _patient_dirs(root):
+  """(patient id, directory) for each sub-directory of `root`, sorted (one per patient)."""
+  for patient_dir in sorted(glob.glob(os.path.join(root, "*"))):
+    if os.path.isdir(patient_dir):
+      yield os.path.basename(patient_dir), patient_dir
+
+
 def aapm_mayo_slices(config, skipped):
   """AAPM-Mayo full/quarter-dose pairs: the acquired quarter-dose slice is `paired_low`."""
   root = config.paths.aapm_mayo
   result = []
-  for patient_dir in sorted(glob.glob(os.path.join(root, "*"))):
-    if not os.path.isdir(patient_dir):
-      continue
-    patient = os.path.basename(patient_dir)
+  for patient, patient_dir in _patient_dirs(root):
     fulls = sorted(glob.glob(os.path.join(patient_dir, "full*")))
     for full_dir in fulls:
       quarter_dir = os.path.join(patient_dir, os.path.basename(full_dir).replace("full", "quarter"))
@@ -147,10 +151,7 @@ def udpet_slices(config, skipped):
   """UDPET full-dose / low-dose pairs (acquired low-count PET, nothing simulated)."""
   root = config.paths.udpet
   result = []
-  for patient_dir in sorted(glob.glob(os.path.join(root, "*"))):
-    if not os.path.isdir(patient_dir):
-      continue
-    patient = os.path.basename(patient_dir)
+  for patient, patient_dir in _patient_dirs(root):
     entries = sorted(glob.glob(os.path.join(patient_dir, "*")))
     fulls = [e for e in entries if re.search(r"full", os.path.basename(e), re.I)]
     if not fulls:
