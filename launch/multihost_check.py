@@ -28,8 +28,9 @@ def main():
     jax.distributed.initialize(coordinator_address=flag("coordinator"),
                                num_processes=num_processes, process_id=int(flag("process_id")))
   from configs import medq_uni
+  from medq_jax.types import latent_dim
   from medq_jax import layout as layout_lib
-  from medq_jax.train import sharding as sharding_lib
+  from medq_jax import sharding as sharding_lib
   from medq_jax.train import state as state_lib
   from medq_jax.train import step as step_lib
 
@@ -39,7 +40,7 @@ def main():
   state = jax.jit(lambda p: state_lib.create_train_state(p, setup.optimizer))(setup.params)
 
   rng = np.random.default_rng(0)
-  batch = layout_lib.zeros_batch(spec, config.train.batch_size, state_lib.latent_dim(config.model))
+  batch = layout_lib.zeros_batch(spec, config.train.batch_size, latent_dim(config.model))
   for key in ("gen_latents", "gen_timesteps"):
     batch.pop(key)
   batch["und_token_ids"] = rng.integers(5, 400, batch["und_token_ids"].shape).astype(np.int32)

@@ -38,10 +38,18 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   logging.getLogger().setLevel(logging.INFO)
-  from medq_jax.train.loop import train
   config = _CONFIG.value
-  metrics = train(config, _WORKDIR.value or config.workdir)
+  metrics = run_training(config, _WORKDIR.value or config.workdir)
   print("final:", " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+
+
+def run_training(config, workdir: str) -> dict:
+  """The main job after flags: prepare the dataset and tokenizer (process 0; the others wait),
+  then train. Returns the last step's metrics."""
+  from launch import prepare
+  from medq_jax.train.loop import train
+  tokenizer_dir = prepare.prepare_training(config, workdir)
+  return train(config, workdir, tokenizer_dir)
 
 
 def run_main():

@@ -28,10 +28,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from skimage.transform import resize
 
-from medq_jax.models.attention import PAD_SAMPLE, SPLIT_CAUSAL, SPLIT_FULL, SPLIT_NOISE
-
-KIND_PAD, KIND_TEXT, KIND_VIT = 0, 1, 2
-STAGES = (1, 2)
+from medq_jax.types import (BATCH_FIELDS, KIND_PAD, KIND_TEXT, KIND_VIT, MODEL_INPUT_FIELDS,
+                            PAD_SAMPLE, SPLIT_CAUSAL, SPLIT_FULL, SPLIT_NOISE, STAGES, field_shapes)
 
 
 class LayoutError(ValueError):
@@ -248,26 +246,12 @@ class PackExamples:
 
 
 def zeros_batch(spec: LayoutSpec, batch_size: int, latent_dim: int) -> dict[str, np.ndarray]:
-  """A zero batch with the exact shapes/dtypes of a collated layout batch plus the model's
-  gen inputs (`gen_latents` [B, Lg, latent_dim], `gen_timesteps` [B, Lg]); for init and AOT."""
-  lu, lg, nv, p = spec.max_und_len, spec.gen_len, spec.num_vit_tokens, spec.vit_patch_size
-  size = spec.vae_image_size
-  shapes = {
-      **{f"und_{k}": ((lu,), np.int32) for k in ("token_ids", "kind", "positions", "sample_ids",
-                                                 "split_ids", "split_modes", "vit_index",
-                                                 "targets")},
-      "und_loss_mask": ((lu,), np.float32),
-      "vit_patches": ((nv, 3 * p * p), np.float32),
-      "vit_position_ids": ((nv,), np.int32),
-      "vit_valid": ((nv,), np.bool_),
-      "vae_images": ((2, size, size, 3), np.float32),
-      **{f"gen_{k}": ((lg,), np.int32) for k in ("image_index", "latent_pos", "positions",
-                                                 "sample_ids", "split_ids", "split_modes")},
-      "gen_noised": ((lg,), np.bool_),
-      "gen_loss_mask": ((lg,), np.float32),
-      "gen_latents": ((lg, latent_dim), np.float32),
-      "gen_timesteps": ((lg,), np.float32),
-  }
+  """A zero batch with the exact shapes/dtypes of a collated layout batch (`types.BATCH_FIELDS`)
+  plus the model's gen inputs (`types.MODEL_INPUT_FIELDS`: `gen_latents` [B, Lg, latent_dim],
+  `gen_timesteps` [B, Lg]); for init and AOT compilation."""
+  sizes = dict(Lu=spec.max_und_len, Lg=spec.gen_len, Nv=spec.num_vit_tokens,
+               F=3 * spec.vit_patch_size ** 2, S=spec.vae_image_size, D=latent_dim)
+  shapes = field_shapes(sizes, {**BATCH_FIELDS, **MODEL_INPUT_FIELDS})
   return {k: np.zeros((batch_size,) + shape, dtype) for k, (shape, dtype) in shapes.items()}
 
 

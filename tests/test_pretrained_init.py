@@ -10,7 +10,7 @@ import jax
 from configs import medq_uni
 from medq_jax import layout as layout_lib
 from medq_jax.convert import bagel, core
-from medq_jax.train import sharding as sharding_lib
+from medq_jax import sharding as sharding_lib
 from medq_jax.train import state as state_lib
 from medq_jax.train.pretrained import load_initial_weights
 

@@ -10,8 +10,9 @@ import jax
 from jax.sharding import PartitionSpec as P
 
 from configs import medq_uni
+from medq_jax.types import latent_dim
 from medq_jax import layout as layout_lib
-from medq_jax.train import sharding as sharding_lib
+from medq_jax import sharding as sharding_lib
 from medq_jax.train import state as state_lib
 from medq_jax.train.param_specs import param_partition_specs
 
@@ -54,7 +55,7 @@ def test_sharded_init_and_jitted_forward_equal_unsharded():
                                                      kernel.shape[2] // 2)
 
   rng = np.random.default_rng(0)
-  batch = layout_lib.zeros_batch(spec, 4, state_lib.latent_dim(config.model))
+  batch = layout_lib.zeros_batch(spec, 4, latent_dim(config.model))
   batch["und_token_ids"] = rng.integers(5, 500, batch["und_token_ids"].shape).astype(np.int32)
   batch["und_positions"] = np.broadcast_to(np.arange(spec.max_und_len), (4, spec.max_und_len)).astype(np.int32)
   batch["gen_latents"] = rng.normal(size=batch["gen_latents"].shape).astype(np.float32)

@@ -35,7 +35,7 @@ def _metrics(workdir):
 
 
 def test_resumed_run_matches_uninterrupted_run(data_dir, tmp_path):
-  from medq_jax.train.loop import train
+  from launch.train import run_training as train
   straight = str(tmp_path / "straight")
   final_straight = train(_config(data_dir, 3, profile_steps=(1, 2)), straight)
   traces = [f for _, _, files in os.walk(os.path.join(straight, "profile")) for f in files]
@@ -64,15 +64,16 @@ def test_resumed_run_matches_uninterrupted_run(data_dir, tmp_path):
 def test_trained_checkpoint_scores_bench_items(data_dir, tmp_path):
   """The checkpoint of a run restores as a BenchModel and predicts MedQ-Bench items written
   and read back in VLMEvalKit TSV format."""
+  from data_pipeline.demo_examples import demo_examples
   from medq_jax.bench import model_interface
-  from medq_jax.bench.demo_examples import demo_examples
+  from medq_jax.infer.bench_model import load_from_workdir
   from medq_jax.bench.generator import generate_items, write_items
   from medq_jax.bench.items import load_mcq_items, load_reasoning_items
-  from medq_jax.train.loop import train
+  from launch.train import run_training as train
   workdir = str(tmp_path / "run")
   config = _config(data_dir, 1)
   train(config, workdir)
-  model = model_interface.load_model_from_checkpoint(workdir, config)
+  model = load_from_workdir(workdir, config)
   assert isinstance(model, model_interface.BenchModel)
   model.max_new_tokens = 4
   paths = write_items(generate_items(demo_examples()[:2], seed=0), str(tmp_path / "items"))

@@ -73,7 +73,8 @@ def load_pretrained_parts(model_config, target: dict, qwen2_path: str | None = N
   target: the full MedQUni tree with `.shape` leaves; only the loaded paths are returned.
   """
   from medq_jax.convert.core import flatten
-  from medq_jax.convert.qwen2 import GEN, gen_twins, qwen2_rules
+  from medq_jax.convert.qwen2 import gen_twins, qwen2_rules
+  from medq_jax.types import GEN_SUFFIX as GEN
   from medq_jax.convert.siglip import load_siglip
 
   loaded: dict[str, Any] = {}

@@ -12,13 +12,13 @@ BAGEL's ``ae.safetensors`` is FLUX's file unchanged, so the same rules load it.
 
 Example::
 
-    shapes = jax.eval_shape(FluxAutoEncoder(flux_ae_config()).init, key, images)['params']
+    # config.model.vae of a size with the FLUX layout (configs/model_sizes.py: base)
+    shapes = jax.eval_shape(FluxAutoEncoder(config.model.vae).init, key, images)['params']
     params = load_params(nn.unbox(shapes), iter_safetensors("ae.safetensors"), flux_vae_rules())
 """
 
 from __future__ import annotations
 
-import ml_collections
 
 from medq_jax.convert.core import KeyRule, conv_from_flax, conv_to_flax
 
@@ -79,9 +79,3 @@ def flux_vae_rules(source_prefix: str = "", target_prefix: str = "") -> list[Key
   rules += _conv_rules(f"{src}decoder.up.{{i}}.upsample.conv", f"{dst}decoder/up_{{i}}/upsample/conv")
   return rules
 
-
-def flux_ae_config() -> ml_collections.ConfigDict:
-  """The architecture of FLUX.1's (and BAGEL's) ``ae.safetensors``: 16 latent channels, 8x down."""
-  return ml_collections.ConfigDict(dict(
-      in_channels=3, out_channels=3, ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2,
-      z_channels=16, scale_factor=0.3611, shift_factor=0.1159, norm_groups=32))

@@ -5,8 +5,8 @@ BAGEL/UniMedVL's `language_model.*` names (with `_moe_gen` copies for the genera
 from __future__ import annotations
 
 from medq_jax.convert.core import KeyRule, linear_from_flax, linear_to_flax
+from medq_jax.types import GEN_SUFFIX as GEN
 
-GEN = "_moe_gen"
 
 
 def _layer_rules(src: str, dst: str, suffix: str, *, attention: bool, qk_norm: bool):

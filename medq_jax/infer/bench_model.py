@@ -11,16 +11,18 @@ inference engine.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medq_jax import checkpoints
 from medq_jax import layout as layout_lib
-from medq_jax.models.attention import SPLIT_CAUSAL
 from medq_jax.models.medq_uni import MedQUni
-from medq_jax.tokenizer import special_ids
+from medq_jax.tokenizer import load_tokenizer, special_ids
+from medq_jax.types import KIND_TEXT, SPLIT_CAUSAL, latent_dim
 
 
 def grey01(image: np.ndarray) -> np.ndarray:
@@ -68,8 +70,7 @@ class MedQUniBenchModel:
     batch["vit_patches"] = np.broadcast_to(np.stack(patches), (count,) + np.stack(patches).shape).copy()
     batch["vit_position_ids"] = np.broadcast_to(np.stack(ids), (count,) + np.stack(ids).shape).copy()
     batch["vit_valid"] = np.ones(batch["vit_position_ids"].shape, np.bool_)
-    latent = self.config.model.latent_patch_size ** 2 * self.config.model.vae.z_channels
-    batch.update(layout_lib.empty_gen_stream(count, latent))
+    batch.update(layout_lib.empty_gen_stream(count, latent_dim(self.config.model)))
     return batch
 
   # --------------------------------------------------------------------------- protocol
@@ -102,7 +103,7 @@ class MedQUniBenchModel:
       if next_id == self.special["im_end"]:
         break
       generated.append(next_id)
-      for key, value in (("token_ids", next_id), ("kind", layout_lib.KIND_TEXT),
+      for key, value in (("token_ids", next_id), ("kind", KIND_TEXT),
                          ("positions", position), ("split_ids", split),
                          ("split_modes", SPLIT_CAUSAL), ("sample_ids", 0)):
         batch[f"und_{key}"][0, cursor] = value
@@ -120,45 +121,9 @@ class MedQUniBenchModel:
     return self._text(self.generate_ids([image_a, image_b], prompt))
 
 
-def load_config(config_spec: str):
-  """'configs/medq_uni.py:size=tiny,stage=2' -> ConfigDict (the same syntax as --config)."""
-  import importlib.util
-  import os
-  path, _, arg = config_spec.partition(":")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: config file does not exist")
-  spec = importlib.util.spec_from_file_location("bench_model_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
-def load_from_workdir(workdir: str, config) -> MedQUniBenchModel:
-  """Restores the latest Orbax checkpoint of a training run (`workdir/checkpoints`, tokenizer in
-  `workdir/tokenizer`) as a BenchModel, on the default device."""
-  import os
-
-  import orbax.checkpoint as ocp
-
-  from medq_jax.tokenizer import load_tokenizer
-  from medq_jax.train import state as state_lib
-
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"{workdir}: no checkpoints/ directory (expected a medq-train workdir)")
-  manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"{directory}: no checkpoint steps found")
-  import flax.linen as nn
-  spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, config.train.stage)
-  model, _ = state_lib.build_models(config.model)
-  abstract_params = nn.unbox(state_lib.abstract_boxed_params(model, spec, config.model))
-  optimizer = state_lib.make_optimizer(config.train, abstract_params)
-  abstract_state = jax.eval_shape(lambda p: state_lib.create_train_state(p, optimizer),
-                                  abstract_params)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))
-  manager.close()
-  return MedQUniBenchModel(config, restored.state.params,
-                           load_tokenizer(os.path.join(workdir, "tokenizer")))
+def load_from_workdir(workdir: str, config, dtype: str | None = None) -> MedQUniBenchModel:
+  """The latest checkpoint of a training run (`workdir/checkpoints`, tokenizer in
+  `workdir/tokenizer`) as a BenchModel on the default device: parameters only, no optimizer."""
+  params, _ = checkpoints.restore_params(workdir, config.model, dtype=dtype)
+  tokenizer_dir = os.path.join(workdir, "tokenizer")
+  return MedQUniBenchModel(config, params, load_tokenizer(tokenizer_dir))

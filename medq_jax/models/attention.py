@@ -18,10 +18,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-SPLIT_CAUSAL = 0
-SPLIT_FULL = 1
-SPLIT_NOISE = 2
-PAD_SAMPLE = -1  # sample id of padding tokens: they attend and are attended by nothing else
+from medq_jax.types import PAD_SAMPLE, SPLIT_CAUSAL, SPLIT_NOISE
+
 
 
 class TokenIds(NamedTuple):

@@ -21,17 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from medq_jax.models import attention as attention_lib
-from medq_jax.models.layers import RMSNorm, apply_rope, constrain, logical_dense, rope_tables
+from medq_jax.types import GEN_SUFFIX as GEN
+from medq_jax.models.layers import (RMSNorm, apply_rope, constrain, logical_dense, remat_layer,
+                                    rope_tables)
 
 Dtype = Any
-GEN = "_moe_gen"  # BAGEL's suffix for the generation expert's copy of a weight
-
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-}
 
 _STREAM_AXES = ("act_batch", "act_len", "act_embed")
 
@@ -179,13 +173,7 @@ class MoTDecoder(nn.Module):
     cfg = self.config
     ids = attention_lib.TokenIds.concat(und_ids, gen_ids)
     rope = rope_tables(jnp.concatenate([und_pos, gen_pos], axis=1), cfg.head_dim, cfg.rope_theta)
-    layer_cls = MoTDecoderLayer
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"model.remat_policy: unknown policy {self.remat_policy!r}; "
-                       f"known: {sorted(REMAT_POLICIES)}")
-    if self.remat_policy != "none":
-      layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[self.remat_policy],
-                           prevent_cse=not self.scan_layers)
+    layer_cls = remat_layer(MoTDecoderLayer, self.remat_policy, self.scan_layers)
     und_len = und_h.shape[1]
     args = (cfg, self.expert_scope, self.attention_impl, und_len, self.dtype, self.param_dtype)
     h = constrain(jnp.concatenate([und_h.astype(self.dtype), gen_h.astype(self.dtype)], axis=1),

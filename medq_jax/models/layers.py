@@ -83,3 +83,23 @@ def sincos_2d(embed_dim: int, grid_side: int) -> np.ndarray:
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Logical sharding constraint on an activation (no-op outside a mesh with rules)."""
   return nn.with_logical_constraint(x, tuple(axes))
+
+
+# The one table of rematerialisation policies (`config.model.remat_policy`), shared by every
+# scanned layer stack (decoder and ViT), so a policy valid for one is valid for all.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+}
+
+
+def remat_layer(layer_cls: type[nn.Module], policy: str, scan_layers: bool) -> type[nn.Module]:
+  """`layer_cls` wrapped in `nn.remat` with the named policy ('none' returns it unchanged)."""
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"model.remat_policy: unknown policy {policy!r}; known: "
+                     f"{sorted(REMAT_POLICIES)}")
+  if policy == "none":
+    return layer_cls
+  return nn.remat(layer_cls, policy=REMAT_POLICIES[policy], prevent_cse=not scan_layers)

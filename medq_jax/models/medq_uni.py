@@ -1,6 +1,6 @@
 """MedQUni: the unified assess-then-restore model (BAGEL layout) in Flax linen.
 
-It embeds a layout batch (see `medq_jax.layout`) into two dense streams -- und: text tokens and
+It embeds a layout batch (fields in `medq_jax.types`, built by `medq_jax.layout`) into two dense streams -- und: text tokens and
 ViT tokens; gen: VAE-latent tokens -- runs the MoT decoder once, and returns text logits for the
 und stream and velocity predictions for the gen stream. The frozen VAE lives outside this module
 (`medq_jax.models.vae`): the caller encodes images to latent tokens and noises them, so that the
@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from medq_jax import layout as layout_lib
 from medq_jax.models.attention import TokenIds
 from medq_jax.models.decoder import MoTDecoder
 from medq_jax.models.embedders import FixedPositionEmbedding, MLPConnector, TimestepEmbedder
 from medq_jax.models.layers import constrain, dtype_of, logical_dense
 from medq_jax.models.vit import SiglipVisionEncoder
+from medq_jax.types import BATCH_FIELDS, KIND_VIT, MODEL_INPUT_FIELDS, field_shapes, latent_dim
 
 Batch = Mapping[str, jax.Array]
 
@@ -52,7 +52,6 @@ class MedQUni(nn.Module):
     self.connector = MLPConnector(llm.hidden_size, **kw)
     vit_grid = cfg.vit.image_size // cfg.vit.patch_size
     self.vit_pos_embed = FixedPositionEmbedding(vit_grid, llm.hidden_size)
-    latent_dim = cfg.latent_patch_size ** 2 * cfg.vae.z_channels
     self.vae2llm = logical_dense(llm.hidden_size, ("latent", "embed"), use_bias=True,
                                  name="vae2llm", **kw)
     self.time_embedder = TimestepEmbedder(llm.hidden_size, cfg.timestep_freq_dim, **kw)
@@ -62,7 +61,7 @@ class MedQUni(nn.Module):
     self.lm_head = logical_dense(llm.vocab_size, ("embed", "vocab"), use_bias=False,
                                  name="lm_head", **kw)
     # Zero-initialised as in BAGEL, so a fresh gen expert starts from a zero velocity.
-    self.llm2vae = logical_dense(latent_dim, ("embed", "latent"), use_bias=True,
+    self.llm2vae = logical_dense(latent_dim(cfg), ("embed", "latent"), use_bias=True,
                                  name="llm2vae", zero_init=True, **kw)
 
   def embed_und(self, batch: Batch) -> jax.Array:
@@ -84,7 +83,7 @@ class MedQUni(nn.Module):
       vit = self.vit(patches, position_ids, valid)
     vit = self.connector(vit) + self.vit_pos_embed(position_ids).astype(self.dtype)
     vit_in_slots = jnp.take_along_axis(vit, batch["und_vit_index"][..., None], axis=1)
-    is_vit = (batch["und_kind"] == layout_lib.KIND_VIT)[..., None]
+    is_vit = (batch["und_kind"] == KIND_VIT)[..., None]
     return jnp.where(is_vit, vit_in_slots.astype(self.dtype), text.astype(self.dtype))
 
   def embed_gen(self, batch: Batch) -> jax.Array:
@@ -106,6 +105,27 @@ class MedQUni(nn.Module):
     logits = constrain(self.lm_head(und_h), ("act_batch", "act_len", "act_vocab"))
     velocity = self.llm2vae(gen_h)
     return {"logits": logits.astype(jnp.float32), "velocity": velocity.astype(jnp.float32)}
+
+
+def init_batch(model_config: ml_collections.ConfigDict) -> dict[str, jnp.ndarray]:
+  """A small zero batch with every field the model reads (`types.BATCH_FIELDS`), for `init`.
+
+  Parameter shapes depend on `config.model` alone, never on sequence lengths, so this gives the
+  same parameters as a full-size batch (Flax draws initialisers by module path and shape).
+  """
+  patch = model_config.vit.patch_size
+  sizes = dict(Lu=4, Lg=4, Nv=4, F=model_config.vit.num_channels * patch**2, S=8,
+               D=latent_dim(model_config))
+  shapes = field_shapes(sizes, {**BATCH_FIELDS, **MODEL_INPUT_FIELDS})
+  return {name: jnp.zeros((1,) + shape, dtype) for name, (shape, dtype) in shapes.items()}
+
+
+def abstract_params(model_config: ml_collections.ConfigDict) -> Any:
+  """Boxed abstract MedQUni parameters (ShapeDtypeStructs with logical axis names); allocates
+  nothing. `nn.unbox` gives the plain tree."""
+  model = MedQUni(model_config)
+  return jax.eval_shape(lambda rng: model.init(rng, init_batch(model_config))["params"],
+                        jax.random.key(0))
 
 
 def param_count(params: Any) -> int:

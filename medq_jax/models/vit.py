@@ -37,15 +37,11 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
+from medq_jax.models.layers import remat_layer
+
 Dtype = Any
 
 ACT_AXES = ("act_batch", "act_len", "act_embed")
-
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 def _dense(features: int, axes: tuple[str, str], name: str, dtype: Dtype, param_dtype: Dtype):
@@ -167,12 +163,7 @@ class SiglipEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"remat_policy: expected one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}")
-    layer_cls = SiglipEncoderLayer
-    if self.remat_policy != "none":
-      layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[self.remat_policy],
-                           prevent_cse=not self.scan_layers)
+    layer_cls = remat_layer(SiglipEncoderLayer, self.remat_policy, self.scan_layers)
     args = (self.config, self.dtype, self.param_dtype)
     if self.scan_layers:
       stack = nn.scan(

@@ -1,5 +1,6 @@
-"""Orbax checkpoints of the train state together with the Grain iterator state, so that a
-restored run continues with exactly the batches it would have seen."""
+"""Writing and resuming Orbax checkpoints of the train state together with the Grain iterator
+state, so that a restored run continues with exactly the batches it would have seen. Reading a
+run's parameters alone (evaluation) is `medq_jax.checkpoints`."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from medq_jax import checkpoints
+
 
 def make_manager(directory: str, keep: int = 3, save_every: int = 100) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
                                          enable_async_checkpointing=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=("state", "data"))
+                               item_names=checkpoints.ITEM_NAMES)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, force: bool = False):

@@ -1,6 +1,9 @@
 """The training loop: sharded init (optionally from pretrained files), AOT-compiled train step,
 Grain batches, Orbax checkpoints (train state + data iterator), metrics (stdout, metrics.jsonl,
-TensorBoard) with per-device TFLOP/s and MFU, and an optional profiler window."""
+TensorBoard) with per-device TFLOP/s and MFU, and an optional profiler window.
+
+The loop does no launch work: the entry point (`launch/train.py`) prepares the dataset and the
+tokenizer first (`launch/prepare.py`)."""
 
 from __future__ import annotations
 
@@ -11,28 +14,15 @@ import time
 import jax
 import numpy as np
 
+from medq_jax import checkpoints
 from medq_jax.models.medq_uni import param_count
 from medq_jax.train import checkpoint as checkpoint_lib
 from medq_jax.train import data as data_lib
 from medq_jax.train import pretrained
 from medq_jax.train.metrics_writer import MetricsWriter
-from medq_jax.train import sharding as sharding_lib
+from medq_jax import sharding as sharding_lib
 from medq_jax.train import state as state_lib
 from medq_jax.train import step as step_lib
-
-
-def ensure_dataset(data_config) -> None:
-  """Runs the precompute (process 0; resumable) when the dataset is not there yet."""
-  from data_pipeline import precompute, tfds_format
-  directory = tfds_format.dataset_dir(data_config.data_dir, data_config.name, data_config.version)
-  if os.path.exists(os.path.join(directory, "dataset_info.json")):
-    return
-  if jax.process_index() == 0:
-    logging.info("no precomputed dataset at %s: running the precompute", directory)
-    precompute.run_precompute(data_config, progress=True)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("precompute")
 
 
 def _log_memory(compiled) -> None:
@@ -57,14 +47,14 @@ def _step_flops(compiled) -> float:
   return float((analysis or {}).get("flops", 0.0))
 
 
-def train(config, workdir: str) -> dict:
-  """Trains per `config` in `workdir`; resumes from the latest checkpoint there. Returns the
-  last step's metrics (floats)."""
+def train(config, workdir: str, tokenizer_dir: str) -> dict:
+  """Trains per `config` in `workdir` on the precomputed `config.data` with the tokenizer in
+  `tokenizer_dir` (both prepared by the entry point: `launch/prepare.py`); resumes from the
+  latest checkpoint there. Returns the last step's metrics (floats)."""
   os.makedirs(workdir, exist_ok=True)
-  ensure_dataset(config.data)
-  tokenizer_dir = data_lib.ensure_tokenizer(config, workdir)
-  rng = jax.random.PRNGKey(config.train.seed)
-  setup = state_lib.build_setup(config, rng)
+  # Separate streams: initialisation and the loop's per-step noise never share a key.
+  init_rng, loop_rng = jax.random.split(jax.random.key(config.train.seed))
+  setup = state_lib.build_setup(config, init_rng)
   spec, mesh, optimizer = setup.spec, setup.mesh, setup.optimizer
   params, vae_params = pretrained.load_initial_weights(config.init, config.model, setup.params,
                                                       setup.vae_params)
@@ -76,7 +66,7 @@ def train(config, workdir: str) -> dict:
                                      config.train)
 
   iterator = data_lib.make_train_iterator(config, tokenizer_dir, spec)
-  manager = checkpoint_lib.make_manager(os.path.join(workdir, "checkpoints"),
+  manager = checkpoint_lib.make_manager(checkpoints.checkpoint_dir(workdir),
                                         save_every=config.train.checkpoint_every)
   restored, start_step = checkpoint_lib.restore_latest(
       manager, checkpoint_lib.abstract_like(state), iterator)
@@ -95,7 +85,7 @@ def train(config, workdir: str) -> dict:
                      out_shardings=(state_shardings, None), donate_argnums=(0,))
     global_first = sharding_lib.global_batch(first, mesh)
     start = time.perf_counter()
-    compiled = jitted.lower(state, vae_params, global_first, rng).compile()
+    compiled = jitted.lower(state, vae_params, global_first, loop_rng).compile()
     logging.info("train step compiled in %.1fs", time.perf_counter() - start)
   _log_memory(compiled)
   flops = _step_flops(compiled)
@@ -109,7 +99,7 @@ def train(config, workdir: str) -> dict:
     if step == profile_start and profile_stop > profile_start:
       jax.profiler.start_trace(os.path.join(workdir, "profile"))
     tick = time.perf_counter()
-    state, metrics = compiled(state, vae_params, batch, rng)
+    state, metrics = compiled(state, vae_params, batch, loop_rng)
     if (step + 1) % config.train.log_every == 0 or step + 1 == config.train.steps:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       seconds = time.perf_counter() - tick

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import jax
 
+from medq_jax.types import latent_dim
 from medq_jax import layout as layout_lib
-from medq_jax.train import sharding as sharding_lib
+from medq_jax import sharding as sharding_lib
 from medq_jax.train import state as state_lib
 from medq_jax.train import step as step_lib
 from medq_jax.train.timing import compile_seconds, median_seconds
@@ -22,7 +23,7 @@ def train_step_seconds(config, iters: int = 5) -> tuple[float, float]:
   train_state = state_lib.create_train_state(setup.params, setup.optimizer)
   step = step_lib.make_train_step(setup.model, setup.vae, setup.optimizer, config.model,
                                   config.train)
-  batch = layout_lib.zeros_batch(spec, config.train.batch_size, state_lib.latent_dim(config.model))
+  batch = layout_lib.zeros_batch(spec, config.train.batch_size, latent_dim(config.model))
   for key in ("gen_latents", "gen_timesteps"):
     batch.pop(key)
   batch["gen_loss_mask"][:] = batch["gen_noised"][:] = 0

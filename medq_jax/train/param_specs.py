@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from medq_jax import layout as layout_lib
+from medq_jax import sharding as sharding_lib
 from medq_jax.convert.core import flatten
-from medq_jax.train import sharding as sharding_lib
-from medq_jax.train import state as state_lib
+from medq_jax.models.medq_uni import abstract_params
 
 
 def spec_to_list(spec) -> list:
@@ -16,10 +15,8 @@ def spec_to_list(spec) -> list:
 
 def param_partition_specs(config) -> dict[str, dict]:
   """{'params/path': spec list, 'vae/path': ...} for `config` under its sharding rules."""
-  spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, config.train.stage)
-  model, vae = state_lib.build_models(config.model)
   out = {}
-  boxed = state_lib.abstract_boxed_params(model, spec, config.model)
+  boxed = abstract_params(config.model)
   rules = sharding_lib.rules_tuple(config.sharding_rules)
   for prefix, tree in (("params", boxed),):
     mesh_axes = nn.logical_to_mesh(nn.get_partition_spec(tree), rules)

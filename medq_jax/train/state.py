@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import optax
 
 from medq_jax import layout as layout_lib
-from medq_jax.models.medq_uni import MedQUni
+from medq_jax.models.medq_uni import MedQUni, init_batch
 from medq_jax.models.vae import FluxAutoEncoder
-from medq_jax.train import sharding as sharding_lib
+from medq_jax import sharding as sharding_lib
 
 
 @flax.struct.dataclass
@@ -29,10 +29,6 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
-
-
-def latent_dim(model_config) -> int:
-  return model_config.latent_patch_size ** 2 * model_config.vae.z_channels
 
 
 def path_name(path) -> str:
@@ -68,8 +64,8 @@ def build_models(model_config):
 
 
 def _init_fns(model, vae, spec: layout_lib.LayoutSpec, model_config):
-  batch = layout_lib.zeros_batch(spec, 1, latent_dim(model_config))
-  image = batch["vae_images"][:, 0]
+  batch = init_batch(model_config)
+  image = jnp.zeros((1, spec.vae_image_size, spec.vae_image_size, 3), jnp.float32)
   model_init = lambda rng: model.init(rng, batch)["params"]
   vae_init = lambda rng: vae.init(rng, image)["params"]
   return model_init, vae_init
@@ -90,12 +86,6 @@ def init_params_sharded(model, vae, spec, model_config, mesh, rules, rng):
     results.append((params, shardings))
   (params, param_shardings), (vae_params, vae_shardings) = results
   return params, vae_params, param_shardings, vae_shardings
-
-
-def abstract_boxed_params(model, spec, model_config):
-  """Boxed abstract params (with logical names) of MedQUni, without allocating anything."""
-  batch = layout_lib.zeros_batch(spec, 1, latent_dim(model_config))
-  return jax.eval_shape(lambda rng: model.init(rng, batch)["params"], jax.random.PRNGKey(0))
 
 
 def create_train_state(params, optimizer) -> TrainState:

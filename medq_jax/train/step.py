@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from medq_jax import objectives
 from medq_jax.models.vae import patchify_latents, unpatchify_latents
@@ -84,7 +85,7 @@ def make_train_step(model, vae, optimizer, model_config, train_config) -> Callab
     rng = jax.random.fold_in(rng, state.step)
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, vae_params, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
+    params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2)
                                         for g in jax.tree_util.tree_leaves(grads)))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 
 from configs import medq_uni
+from medq_jax.types import latent_dim
 from medq_jax import layout as layout_lib
 from medq_jax.convert import bagel, core
 from medq_jax.train import state as state_lib
@@ -21,7 +22,7 @@ def exported(tmp_path_factory):
   config.model.llm.qk_norm = True
   spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, 2)
   model, vae = state_lib.build_models(config.model)
-  batch = layout_lib.zeros_batch(spec, 1, state_lib.latent_dim(config.model))
+  batch = layout_lib.zeros_batch(spec, 1, latent_dim(config.model))
   params = nn.unbox(model.init(jax.random.PRNGKey(0), batch)["params"])
   vae_params = nn.unbox(vae.init(jax.random.PRNGKey(1), batch["vae_images"][:, 0])["params"])
   params = jax.tree_util.tree_map(lambda x: np.asarray(x) + np.float32(0.0), params)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from configs import medq_uni
+from medq_jax.types import KIND_TEXT, latent_dim
 from medq_jax import layout as layout_lib
 from medq_jax.convert import core, qwen2
 from medq_jax.convert.bagel import init_from_pretrained
@@ -24,7 +25,7 @@ def _config(scope="ffn"):
 
 def _init(config, spec, seed=0):
   model = MedQUni(config.model)
-  batch = layout_lib.zeros_batch(spec, 1, state_lib.latent_dim(config.model))
+  batch = layout_lib.zeros_batch(spec, 1, latent_dim(config.model))
   params = jax.jit(lambda r: model.init(r, batch)["params"])(jax.random.PRNGKey(seed))
   import flax.linen as nn
   return model, jax.tree_util.tree_map(np.asarray, nn.unbox(params))
@@ -62,7 +63,7 @@ def test_qwen2_logits_match_und_only_path(hf_qwen2):
   tokens = np.random.default_rng(0).integers(0, config.model.llm.vocab_size, (2, 19))
   with torch.no_grad():
     expected = hf_model(torch.tensor(tokens)).logits.numpy()
-  batch = layout_lib.text_batch(tokens, spec, state_lib.latent_dim(config.model))
+  batch = layout_lib.text_batch(tokens, spec, latent_dim(config.model))
   ours = np.asarray(model.apply({"params": params}, batch)["logits"])
   assert np.abs(ours - expected).max() <= 1e-4
   # The gen expert started as a copy of the und expert.
@@ -81,11 +82,11 @@ def test_missing_gen_weights_are_reported(hf_qwen2):
 
 def _mixed_batch(config, spec, rng):
   """A packed stage-2 layout with random token ids and random gen latents."""
-  batch = layout_lib.zeros_batch(spec, 2, state_lib.latent_dim(config.model))
+  batch = layout_lib.zeros_batch(spec, 2, latent_dim(config.model))
   row = _layout_row(spec)
   for key, value in row.items():
     batch[key] = np.stack([value, value])
-  batch["und_token_ids"] = np.where(batch["und_kind"] == layout_lib.KIND_TEXT,
+  batch["und_token_ids"] = np.where(batch["und_kind"] == KIND_TEXT,
                                     rng.integers(5, config.model.llm.vocab_size,
                                                  batch["und_token_ids"].shape),
                                     batch["und_token_ids"]).astype(np.int32)
@@ -142,7 +143,7 @@ def test_routing_isolates_experts(scope):
   params = jax.tree_util.tree_map(np.array, params)
   # 1) perturbing gen-expert weights changes no logit of a text-only sequence.
   tokens = np.random.default_rng(0).integers(5, 500, (2, 12))
-  text = layout_lib.text_batch(tokens, spec, state_lib.latent_dim(config.model))
+  text = layout_lib.text_batch(tokens, spec, latent_dim(config.model))
   before = model.apply({"params": params}, text)["logits"]
   perturbed = core.unflatten({p: (v + 0.5 if "_moe_gen" in p else v)
                               for p, v in core.flatten(params).items()})

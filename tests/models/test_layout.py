@@ -5,7 +5,7 @@ import pytest
 
 from configs import medq_uni
 from medq_jax import layout as layout_lib
-from medq_jax.models.attention import PAD_SAMPLE, SPLIT_CAUSAL, SPLIT_FULL, SPLIT_NOISE
+from medq_jax.types import KIND_PAD, KIND_VIT, PAD_SAMPLE, SPLIT_CAUSAL, SPLIT_FULL, SPLIT_NOISE
 from medq_jax.models.vit import image_to_patches
 
 SPECIAL = dict(pad=0, im_start=1, im_end=2, vision_start=3, vision_end=4)
@@ -28,13 +28,13 @@ def test_pack_example_layout(stage):
   spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, stage)
   row = layout_lib.pack_example(_example(np.random.default_rng(0)), _CharTokenizer(), spec, SPECIAL)
   kind, split, mode = row["und_kind"], row["und_split_ids"], row["und_split_modes"]
-  real = kind != layout_lib.KIND_PAD
+  real = kind != KIND_PAD
   n_text_instr = len("fix it") + 2
   # instruction: causal split 0, positions 0..n-1
   assert list(split[:n_text_instr]) == [0] * n_text_instr
   assert list(row["und_positions"][:n_text_instr]) == list(range(n_text_instr))
   # ViT image: one split, one position, full mode, vit slots indexed 0..Nv-1
-  vit = kind == layout_lib.KIND_VIT
+  vit = kind == KIND_VIT
   assert vit.sum() == spec.num_vit_tokens
   assert set(split[vit]) == {1} and set(mode[vit]) == {SPLIT_FULL}
   assert set(row["und_positions"][vit]) == {n_text_instr}

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 
 
-from medq_jax.models.attention import (PAD_SAMPLE, SPLIT_CAUSAL as C, SPLIT_FULL as F,
-                                       SPLIT_NOISE as N, TokenIds, allowed_mask, xla_attention)
+from medq_jax.models.attention import TokenIds, allowed_mask, xla_attention
+from medq_jax.types import PAD_SAMPLE
+from medq_jax.types import SPLIT_CAUSAL as C
+from medq_jax.types import SPLIT_FULL as F
+from medq_jax.types import SPLIT_NOISE as N
 
 
 def _ids(sample, split, mode, order):

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 
 from configs import medq_uni
+from medq_jax.types import latent_dim
 from medq_jax import layout as layout_lib
 from medq_jax.models.medq_uni import MedQUni
 from medq_jax.train import state as state_lib
@@ -25,8 +26,8 @@ def test_noised_target_is_invisible_to_earlier_tokens():
                  description="mild noise. Overall, good.")
   special = dict(pad=0, im_start=1, im_end=2, vision_start=3, vision_end=4)
   batch = layout_lib.collate([layout_lib.pack_example(example, _CharTokenizer(), spec, special)])
-  latent_dim = state_lib.latent_dim(config.model)
-  batch["gen_latents"] = rng.normal(size=(1, spec.gen_len, latent_dim)).astype(np.float32)
+  channels = latent_dim(config.model)
+  batch["gen_latents"] = rng.normal(size=(1, spec.gen_len, channels)).astype(np.float32)
   batch["gen_timesteps"] = np.where(batch["gen_noised"], 0.7, 0.0).astype(np.float32)
   model = MedQUni(config.model)
   params = nn.unbox(model.init(jax.random.PRNGKey(0), batch)["params"])
@@ -40,7 +41,7 @@ def test_noised_target_is_invisible_to_earlier_tokens():
   # Every und token outside the target's split (instruction, ViT, condition markers,
   # description) and every clean-condition latent precedes the noised target: none of their
   # outputs may change. Only the target's own <|vision_start|>/<|vision_end|> markers may.
-  from medq_jax.models.attention import SPLIT_NOISE
+  from medq_jax.types import SPLIT_NOISE
   outside = batch["und_split_modes"][0] != SPLIT_NOISE
   assert outside.sum() > 20 and (~outside).sum() == 2
   np.testing.assert_array_equal(before["logits"][0, outside], after["logits"][0, outside])

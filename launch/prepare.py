@@ -1,0 +1,70 @@
+"""What an entry point prepares before it calls the library: the precomputed dataset and the
+tokenizer. Process 0 prepares them; every other process waits at a barrier until they exist, so
+no host reads a half-written dataset or trains on a tokenizer another host is still writing."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+from data_pipeline import loader as data_loader
+from data_pipeline import precompute, tfds_format
+from launch import distributed
+from medq_jax import tokenizer as tokenizer_lib
+
+TOKENIZER_SUBDIR = "tokenizer"
+
+
+def ensure_dataset(data_config) -> str:
+  """Runs the precompute (resumable) when the dataset is not there yet; returns its directory."""
+  directory = tfds_format.dataset_dir(data_config.data_dir, data_config.name, data_config.version)
+  if not os.path.exists(os.path.join(directory, "dataset_info.json")):
+    logging.info("no precomputed dataset at %s: running the precompute", directory)
+    precompute.run_precompute(data_config, progress=True)
+  return directory
+
+
+def training_texts(data_config) -> list[str]:
+  """Every instruction and description of the train split, read through the data loader."""
+  batches = data_loader.make_loader(data_config, "train", worker_count=0, batch_size=64,
+                                    num_epochs=1, shuffle=False, shard_index=0, shard_count=1,
+                                    drop_remainder=False)
+  texts = []
+  for batch in batches:
+    texts += [str(t) for t in batch["instruction"]] + [str(t) for t in batch["description"]]
+  if not texts:
+    raise ValueError(f"{data_config.data_dir}: the train split has no examples to train a "
+                     "tokenizer on")
+  return texts
+
+
+def ensure_tokenizer(config, workdir: str) -> str:
+  """Returns the tokenizer directory: `config.layout.tokenizer_dir` when given (checked now, so a
+  wrong path fails before any compile), else a byte-level BPE trained once on the train split's
+  texts and saved under `workdir/tokenizer`."""
+  if config.layout.tokenizer_dir:
+    tokenizer_lib.load_tokenizer(config.layout.tokenizer_dir)
+    return config.layout.tokenizer_dir
+  out_dir = os.path.join(workdir, TOKENIZER_SUBDIR)
+  if not os.path.exists(os.path.join(out_dir, "tokenizer.json")):
+    logging.info("training a %d-token BPE tokenizer into %s",
+                 config.layout.tokenizer_vocab_size, out_dir)
+    tokenizer_lib.train_bpe_tokenizer(training_texts(config.data),
+                                      config.layout.tokenizer_vocab_size, out_dir)
+  return out_dir
+
+
+def prepare_training(config, workdir: str) -> str:
+  """Dataset and tokenizer for a training run, prepared by process 0 while the others wait.
+  Returns the tokenizer directory (the same path on every process)."""
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    ensure_dataset(config.data)
+    tokenizer_dir = ensure_tokenizer(config, workdir)
+  distributed.barrier("prepare_training")
+  if jax.process_index() != 0:
+    tokenizer_dir = config.layout.tokenizer_dir or os.path.join(workdir, TOKENIZER_SUBDIR)
+    tokenizer_lib.load_tokenizer(tokenizer_dir)  # present now; fail here, naming it, if not
+  return tokenizer_dir
