@@ -1,5 +1,10 @@
-"""Reads DICOM, NIfTI and PNG files into arrays, turning every failure into a `BadInput` reason."""
+"""Reads DICOM, NIfTI and PNG files into arrays, turning every failure into a `BadInput` reason.
 
+Also the one PNG encoder (`encode_png_base64`): bench items and chat requests both use it.
+"""
+
+import base64
+import io
 import os
 import warnings
 
@@ -92,6 +97,20 @@ def read_png(path):
   except Exception as error:
     raise BadInput(path, f"corrupt image ({type(error).__name__})") from error
   return to_grey(array, path)
+
+
+def encode_png_base64(image):
+  """Float [H, W] in [0, 1] or uint8 [H, W(, 3)] -> base64 PNG text (lossless 8-bit).
+
+  Floats are clipped to [0, 1] and rounded to the nearest of 256 levels.
+  """
+  from PIL import Image
+  array = np.asarray(image)
+  if array.dtype != np.uint8:
+    array = np.round(np.clip(array.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format="PNG")
+  return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def to_grey(array, path):

@@ -1,4 +1,4 @@
-"""Human-judge alignment: quadratic weighted Cohen's kappa, accuracy, confusion matrices.
+"""Human-judge alignment: quadratic weighted Cohen's kappa, accuracy, confusion (scikit-learn).
 
 Human scores come from a CSV in long format, one row per (item, dimension):
 
@@ -16,9 +16,12 @@ import collections
 import dataclasses
 import json
 import os
-from typing import Mapping, Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import sklearn.exceptions
+import sklearn.metrics
 
 from medq_jax.bench.io_files import read_rows
 from medq_jax.bench.prompts import DIMENSIONS
@@ -29,34 +32,24 @@ SCALE = (0, 1, 2)
 
 def confusion_matrix(rater_a: Sequence[int], rater_b: Sequence[int],
                      labels: Sequence[int] = SCALE) -> np.ndarray:
-  """[k, k] counts; rows are rater_a's label, columns rater_b's."""
-  position = {label: i for i, label in enumerate(labels)}
-  matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
-  for a, b in zip(rater_a, rater_b, strict=True):
-    matrix[position[a], position[b]] += 1
-  return matrix
+  """[k, k] counts; rows are rater_a's label, columns rater_b's (scikit-learn's)."""
+  return sklearn.metrics.confusion_matrix(rater_a, rater_b, labels=list(labels))
 
 
 def quadratic_weighted_kappa(rater_a: Sequence[int], rater_b: Sequence[int],
                              labels: Sequence[int] | None = None) -> float:
-  """kappa_w = 1 - sum(w O) / sum(w E), w_ij = (i-j)^2/(k-1)^2 (paper Eq. 1).
+  """kappa_w = 1 - sum(w O) / sum(w E), w_ij = (i-j)^2/(k-1)^2 (paper Eq. 1), by scikit-learn.
 
   ``labels`` defaults to the sorted union of observed values (as scikit-learn does).
-  Returns NaN when expected disagreement is zero (e.g. both raters constant and equal).
+  Returns NaN when kappa is undefined: expected disagreement is zero (e.g. both raters
+  constant and equal) or fewer than two labels.
   """
-  if labels is None:
-    labels = sorted(set(rater_a) | set(rater_b))
-  observed = confusion_matrix(rater_a, rater_b, labels).astype(np.float64)
-  k = len(labels)
-  if k < 2:
-    return float("nan")
-  indices = np.arange(k)
-  weights = (indices[:, None] - indices[None, :]) ** 2 / (k - 1) ** 2
-  expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / observed.sum()
-  denominator = float((weights * expected).sum())
-  if denominator == 0.0:
-    return float("nan")
-  return 1.0 - float((weights * observed).sum()) / denominator
+  with warnings.catch_warnings():  # undefined kappa is reported as NaN, not as a warning
+    warnings.simplefilter("ignore", sklearn.exceptions.UndefinedMetricWarning)
+    warnings.filterwarnings("ignore", message="A single label was found", category=UserWarning)
+    return float(sklearn.metrics.cohen_kappa_score(
+        rater_a, rater_b, labels=None if labels is None else list(labels), weights="quadratic",
+        replace_undefined_by=np.nan))
 
 
 @dataclasses.dataclass(frozen=True)

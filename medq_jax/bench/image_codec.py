@@ -1,8 +1,9 @@
-"""Base64 image fields of VLMEvalKit TSV files: encode, check and decode.
+"""Base64 image fields of VLMEvalKit TSV files: check and decode (encode: `encode_png_base64`).
 
 VLMEvalKit stores every image as base64 of an encoded file (PNG/JPEG). A value of
 64 characters or fewer is not an image but the ``index`` of another row that holds
-it (VLMEvalKit's de-duplication); resolving that is the reader's job.
+it (VLMEvalKit's de-duplication); resolving that is the reader's job. The encoder is the
+project's one PNG encoder, `data_pipeline.readers.encode_png_base64`, re-exported here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import io
 
 import numpy as np
 from PIL import Image
+
+from data_pipeline.readers import encode_png_base64
+
+__all__ = ["decode_bytes", "decode_image", "encode_png_base64", "is_row_reference"]
 
 REFERENCE_MAX_CHARS = 64  # VLMEvalKit: image values this short point to another row
 _SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
@@ -46,13 +51,3 @@ def decode_image(value: str) -> np.ndarray:
       return np.asarray(image)
   except (OSError, SyntaxError) as error:
     raise ValueError(f"image bytes could not be decoded ({error})") from None
-
-
-def encode_png_base64(image: np.ndarray) -> str:
-  """Float [H, W] in [0, 1] or uint8 [H, W(, 3)] -> base64 PNG text (lossless 8-bit)."""
-  array = np.asarray(image)
-  if array.dtype != np.uint8:
-    array = np.round(np.clip(array.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format="PNG")
-  return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -7,7 +7,7 @@ import pytest
 from skimage import data as skdata
 from skimage.transform import resize
 
-from medq_jax.bench.image_codec import encode_png_base64
+from data_pipeline.readers import encode_png_base64
 from medq_jax.bench.io_files import write_rows
 
 

@@ -1,39 +1,60 @@
-"""Human-judge alignment: kappa equals scikit-learn's quadratic weighted kappa."""
+"""Human-judge alignment: kappa (scikit-learn's) equals the paper's Eq. 1 written out."""
 
 import os
 
 import numpy as np
 import pytest
-from sklearn.metrics import cohen_kappa_score, confusion_matrix as sk_confusion
 
 from medq_jax.bench import alignment
 from medq_jax.bench.io_files import write_rows
 from medq_jax.bench.schema import BenchInputError
 
 
+def _paper_kappa(rater_a, rater_b, labels):
+  """Independent oracle: paper Eq. 1 written out, w_ij = (i-j)^2/(k-1)^2."""
+  k = len(labels)
+  position = {label: i for i, label in enumerate(labels)}
+  observed = np.zeros((k, k))
+  for a, b in zip(rater_a, rater_b, strict=True):
+    observed[position[a], position[b]] += 1
+  weights = (np.arange(k)[:, None] - np.arange(k)[None, :]) ** 2 / (k - 1) ** 2
+  expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / observed.sum()
+  return 1.0 - (weights * observed).sum() / (weights * expected).sum()
+
+
 @pytest.mark.parametrize("seed", range(8))
-def test_kappa_equals_sklearn_on_random_ratings(seed):
+def test_kappa_equals_paper_equation_on_random_ratings(seed):
   rng = np.random.default_rng(seed)
   human = rng.integers(0, 3, size=int(rng.integers(5, 300)))
   noise = rng.integers(-1, 2, size=human.size) * (rng.random(human.size) < 0.3)
   judge = np.clip(human + noise, 0, 2)
+  observed = sorted(set(human.tolist()) | set(judge.tolist()))
   ours = alignment.quadratic_weighted_kappa(human.tolist(), judge.tolist())
-  assert ours == pytest.approx(cohen_kappa_score(human, judge, weights="quadratic"), abs=1e-12)
+  assert ours == pytest.approx(_paper_kappa(human, judge, observed), abs=1e-12)
   fixed = alignment.quadratic_weighted_kappa(human.tolist(), judge.tolist(), labels=[0, 1, 2])
-  assert fixed == pytest.approx(cohen_kappa_score(human, judge, weights="quadratic", labels=[0, 1, 2]), abs=1e-12)
+  assert fixed == pytest.approx(_paper_kappa(human, judge, [0, 1, 2]), abs=1e-12)
 
 
-def test_kappa_edge_cases_match_sklearn():
-  # only two of three levels used; perfect agreement; systematic disagreement
-  for human, judge in (([0, 2, 2, 0, 2], [0, 2, 0, 0, 2]), ([1, 2, 0, 1], [1, 2, 0, 1]), ([0, 0, 2, 2], [2, 2, 0, 0])):
-    assert alignment.quadratic_weighted_kappa(human, judge) == pytest.approx(
-        cohen_kappa_score(human, judge, weights="quadratic"))
+def test_kappa_known_values_and_undefined_cases(recwarn):
+  # perfect agreement; systematic reversal (worked by hand: sum wO = 4, sum wE = 2)
+  assert alignment.quadratic_weighted_kappa([1, 2, 0, 1], [1, 2, 0, 1]) == pytest.approx(1.0)
+  assert alignment.quadratic_weighted_kappa([0, 0, 2, 2], [2, 2, 0, 0]) == pytest.approx(-1.0)
+  assert alignment.quadratic_weighted_kappa([0, 0, 2, 2], [2, 2, 0, 0], labels=[0, 1, 2]) == \
+      pytest.approx(-1.0)
+  # only two of three levels used
+  human, judge = [0, 2, 2, 0, 2], [0, 2, 0, 0, 2]
+  assert alignment.quadratic_weighted_kappa(human, judge) == pytest.approx(
+      _paper_kappa(human, judge, [0, 2]))
+  # undefined (no expected disagreement): NaN, silently
   assert np.isnan(alignment.quadratic_weighted_kappa([2, 2, 2], [2, 2, 2]))
+  assert np.isnan(alignment.quadratic_weighted_kappa([2, 2, 2], [2, 2, 2], labels=[0, 1, 2]))
+  assert not recwarn.list
 
 
-def test_confusion_matrix_matches_sklearn():
+def test_confusion_matrix_counts_by_hand():
   human, judge = [0, 1, 2, 2, 1, 0, 2], [0, 2, 2, 1, 1, 0, 2]
-  np.testing.assert_array_equal(alignment.confusion_matrix(human, judge), sk_confusion(human, judge, labels=[0, 1, 2]))
+  np.testing.assert_array_equal(alignment.confusion_matrix(human, judge),
+                                [[2, 0, 0], [0, 1, 1], [0, 1, 2]])
 
 
 def test_alignment_from_csv_and_judge_items(tmp_path):
@@ -52,7 +73,7 @@ def test_alignment_from_csv_and_judge_items(tmp_path):
   results = {r.dimension: r for r in alignment.align(pairs)}
   assert results["completeness"].accuracy == pytest.approx(3 / 4)
   assert results["completeness"].kappa == pytest.approx(
-      cohen_kappa_score([2, 1, 1, 2], [2, 1, 0, 2], weights="quadratic", labels=[0, 1, 2]))
+      _paper_kappa([2, 1, 1, 2], [2, 1, 0, 2], [0, 1, 2]))
   assert results["preciseness"].kappa == pytest.approx(1.0)
   path = alignment.plot_confusion(results["completeness"], str(tmp_path / "plots" / "c.png"))
   assert os.path.getsize(path) > 1000

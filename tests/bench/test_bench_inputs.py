@@ -110,7 +110,7 @@ def test_empty_predictions_are_counted(write_qa, tmp_path):
 
 
 def test_reasoning_file_checks(tmp_path, phantom):
-  from medq_jax.bench.image_codec import encode_png_base64
+  from data_pipeline.readers import encode_png_base64
   image = encode_png_base64(phantom)
   path = str(tmp_path / "paired.tsv")
   write_rows(path, [{"index": "1", "image_a": image, "image_b": image, "description": "x. Overall, the first image has higher quality."},
@@ -128,7 +128,7 @@ def test_reasoning_file_checks(tmp_path, phantom):
 
 
 def test_empty_reasoning_prediction_scores_zero_and_is_listed(tmp_path, phantom):
-  from medq_jax.bench.image_codec import encode_png_base64
+  from data_pipeline.readers import encode_png_base64
   path = str(tmp_path / "desc.tsv")
   golden = "The image shows severe noise. Overall, the quality of this image is reject."
   write_rows(path, [{"index": str(i), "image": encode_png_base64(phantom), "description": golden} for i in range(3)])
