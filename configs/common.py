@@ -15,7 +15,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   options = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = item.partition("=")
-    key = key.strip()
+    key, value = key.strip(), value.strip()
     if key not in defaults:
       raise ValueError(f"config arg: unknown option {key!r}; known options: {sorted(defaults)}")
     default = defaults[key]

@@ -3,26 +3,47 @@
 One example is a dict with exactly the fields of `EXAMPLE_FIELDS`. Images are single channel,
 float32 in [0, 1], shape [H, W] (H = W = config.image_size). A batch from the Grain loader has
 the same keys with a leading batch dimension: images [B, H, W], strings as numpy str arrays [B].
+
+`TASKS` (the task names) is read from the degradation registry when asked for, so a newly
+registered degradation is a valid task everywhere; this module imports nothing of ours.
 """
+
+from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 
 import numpy as np
 
-TASKS = ("ldct", "mri_undersampling", "mri_motion", "mri_noise", "pet_lowcount")
 SEVERITIES = ("mild", "moderate", "severe")
 QUALITY_LABELS = ("good", "usable", "reject")
 MODALITIES = ("CT", "MRI", "PET", "fundus")
 SPLITS = ("train", "val", "bench")
 
 
+def task_names():
+  """The registered degradation tasks (data_pipeline/degradations/), in config order."""
+  from data_pipeline.degradations import registry  # pylint: disable=g-import-not-at-top  # Cycle.
+  return registry.names()
+
+
+def __getattr__(name):
+  """`example.TASKS` is the registry's task names (module attribute computed on access)."""
+  if name == "TASKS":
+    return task_names()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Field:
-  """One field: `kind` is 'image' (float32 [H, W] in [0, 1]), 'str', 'json' (str) or 'bool'."""
+  """One field: `kind` is 'image' (float32 [H, W] in [0, 1]), 'str', 'json' (str) or 'bool'.
+
+  `choices` is a tuple of allowed values, or a function returning them (read when validating).
+  """
   name: str
   kind: str
-  choices: tuple = ()
+  choices: tuple | Callable[[], tuple] = ()
   doc: str = ""
 
 
@@ -34,9 +55,9 @@ EXAMPLE_FIELDS = (
     Field("high", "image", doc="reference, float32 [H, W] in [0, 1]"),
     Field("modality", "str", MODALITIES),
     Field("anatomy", "str", doc="head, brain, chest, abdomen, retina, ..."),
-    Field("task", "str", TASKS),
+    Field("task", "str", task_names, "a registered degradation"),
     Field("severity", "str", SEVERITIES),
-    Field("quality_label", "str", QUALITY_LABELS, "from severity, see descriptions.py"),
+    Field("quality_label", "str", QUALITY_LABELS, "the task's label rule, see descriptions.py"),
     Field("degradation_params", "json", doc="every degradation parameter, JSON"),
     Field("provenance", "json", doc="package/file/slice (or dataset path), JSON"),
     Field("simulated", "bool", doc="True for PET simulated from MRI"),
@@ -70,8 +91,9 @@ def validate_example(example, image_size=None):
     else:
       if not isinstance(value, str) or not value:
         raise ValueError(f"{field.name}: expected a non-empty str, got {value!r:.60}")
-      if field.choices and value not in field.choices:
-        raise ValueError(f"{field.name}: {value!r} not in {field.choices}")
+      choices = field.choices() if callable(field.choices) else field.choices
+      if choices and value not in choices:
+        raise ValueError(f"{field.name}: {value!r} not in {choices}")
       if field.kind == "json":
         json.loads(value)
   if example["low"].shape != example["high"].shape:

@@ -10,12 +10,8 @@ import grain
 import ml_collections
 import numpy as np
 
-from data_pipeline import degradations
-from data_pipeline import descriptions
+from data_pipeline import degradations, descriptions, pseudo_labeller, readers, tfds_format
 from data_pipeline import example as example_lib
-from data_pipeline import pseudo_labeller
-from data_pipeline import readers
-from data_pipeline import tfds_format
 
 
 def make_example(raw, item, config, labeller):
@@ -36,7 +32,7 @@ def make_example(raw, item, config, labeller):
     raise readers.BadInput(raw["key"], f"degradation {item['task']} produced NaN/Inf")
   meta = {"modality": raw["modality"], "anatomy": raw["anatomy"], "task": item["task"],
           "severity": item["severity"],
-          "quality_label": descriptions.quality_label(item["severity"], config)}
+          "quality_label": descriptions.quality_label(item["severity"], config, item["task"])}
   text_seed = degradations.example_seed(item["id"] + ":text", config.seed)
   example = {
       "id": item["id"], "split": item["split"], "patient_id": raw["patient_id"],

@@ -5,40 +5,34 @@ Usage (big_vision style):
   launch/precompute.py --config=configs/data/medq_sample.py:image_size=128,source=ixi
   --config.data_dir=/tmp/medq --config.tasks='("ldct","mri_noise")'
 
-`arg` is a comma-separated list of `key=value` options:
-  image_size=N     output slice size (default 64: tests and CPU)
+`arg` is a comma-separated list of typed `key=value` options (configs/common.py:parse_arg;
+an unknown option or a value of the wrong type is an error naming it):
+  image_size=N     output slice size (default 0: 64 px, or 32 px with runlocal)
   source=NAME      medq-sample (default) | ixi | aapm_mayo | udpet | folder
-  runlocal         tiny everything (32 px, few slices, 60 radon angles) for smoke runs
+  runlocal[=BOOL]  tiny everything (32 px, few slices, 60 radon angles) for smoke runs
+
+The tasks, which modality gets which task, and each task's parameter sub-config
+(`config.<task>`, per-severity values for mild, moderate, severe) come from the degradation
+registry: every module of data_pipeline/degradations/ holds one task and its defaults.
 """
 
 import ml_collections
 
-TASKS = ("ldct", "mri_undersampling", "mri_motion", "mri_noise", "pet_lowcount")
-SEVERITIES = ("mild", "moderate", "severe")
-
-
-def _parse_arg(arg):
-  """'image_size=128,runlocal' -> {'image_size': '128', 'runlocal': True}."""
-  options = {}
-  for item in (arg or "").split(","):
-    item = item.strip()
-    if not item:
-      continue
-    key, _, value = item.partition("=")
-    options[key.strip()] = value.strip() if value else True
-  return options
+from configs import common
+from data_pipeline import example as example_lib
+from data_pipeline.degradations import registry
 
 
 def get_config(arg=None):
   """Returns the data ConfigDict; see module docstring for `arg`."""
-  options = _parse_arg(arg)
-  runlocal = bool(options.get("runlocal", False))
+  options = common.parse_arg(arg, image_size=0, source="medq-sample", runlocal=False)
+  runlocal = options.runlocal
   config = ml_collections.ConfigDict()
 
   config.name = "medq_sample"  # TFDS dataset name of the precomputed ArrayRecord shards.
   config.version = "1.1.0"  # 1.1.0: non-image fields in one JSON feature (faster decode)
-  config.source = str(options.get("source", "medq-sample"))
-  config.image_size = int(options.get("image_size", 32 if runlocal else 64))
+  config.source = options.source
+  config.image_size = options.image_size or (32 if runlocal else 64)
   config.data_dir = "/tmp/medq_data"  # Where precompute writes and the loader reads.
   config.seed = 0  # Global seed: degradations, severities, phrasings, splits.
 
@@ -59,49 +53,18 @@ def get_config(arg=None):
   config.pet_percentile = 99.9  # Activity scaling: divide by this percentile.
   config.pet_from_mri = True  # Simulate PET activity maps from brain MRI (marked simulated).
 
-  # Which tasks apply to which modality. Fundus has no task of its own among the paper's
-  # five; it receives the noise task (described as sensor noise) unless this is emptied.
-  config.tasks = TASKS
-  config.modality_tasks = ml_collections.ConfigDict({
-      "CT": ("ldct",),
-      "MRI": ("mri_undersampling", "mri_motion", "mri_noise"),
-      "PET": ("pet_lowcount",),
-      "fundus": ("mri_noise",),
-  })
-  config.severities = SEVERITIES
+  # Which tasks apply to which modality, from each degradation's `modalities`. Fundus has no
+  # task of its own among the paper's five; it receives the noise task (described as sensor
+  # noise) unless this is emptied. `tasks` restricts the tasks that are built.
+  config.tasks = registry.names()
+  config.modality_tasks = ml_collections.ConfigDict(registry.modality_tasks())
+  config.severities = example_lib.SEVERITIES
   config.examples_per_slice_task = 1  # Severities drawn per (slice, task) by the seeded RNG.
   # medq-sample has only 4 CT slices and 1 fundus image: more draws (other seed and severity)
   # per slice keep those tasks from vanishing in the mix.
   config.examples_per_slice_by_modality = ml_collections.ConfigDict({"CT": 8, "fundus": 4})
-  config.quality_label_by_severity = ml_collections.ConfigDict(
-      {"mild": "good", "moderate": "usable", "severe": "reject"})
-
-  # Per-task parameters, one value per severity (mild, moderate, severe).
-  config.ldct = ml_collections.ConfigDict()
-  config.ldct.photons = (2.0e4, 5.0e3, 1.2e3)  # Incident photons per detector bin.
-  config.ldct.num_angles = 60 if runlocal else 180
-  config.ldct.mu_water_per_mm = 0.0192  # Attenuation at image value 1.0 (~water at 70 keV).
-  config.ldct.field_of_view_mm = 250.0  # Physical width of the slice.
-  config.ldct.filter_name = "ramp"
-
-  config.mri_undersampling = ml_collections.ConfigDict()
-  config.mri_undersampling.acceleration = (4.0, 4.0, 4.0)
-  config.mri_undersampling.center_fraction = (0.16, 0.08, 0.04)
-  config.mri_undersampling.density_std = 0.25  # Gaussian std as a fraction of the k-space width.
-
-  config.mri_motion = ml_collections.ConfigDict()
-  config.mri_motion.degrees = (1.0, 3.0, 6.0)
-  config.mri_motion.translation_mm = (1.0, 3.0, 6.0)
-  config.mri_motion.num_transforms = (2, 3, 4)
-  config.mri_motion.field_of_view_mm = 220.0  # Pixel spacing = this / image_size.
-
-  config.mri_noise = ml_collections.ConfigDict()
-  config.mri_noise.model = "rician"  # rician | torchio_gaussian (TorchIO RandomNoise).
-  config.mri_noise.sigma = (0.02, 0.05, 0.10)  # Relative to the [0, 1] image range.
-
-  config.pet_lowcount = ml_collections.ConfigDict()
-  config.pet_lowcount.full_dose_counts = 2000.0  # Expected counts at activity 1.0, full dose.
-  config.pet_lowcount.dose_reduction = (4.0, 20.0, 100.0)
+  # The default label rule (a degradation module may set its own `label_rule`).
+  config.quality_label_by_severity = ml_collections.ConfigDict(registry.DEFAULT_QUALITY_LABELS)
 
   # Real paired data: map the acquired dose reduction to a severity.
   config.paired_severity = ml_collections.ConfigDict()
@@ -126,4 +89,12 @@ def get_config(arg=None):
   config.shuffle_seed = 42
   config.loader_workers = 0
   config.prefetch_buffer = 2
+
+  # Per-task parameters `config.<task>` from the task's module in data_pipeline/degradations/;
+  # per-severity fields hold one value per severity (mild, moderate, severe).
+  for task in registry.names():
+    if task in config:
+      raise ValueError(f"degradation {task!r}: its name collides with the data config field "
+                       f"config.{task}; rename the degradation")
+    config[task] = ml_collections.ConfigDict(registry.get(task).default_params(runlocal))
   return config

@@ -11,6 +11,8 @@ small pixel grid, which alone limits a plain FBP to ~31 dB at 64 px.
 import numpy as np
 from skimage import transform
 
+from data_pipeline.degradations import registry
+
 
 def line_integral_scale(size, config):
   """Attenuation per pixel at image value 1.0 (dimensionless line-integral units per pixel)."""
@@ -40,3 +42,33 @@ def simulate_low_dose_ct(image, photons, rng, config):
             "filter": config.filter_name, "method": "projection-domain noise insertion",
             "zero_count_bins": int(np.sum(counts == 0))}
   return np.clip(recon, 0.0, 1.0).astype(np.float32), params
+
+
+def _simulate(image, params, rng, seed):
+  """The registry's entry point: `params` is config.ldct at the example's severity."""
+  del seed  # The noise comes from `rng`.
+  return simulate_low_dose_ct(image, params.photons, rng, params)
+
+
+DEGRADATION = registry.register(registry.Degradation(
+    name="ldct",
+    modalities=("CT",),
+    simulate=_simulate,
+    defaults={
+        "photons": (2.0e4, 5.0e3, 1.2e3),  # Incident photons per detector bin, per severity.
+        "num_angles": 180,
+        "mu_water_per_mm": 0.0192,  # Attenuation at image value 1.0 (~water at 70 keV).
+        "field_of_view_mm": 250.0,  # Physical width of the slice.
+        "filter_name": "ramp",
+    },
+    runlocal_defaults={"num_angles": 60},
+    per_severity=("photons",),
+    degradation_names=("low-dose quantum noise with fine streaks", "grainy low-dose noise",
+                       "noise typical of a reduced-dose acquisition"),
+    causes=("The tube current was reduced, so fewer X-ray photons reach the detector and "
+            "filtered back-projection amplifies the quantum noise.",
+            "Fewer incident photons make the projection data noisy; reconstruction spreads "
+            "this noise into the image."),
+    bench_term="low-dose noise",
+    order=10,
+))

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from data_pipeline.degradations import registry
+
 
 def line_mask(num_lines, acceleration, center_fraction, density_std, rng):
   """bool [num_lines]: exactly round(num_lines / acceleration) phase-encode lines sampled.
@@ -39,3 +41,40 @@ def undersample(image, acceleration, center_fraction, rng, config):
             "sampled_lines": np.flatnonzero(mask).tolist(),
             "effective_acceleration": float(image.shape[1] / mask.sum())}
   return np.clip(recon, 0.0, 1.0).astype(np.float32), params
+
+
+def _simulate(image, params, rng, seed):
+  """The registry's entry point: `params` is config.mri_undersampling at one severity."""
+  del seed  # The mask comes from `rng`.
+  return undersample(image, params.acceleration, params.center_fraction, rng, params)
+
+
+def _check(params):
+  """The always-sampled centre must be smaller than the sampled fraction 1 / acceleration."""
+  if params.center_fraction >= 1.0 / params.acceleration:
+    raise registry.ParamError(
+        "center_fraction", "the centre must be smaller than the sampled fraction "
+        f"1/acceleration, got {params.center_fraction} >= 1/{params.acceleration}")
+
+
+DEGRADATION = registry.register(registry.Degradation(
+    name="mri_undersampling",
+    modalities=("MRI",),
+    simulate=_simulate,
+    defaults={
+        "acceleration": (4.0, 4.0, 4.0),
+        "center_fraction": (0.16, 0.08, 0.04),
+        "density_std": 0.25,  # Gaussian std as a fraction of the k-space width.
+    },
+    per_severity=("acceleration", "center_fraction"),
+    check=_check,
+    degradation_names=("aliasing and blurring from k-space undersampling",
+                       "undersampling artifacts (ringing, loss of sharp edges)",
+                       "coherent aliasing from incomplete k-space"),
+    causes=("Phase-encode lines were skipped to shorten the scan and the missing k-space was "
+            "zero-filled.",
+            "An accelerated acquisition sampled only part of k-space, and a direct inverse "
+            "Fourier transform was applied."),
+    bench_term="undersampling artifacts",
+    order=20,
+))

@@ -2,7 +2,8 @@
 
 An example is a dict with ``id``, ``low`` (degraded float [H, W] in [0, 1]), ``high``
 (reference), ``modality``, ``anatomy``, ``task``, ``severity``, ``quality_label`` and
-``description`` (see data_pipeline). Each example yields:
+``description`` (see data_pipeline); its task's question term (``bench_term``) comes from the
+data pipeline's degradation registry. Each example yields:
 
 * perception MCQs for both images (``high`` = no degradation, ``low`` = its
   severity): Yes-or-No (general and modality-specific), What (modality-specific),
@@ -20,19 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
+from data_pipeline.degradations import registry
 from medq_jax.bench.image_codec import encode_png_base64
 from medq_jax.bench.io_files import write_rows
 from medq_jax.bench.prompts import NOREF_REASONING_PROMPT, PAIRED_REASONING_PROMPT
 
-TASK_TERMS = {
-    "ldct": "low-dose noise",
-    "mri_undersampling": "undersampling artifacts",
-    "mri_motion": "motion artifacts",
-    "mri_noise": "noise",
-    "pet_lowcount": "low-count noise",
-}
 MODALITY_ISSUES = {
     "CT": ("Low-dose noise", "Metal streak artifacts", "Ring artifacts"),
     "MRI": ("Motion artifacts", "Undersampling artifacts", "Noise"),
@@ -52,11 +48,16 @@ def _coin(text: str, seed: int) -> int:
   return int(hashlib.sha256(f"{seed}:{text}".encode()).hexdigest(), 16)
 
 
+def task_term(task: str) -> str:
+  """The degradation's short name in questions ("low-dose noise"), from the data registry."""
+  return registry.get(task).bench_term
+
+
 def _term(example: dict) -> str:
-  task = example["task"]
-  if task not in TASK_TERMS:
-    raise ValueError(f"example {example.get('id')!r}: unknown task {task!r}; expected one of {sorted(TASK_TERMS)}")
-  return TASK_TERMS[task]
+  try:
+    return task_term(example["task"])
+  except ValueError as error:
+    raise ValueError(f"example {example.get('id')!r}: {error}") from None
 
 
 def _issue_option(modality: str, term: str) -> str:
@@ -67,7 +68,7 @@ def _issue_option(modality: str, term: str) -> str:
 
 
 def _mcq(question, options, answer_text, **meta) -> dict[str, Any]:
-  row = {"question": question, **{letter: "" for letter in "ABCD"}, **meta}
+  row = {"question": question, **dict.fromkeys("ABCD", ""), **meta}
   for letter, text in zip("ABCD", options):
     row[letter] = text
   row["answer"] = "ABCD"[list(options).index(answer_text)]

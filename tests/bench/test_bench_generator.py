@@ -5,7 +5,9 @@ import collections
 import numpy as np
 import pytest
 
-from medq_jax.bench.generator import TASK_TERMS, generate_items, write_items
+from data_pipeline.degradations import registry
+from data_pipeline.demo_examples import demo_examples
+from medq_jax.bench.generator import generate_items, task_term, write_items
 from medq_jax.bench.items import load_image, load_mcq_items, load_reasoning_items
 
 
@@ -22,6 +24,21 @@ def test_counts_and_question_types(examples):
 
 
 def test_answers_follow_metadata(examples):
+  _check_answers_follow_metadata(examples)
+
+
+def test_demo_examples_cover_every_registered_task():
+  """The data pipeline's demo examples (real scans, registry degradations) make valid items."""
+  examples = demo_examples(seed=0, severities=("mild", "severe"))
+  assert [(e["task"], e["severity"]) for e in examples] == [
+      (task, severity) for task in registry.names() for severity in ("mild", "severe")]
+  assert {e["quality_label"] for e in examples if e["severity"] == "mild"} == {"good"}
+  assert {e["quality_label"] for e in examples if e["severity"] == "severe"} == {"reject"}
+  assert [e["simulated"] for e in examples] == [e["modality"] == "PET" for e in examples]
+  _check_answers_follow_metadata(examples)
+
+
+def _check_answers_follow_metadata(examples):
   rows = generate_items(examples)
   by_source = collections.defaultdict(list)
   for row in rows["qa"]:
@@ -29,9 +46,9 @@ def test_answers_follow_metadata(examples):
   for example in examples:
     degraded = by_source[f"{example['id']}:low"]
     clean = by_source[f"{example['id']}:high"]
-    answer_text = lambda row: row[row["answer"]]  # noqa: E731
+    answer_text = lambda row: row[row["answer"]]
     assert [answer_text(r) for r in clean] == ["Yes", "No", "No obvious degradation", "Good", "None"]
-    term = TASK_TERMS[example["task"]]
+    term = task_term(example["task"])
     assert answer_text(degraded[0]) == "No" and answer_text(degraded[1]) == "Yes"
     assert answer_text(degraded[2]).lower() == term
     assert answer_text(degraded[3]) == example["quality_label"].capitalize()
@@ -75,7 +92,7 @@ def test_jsonl_format_holds_the_same_items(examples, tmp_path):
   jsonl = write_items(rows, str(tmp_path / "jsonl"), fmt="jsonl")
   assert jsonl["qa"].endswith("medqbench_QA_test.jsonl")
   from_tsv, from_jsonl = load_mcq_items(tsv["qa"]).items, load_mcq_items(jsonl["qa"]).items
-  strip = lambda item: (item.index, item.question, item.options, item.answer, item.question_type,  # noqa: E731
+  strip = lambda item: (item.index, item.question, item.options, item.answer, item.question_type,
                         item.degradation_level, item.scope, item.image)
   assert [strip(i) for i in from_tsv] == [strip(i) for i in from_jsonl]
   paired = load_reasoning_items(jsonl["paired"], "paired").items

@@ -4,8 +4,7 @@ import os
 
 import pytest
 
-from data_pipeline import config_check
-from data_pipeline import precompute
+from data_pipeline import config_check, precompute
 from dp_testlib import load_config
 
 
@@ -20,6 +19,17 @@ from dp_testlib import load_config
     (lambda c: setattr(c, "source", "kaggle"), "config.source"),
     (lambda c: c.split_fractions.update({"train": 0.5}), "config.split_fractions"),
     (lambda c: c.modality_tasks.update({"CT": ("denoise",)}), "config.modality_tasks.CT"),
+    # Per-task parameter sub-configs, validated from the registry.
+    (lambda c: c.ldct.update({"photonz": 3.0}), "config.ldct.photonz: unknown parameter"),
+    (lambda c: c.pet_lowcount.update({"dose_reduction": ("4", "20", "100")}),
+     "config.pet_lowcount.dose_reduction: expected numbers"),
+    (lambda c: setattr(c.mri_undersampling, "center_fraction", (0.16, 0.08, 0.3)),
+     "config.mri_undersampling.center_fraction: the centre must be smaller"),
+    (lambda c: setattr(c.mri_noise, "model", "gaussian"), "config.mri_noise.model"),
+    (lambda c: c.__delattr__("mri_motion"), "config.mri_motion: missing"),
+    (lambda c: c.mri_motion.__delattr__("degrees"), "config.mri_motion.degrees: missing"),
+    (lambda c: setattr(c.quality_label_by_severity, "severe", "bad"),
+     "config.quality_label_by_severity.severe"),
 ])
 def test_bad_config_fails_before_work_naming_field(tmp_path, mutate, field):
   config = load_config()
@@ -31,9 +41,29 @@ def test_bad_config_fails_before_work_naming_field(tmp_path, mutate, field):
 
 
 def test_default_configs_are_valid():
-  for arg in (None, "runlocal", "image_size=128"):
+  for arg in (None, "runlocal", "image_size=128", "runlocal=false,source=medq-sample"):
     config_check.validate_config(load_config(arg))
   assert load_config("image_size=128").image_size == 128
+
+
+def test_config_arg_is_typed():
+  default, off, on = load_config(None), load_config("runlocal=false"), load_config("runlocal")
+  assert off.image_size == default.image_size == 64 and on.image_size == 32
+  assert off.ldct.num_angles == 180 and on.ldct.num_angles == 60
+  assert load_config("runlocal=true,image_size=48").image_size == 48
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("runlocl", r"unknown option 'runlocl'; known options: \['image_size', 'runlocal', "
+                r"'source'\]"),
+    ("imagesize=128", "unknown option 'imagesize'"),
+    ("image_size=big", "option 'image_size' expects an int, got 'big'"),
+    ("runlocal=maybe", "option 'runlocal' expects a boolean, got 'maybe'"),
+    ("image_size", r"option 'image_size' needs a value"),
+])
+def test_bad_config_arg_names_the_option(arg, message):
+  with pytest.raises(ValueError, match=message):
+    load_config(arg)
 
 
 def test_resume_with_a_different_config_is_refused(small_config):

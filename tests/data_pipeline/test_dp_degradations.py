@@ -3,15 +3,17 @@
 import numpy as np
 import pytest
 from skimage import data as skdata
-from skimage import metrics
-from skimage import transform
+from skimage import metrics, transform
 
 from data_pipeline import degradations
-from data_pipeline.degradations import ldct
-from data_pipeline.degradations import mri_motion
-from data_pipeline.degradations import mri_noise
-from data_pipeline.degradations import mri_undersampling
-from data_pipeline.degradations import pet_lowcount
+from data_pipeline.degradations import (
+  ldct,
+  mri_motion,
+  mri_noise,
+  mri_undersampling,
+  pet_lowcount,
+  registry,
+)
 from dp_testlib import load_config
 
 
@@ -132,8 +134,7 @@ def test_noise_changes_image_and_is_reproducible(model):
   assert params["sigma"] == 0.05
 
 
-@pytest.mark.parametrize("task", ["ldct", "mri_undersampling", "mri_motion", "mri_noise",
-                                  "pet_lowcount"])
+@pytest.mark.parametrize("task", registry.names())
 def test_degrade_is_deterministic_given_id_and_seed(task):
   config = load_config()
   config.ldct.num_angles = 30
@@ -145,5 +146,40 @@ def test_degrade_is_deterministic_given_id_and_seed(task):
   second, _ = degradations.degrade(task, image, "severe", config, seed)
   np.testing.assert_array_equal(first, second)
   assert first.dtype == np.float32 and first.shape == image.shape
-  assert 0.0 <= first.min() and first.max() <= 1.0
+  assert first.min() >= 0.0 and first.max() <= 1.0
   assert params["task"] == task and params["severity"] == "severe" and params["seed"] == seed
+
+
+def _direct_call(task, image, level, config, seed):
+  """The five tasks called directly with the config's values at severity index `level`."""
+  rng = np.random.default_rng(seed)
+  if task == "ldct":
+    return ldct.simulate_low_dose_ct(image, config.ldct.photons[level], rng, config.ldct)
+  if task == "mri_undersampling":
+    sub = config.mri_undersampling
+    return mri_undersampling.undersample(image, sub.acceleration[level],
+                                         sub.center_fraction[level], rng, sub)
+  if task == "mri_motion":
+    sub = config.mri_motion
+    return mri_motion.simulate_motion(image, sub.degrees[level], sub.translation_mm[level],
+                                      sub.num_transforms[level], seed, sub.field_of_view_mm)
+  if task == "mri_noise":
+    return mri_noise.add_noise(image, config.mri_noise.sigma[level], rng, config.mri_noise.model,
+                               seed)
+  return pet_lowcount.simulate_low_count(image, config.pet_lowcount.dose_reduction[level], rng,
+                                         config.pet_lowcount)
+
+
+@pytest.mark.parametrize("task", ["ldct", "mri_undersampling", "mri_motion", "mri_noise",
+                                  "pet_lowcount"])
+@pytest.mark.parametrize("level,severity", list(enumerate(("mild", "moderate", "severe"))))
+def test_registry_dispatch_equals_direct_call(task, level, severity):
+  """degrade() through the registry gives exactly the module function's output and record."""
+  config = load_config()
+  config.ldct.num_angles = 30
+  image = _phantom(32)
+  seed = degradations.example_seed(f"dispatch:{task}:{severity}", 0)
+  low, params = degradations.degrade(task, image, severity, config, seed)
+  direct, direct_params = _direct_call(task, image, level, config, seed)
+  np.testing.assert_array_equal(low, direct)
+  assert params == dict(direct_params, task=task, severity=severity, seed=seed)
