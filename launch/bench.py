@@ -1,17 +1,19 @@
-"""MedQ-Bench scoring entry point.
+r"""MedQ-Bench entry point: every setting comes from configs/bench.py (`config.mode` picks the job).
 
-Modes:
-  generate  write MedQ-Bench-style items (VLMEvalKit TSV) from built-in demo examples
-  score     score predictions files, or run a model (--model=heuristic or --checkpoint)
-  align     human-judge alignment (kappa, accuracy, confusion PNGs) from a CSV
+  generate     write MedQ-Bench-style items (VLMEvalKit TSV) from the built-in demo examples
+  score        score predictions files, or run a model (config.model=heuristic, or our model:
+               config.checkpoint plus --model_config)
+  align        human-judge alignment (kappa, accuracy, confusion PNGs) from a CSV
   restoration  PSNR/SSIM per task from an .npz of restored/reference arrays
 
-Examples:
-  python -m launch.bench --mode=generate --out_dir=/tmp/medq_demo
-  python -m launch.bench --mode=score --items_dir=/tmp/medq_demo --model=heuristic \
-      --judge=offline --out_dir=/tmp/medq_demo/report
-  python -m launch.bench --mode=score --qa_items=medqbench_QA_test.tsv \
-      --qa_predictions=GPT4o_medqbench_QA_test.tsv --judge=api --out_dir=/tmp/gpt4o
+  medq-bench --config=configs/bench.py:mode=generate --out_dir=/tmp/medq_demo
+  medq-bench --config=configs/bench.py --config.items_dir=/tmp/medq_demo \
+      --config.model=heuristic --out_dir=/tmp/medq_demo/report
+  medq-bench --config=configs/bench.py --config.items_dir=/tmp/medq_demo \
+      --config.checkpoint=runs/medq_uni_tiny_stage2 \
+      --model_config=configs/medq_uni.py:size=tiny,stage=2 --out_dir=/tmp/medq_demo/ours
+  medq-bench --config=configs/bench.py:judge=api --config.qa_items=medqbench_QA_test.tsv \
+      --config.qa_predictions=GPT4o_medqbench_QA_test.tsv --out_dir=/tmp/gpt4o
 """
 
 from __future__ import annotations
@@ -21,148 +23,161 @@ import os
 
 from absl import app, flags, logging
 
+from configs import bench as bench_config
+from launch import cli, distributed
 from medq_jax.bench import alignment, tables
 from medq_jax.bench.generator import FILE_NAMES
 
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("mode", "score", ["generate", "score", "align", "restoration"], "What to do.")
-flags.DEFINE_string("out_dir", None, "Output directory.", required=True)
-flags.DEFINE_string("items_dir", None, "Directory holding medqbench_*_{split}.tsv files (score mode).")
-flags.DEFINE_string("split", "test", "Split name in the item file names (dev or test).")
-flags.DEFINE_string("qa_items", None, "Perception items file (TSV/JSONL).")
-flags.DEFINE_string("qa_predictions", None, "Perception predictions file (index, prediction).")
-flags.DEFINE_string("noref_items", None, "No-reference reasoning items file.")
-flags.DEFINE_string("noref_predictions", None, "No-reference reasoning predictions file.")
-flags.DEFINE_string("paired_items", None, "Paired reasoning items file.")
-flags.DEFINE_string("paired_predictions", None, "Paired reasoning predictions file.")
-flags.DEFINE_string("model", None, "Built-in model to run instead of predictions files: 'heuristic'.")
-flags.DEFINE_string("model_name", None, "Name shown in reports (default: from the inputs).")
-flags.DEFINE_string("checkpoint", None, "Our model's checkpoint: predictions are made by the model.")
-flags.DEFINE_string("config", None, "Model config name passed to load_model_from_checkpoint.")
-flags.DEFINE_enum("judge", "offline", ["offline", "api"], "Reasoning judge backend.")
-flags.DEFINE_integer("judge_rounds", 1, "Rounds per judge question, averaged.")
-flags.DEFINE_integer("judge_concurrency", 4, "Concurrent API judge requests.")
-flags.DEFINE_float("judge_timeout_s", 60.0, "Per-request timeout for the API judge.")
-flags.DEFINE_integer("judge_max_retries", 5, "Retries on 429/5xx/timeouts.")
-flags.DEFINE_enum("judge_messages", "single", ["single", "split"],
-                  "single: the template as one user message (reference scorer); split: system + user roles.")
-flags.DEFINE_string("judge_cache", None, "Judge cache file (default: OUT_DIR/judge_cache.sqlite).")
-flags.DEFINE_bool("skip_bad_rows", False, "Exclude malformed rows (counted in the report) instead of failing.")
-flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for confidence intervals.")
-flags.DEFINE_integer("seed", 0, "Seed for generation and bootstrap.")
-flags.DEFINE_string("human_scores", None, "align: CSV index,dimension,human_score[,judge_score].")
-flags.DEFINE_string("judge_scores", None, "align: per-item judge scores (items/noref_items.jsonl).")
-flags.DEFINE_string("restoration_npz", None, "restoration: npz with tasks [N], restored/reference [N,H,W].")
+_CONFIG = cli.define_config_file("config", "configs/bench.py", "Bench config file.")
+_MODEL_CONFIG = cli.define_config_file(
+    "model_config", None,
+    "Our model's training config, with --config.checkpoint (e.g. "
+    "configs/medq_uni.py:size=tiny,stage=2).")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output directory.", required=True)
+flags.adopt_module_key_flags(distributed)
 
 
-def _generate() -> None:
-  from medq_jax.bench.demo_examples import demo_examples
+def _generate(config, out_dir: str) -> None:
+  from data_pipeline.demo_examples import demo_examples
   from medq_jax.bench.generator import generate_items, write_items
-  paths = write_items(generate_items(demo_examples(FLAGS.seed), FLAGS.seed), FLAGS.out_dir, FLAGS.split)
-  for kind, path in paths.items():
+  items = generate_items(demo_examples(config.seed), config.seed)
+  for kind, path in write_items(items, out_dir, config.split).items():
     logging.info("wrote %s items to %s", kind, path)
     print(f"{kind}: {path}")
 
 
-def _judge():
-  if FLAGS.judge == "offline":
+def _judge(judge_config, out_dir: str):
+  """The reasoning judge that config.judge.kind names."""
+  if judge_config.kind == "offline":
     from medq_jax.bench.judge_offline import OfflineJudge
     return OfflineJudge()
-  from medq_jax.bench.judge_api import ApiJudge, ApiJudgeConfig
-  from medq_jax.bench.judge_cache import JudgeCache
-  config = ApiJudgeConfig.from_env(concurrency=FLAGS.judge_concurrency, timeout_s=FLAGS.judge_timeout_s,
-                                   max_retries=FLAGS.judge_max_retries, message_style=FLAGS.judge_messages)
-  cache = JudgeCache(FLAGS.judge_cache or os.path.join(FLAGS.out_dir, "judge_cache.sqlite"))
-  logging.info("judge: %r", config)  # the dataclass repr leaves the key out
-  return ApiJudge(config, cache)
+  from medq_jax.bench.judge_api import make_api_judge
+  return make_api_judge(concurrency=judge_config.concurrency, timeout_s=judge_config.timeout_s,
+                        max_retries=judge_config.max_retries,
+                        message_style=judge_config.message_style,
+                        cache_path=judge_config.cache_path
+                        or os.path.join(out_dir, "judge_cache.sqlite"))
 
 
-def _track(items_flag, predictions_flag, kind: str):
-  items = items_flag
-  if items is None and FLAGS.items_dir:
+def _track(config, track: str, kind: str) -> tuple[str, str] | None:
+  """(items, predictions) of one track; items default to the file of `kind` in items_dir."""
+  items = config[f"{track}_items"]
+  if not items and config.items_dir:
     for ext in ("tsv", "jsonl"):
-      candidate = os.path.join(FLAGS.items_dir, FILE_NAMES[kind].format(split=FLAGS.split) + f".{ext}")
+      candidate = os.path.join(config.items_dir,
+                               FILE_NAMES[kind].format(split=config.split) + f".{ext}")
       if os.path.exists(candidate):
         items = candidate
         break
-  return (items, predictions_flag) if items else None
+  return (items, config[f"{track}_predictions"] or None) if items else None
 
 
-def _score() -> None:
+def load_model_from_checkpoint(workdir: str, model_config):
+  """Our MedQ-UNI model from a medq-train workdir (checkpoints/, tokenizer/) as a BenchModel.
+
+  model_config: the training config (ConfigDict) of that run, from --model_config.
+  """
+  if model_config is None:
+    raise app.UsageError("--model_config is required with --config.checkpoint (the training "
+                         "config of the run, e.g. configs/medq_uni.py:size=tiny,stage=2)")
+  from medq_jax.infer.bench_model import load_from_workdir
+  return load_from_workdir(workdir, model_config)
+
+
+def _score(config, out_dir: str) -> None:
   from medq_jax.bench import runner
   from medq_jax.bench.report import write_report
-  model, name = None, FLAGS.model_name
-  if FLAGS.checkpoint:
-    from medq_jax.bench.model_interface import load_model_from_checkpoint
-    model = load_model_from_checkpoint(FLAGS.checkpoint, FLAGS.config)
-    name = name or os.path.basename(FLAGS.checkpoint.rstrip("/"))
-  elif FLAGS.model == "heuristic":
+  model, name = None, config.model_name
+  if config.checkpoint:
+    model = load_model_from_checkpoint(config.checkpoint, _MODEL_CONFIG.value)
+    name = name or os.path.basename(config.checkpoint.rstrip("/"))
+  elif config.model == "heuristic":
     from medq_jax.bench.heuristic_model import HeuristicBenchModel
     model, name = HeuristicBenchModel(), name or "heuristic"
-  elif FLAGS.model:
-    raise app.UsageError(f"--model={FLAGS.model!r}: only 'heuristic' is built in; use --checkpoint for ours")
-  qa = _track(FLAGS.qa_items, FLAGS.qa_predictions, "qa")
-  noref = _track(FLAGS.noref_items, FLAGS.noref_predictions, "description")
-  paired = _track(FLAGS.paired_items, FLAGS.paired_predictions, "paired")
+  elif config.model:
+    raise app.UsageError(f"config.model={config.model!r}: only 'heuristic' is built in; use "
+                         "--config.checkpoint and --model_config for ours")
+  qa = _track(config, "qa", "qa")
+  noref = _track(config, "noref", "description")
+  paired = _track(config, "paired", "paired")
   if not (qa or noref or paired):
-    raise app.UsageError("nothing to score: give --items_dir or --qa_items/--noref_items/--paired_items")
+    raise app.UsageError("nothing to score: set config.items_dir or config.{qa,noref,paired}_items")
   if model is None:
     for label, spec in (("qa", qa), ("noref", noref), ("paired", paired)):
       if spec and not spec[1]:
-        raise app.UsageError(f"--{label}_predictions is required without --model/--checkpoint")
+        raise app.UsageError(f"config.{label}_predictions is required without config.model or "
+                             "config.checkpoint")
   name = name or os.path.splitext(os.path.basename((qa or noref or paired)[1]))[0]
-  judge = _judge() if (noref or paired) else None
-  results = runner.run(name, judge, qa, noref, paired, model=model, out_dir=FLAGS.out_dir,
-                       rounds=FLAGS.judge_rounds, on_error="exclude" if FLAGS.skip_bad_rows else "raise",
-                       n_resamples=FLAGS.bootstrap, seed=FLAGS.seed)
-  written = write_report(results, FLAGS.out_dir)
-  print(open(written["markdown"], encoding="utf-8").read())
+  judge = _judge(config.judge, out_dir) if (noref or paired) else None
+  results = runner.run(name, judge, qa, noref, paired, model=model, out_dir=out_dir,
+                       rounds=config.judge.rounds,
+                       on_error="exclude" if config.skip_bad_rows else "raise",
+                       n_resamples=config.bootstrap, seed=config.seed)
+  written = write_report(results, out_dir)
+  with open(written["markdown"], encoding="utf-8") as handle:
+    print(handle.read())
 
 
-def _align() -> None:
-  if not FLAGS.human_scores:
-    raise app.UsageError("--human_scores is required in align mode")
-  pairs = alignment.load_pairs(FLAGS.human_scores, FLAGS.judge_scores)
-  results = alignment.align(pairs)
+def _align(config, out_dir: str) -> None:
+  from medq_jax.bench.report import write_csv
+  if not config.human_scores:
+    raise app.UsageError("config.human_scores is required in align mode")
+  results = alignment.align(alignment.load_pairs(config.human_scores, config.judge_scores or None))
   rows = []
   for result in results:
-    path = alignment.plot_confusion(result, os.path.join(FLAGS.out_dir, f"confusion_{result.dimension}.png"))
+    path = alignment.plot_confusion(result, os.path.join(out_dir,
+                                                         f"confusion_{result.dimension}.png"))
     rows.append([result.dimension, result.n, tables.num(result.kappa), tables.pct(result.accuracy),
-                 " / ".join(tables.pct(r) for r in result.recall_per_class), os.path.basename(path)])
-  table = (["dimension", "n", "kappa_w (quadratic)", "accuracy", "recall per human class 0/1/2", "confusion"], rows)
-  from medq_jax.bench.report import write_csv
-  write_csv(os.path.join(FLAGS.out_dir, "alignment.csv"), table)
-  with open(os.path.join(FLAGS.out_dir, "alignment.json"), "w", encoding="utf-8") as handle:
+                 " / ".join(tables.pct(r) for r in result.recall_per_class),
+                 os.path.basename(path)])
+  table = (["dimension", "n", "kappa_w (quadratic)", "accuracy", "recall per human class 0/1/2",
+            "confusion"], rows)
+  write_csv(os.path.join(out_dir, "alignment.csv"), table)
+  with open(os.path.join(out_dir, "alignment.json"), "w", encoding="utf-8") as handle:
     json.dump([{"dimension": r.dimension, "n": r.n, "kappa": r.kappa, "accuracy": r.accuracy,
                 "confusion": r.confusion.tolist()} for r in results], handle, indent=2)
   text = "# Human-judge alignment\n\n" + tables.markdown(table) + "\n"
-  with open(os.path.join(FLAGS.out_dir, "alignment.md"), "w", encoding="utf-8") as handle:
+  with open(os.path.join(out_dir, "alignment.md"), "w", encoding="utf-8") as handle:
     handle.write(text)
   print(text)
 
 
-def _restoration() -> None:
+def _restoration(config, out_dir: str) -> None:
   import numpy as np
+
   from medq_jax.bench.report import write_csv
   from medq_jax.bench.restoration import restoration_table
-  if not FLAGS.restoration_npz:
-    raise app.UsageError("--restoration_npz is required in restoration mode")
-  data = np.load(FLAGS.restoration_npz)
-  rows = restoration_table(zip([str(t) for t in data["tasks"]], data["restored"], data["reference"]))
+  if not config.restoration_npz:
+    raise app.UsageError("config.restoration_npz is required in restoration mode")
+  data = np.load(config.restoration_npz)
+  rows = restoration_table(zip([str(t) for t in data["tasks"]], data["restored"],
+                               data["reference"]))
   table = tables.restoration_rows_table(rows)
-  write_csv(os.path.join(FLAGS.out_dir, "restoration.csv"), table)
+  write_csv(os.path.join(out_dir, "restoration.csv"), table)
   print(tables.markdown(table))
+
+
+_MODES = {"generate": _generate, "score": _score, "align": _align, "restoration": _restoration}
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  os.makedirs(FLAGS.out_dir, exist_ok=True)
-  {"generate": _generate, "score": _score, "align": _align, "restoration": _restoration}[FLAGS.mode]()
+  config = _CONFIG.value
+  for key, value, valid in (("mode", config.mode, bench_config.MODES),
+                            ("judge.kind", config.judge.kind, bench_config.JUDGES),
+                            ("judge.message_style", config.judge.message_style,
+                             bench_config.MESSAGE_STYLES)):
+    if value not in valid:
+      raise app.UsageError(f"config.{key}={value!r}: expected one of {valid}")
+  if config.checkpoint:  # only our model runs on JAX devices; the other jobs do not start JAX
+    distributed.initialize()
+  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  _MODES[config.mode](config, _OUT_DIR.value)
 
 
 def run_main() -> None:
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

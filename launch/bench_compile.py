@@ -4,17 +4,16 @@ layers. With nn.scan the body compiles once, so the ratio should stay <= 1.5.
   python -m launch.bench_compile --config=configs/medq_uni.py:size=small
 """
 
-from absl import app, flags
-from ml_collections import config_flags
-
 import jax
+from absl import flags
 
+from launch import cli, distributed
 from medq_jax.train.measure import train_step_seconds
 from medq_jax.train.timing import print_table
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/medq_uni.py:size=small,stage=2",
-                                          "Config file.", lock_config=True)
+_CONFIG = cli.define_config_file("config", "configs/medq_uni.py:size=small,stage=2", "Config file.")
 _LAYERS = flags.DEFINE_list("layers", ["2", "16"], "Decoder depths to compare.")
+flags.adopt_module_key_flags(distributed)
 
 
 def train_step_compile_seconds(config, num_layers: int) -> float:
@@ -26,6 +25,7 @@ def train_step_compile_seconds(config, num_layers: int) -> float:
 
 def main(argv):
   del argv
+  distributed.initialize()
   config = _CONFIG.value
   depths = [int(x) for x in _LAYERS.value]
   times = [train_step_compile_seconds(config, depth) for depth in depths]
@@ -38,7 +38,7 @@ def main(argv):
 
 
 def run_main():
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

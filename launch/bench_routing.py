@@ -7,24 +7,23 @@ tokens in one stream: identical per-token FLOPs). Target: ratio <= 1.05.
 
 import functools
 
-from absl import app, flags
-from ml_collections import config_flags
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import flags
 
+from launch import cli, distributed
 from medq_jax.models.attention import TokenIds
 from medq_jax.models.decoder import MoTDecoder
 from medq_jax.models.layers import dtype_of
 from medq_jax.train.timing import compile_seconds, median_seconds, print_table
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/medq_uni.py:size=small",
-                                          "Config file.", lock_config=True)
+_CONFIG = cli.define_config_file("config", "configs/medq_uni.py:size=small", "Config file.")
 _BATCH = flags.DEFINE_integer("batch", 4, "Rows per step.")
 _UND_LEN = flags.DEFINE_integer("und_len", 192, "und tokens per row.")
 _GEN_LEN = flags.DEFINE_integer("gen_len", 64, "gen tokens per row.")
 _ITERS = flags.DEFINE_integer("iters", 10, "Timed iterations.")
+flags.adopt_module_key_flags(distributed)
 
 
 def _ids(batch, length, offset):
@@ -57,6 +56,7 @@ def step_time(model_config, scope: str, und_len: int, gen_len: int, batch: int, 
 
 def main(argv):
   del argv
+  distributed.initialize()
   config = _CONFIG.value
   total = _UND_LEN.value + _GEN_LEN.value
   run = functools.partial(step_time, config.model, batch=_BATCH.value, iters=_ITERS.value)
@@ -74,7 +74,7 @@ def main(argv):
 
 
 def run_main():
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,19 @@ Regenerates tests/golden/small_param_specs.json after an intended change of the 
 
 import json
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
+from launch import cli, distributed
 from medq_jax.train.param_specs import param_partition_specs
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_CONFIG = cli.define_config_file("config", "configs/medq_uni.py:size=small", "Model config file.")
 _OUT = flags.DEFINE_string("out", "", "Write JSON here instead of stdout.")
+flags.adopt_module_key_flags(distributed)
 
 
 def main(argv):
   del argv
+  distributed.initialize()
   text = json.dumps(param_partition_specs(_CONFIG.value), indent=1, sort_keys=True)
   if _OUT.value:
     with open(_OUT.value, "w") as f:
@@ -27,7 +29,7 @@ def main(argv):
 
 
 def run_main():
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

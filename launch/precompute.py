@@ -8,14 +8,12 @@ Rerunning the same command after an interruption continues with the unfinished s
 import json
 import logging as std_logging
 
-from absl import app
 from absl import logging
-from ml_collections import config_flags
 
 from data_pipeline import precompute
+from launch import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/data/medq_sample.py", "Data config file.", lock_config=True)
+_CONFIG = cli.define_config_file("config", "configs/data/medq_sample.py", "Data config file.")
 
 
 def main(argv):
@@ -31,7 +29,7 @@ def main(argv):
 
 
 def run_main():
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

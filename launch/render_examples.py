@@ -7,19 +7,17 @@ Examples are picked to cover as many tasks as possible.
 
 import textwrap
 
-from absl import app
-from absl import flags
 import matplotlib
+from absl import flags
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-from ml_collections import config_flags
 import numpy as np
 
-from data_pipeline import loader
-from data_pipeline import tfds_format
+from data_pipeline import loader, tfds_format
+from launch import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/data/medq_sample.py", "Data config file.", lock_config=True)
+_CONFIG = cli.define_config_file("config", "configs/data/medq_sample.py", "Data config file.")
 _SPLIT = flags.DEFINE_string("split", "train", "Split to render.")
 _NUM = flags.DEFINE_integer("num", 6, "Number of examples (rows).")
 _OUT = flags.DEFINE_string("out", "/tmp/medq_examples.png", "Output PNG path.")
@@ -74,7 +72,7 @@ def main(argv):
 
 
 def run_main():
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

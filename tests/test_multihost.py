@@ -25,10 +25,11 @@ def _run(args, **kwargs):
 
 def test_two_processes_match_one(tmp_path):
   port = _free_port()
-  common = ["--num_processes=2", f"--coordinator=127.0.0.1:{port}", "--local_devices=4"]
-  workers = [_run([f"--process_id={i}", *common, f"--out={tmp_path / 'multi.json'}"])
+  config = "--config=configs/medq_uni.py:size=tiny,stage=2,mesh=2x2x2"
+  common = [config, f"--coordinator=127.0.0.1:{port}", "--num_processes=2", "--local_devices=4"]
+  workers = [_run([*common, f"--process_id={i}", f"--out={tmp_path / 'multi.json'}"])
              for i in range(2)]
-  single = _run(["--num_processes=1", "--local_devices=8", f"--out={tmp_path / 'single.json'}"])
+  single = _run([config, "--local_devices=8", f"--out={tmp_path / 'single.json'}"])
   for proc in workers + [single]:
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]

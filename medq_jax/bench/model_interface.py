@@ -5,17 +5,24 @@ option is argmax_o log P(o | image, question) (the paper's
 ``argmax P(c | I, q)``); reasoning uses free text from ``describe``/``compare``.
 `predict_items` runs a model over items and returns predictions rows that the
 normal file scorer consumes, so our model and any MLLM's predictions file go
-through the very same scoring code.
+through the very same scoring code. Our MedQ-UNI model (`medq_jax.infer.bench_model`) is one
+such model; launch/bench.py loads it (bench and infer are sibling layers: neither imports the
+other).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from medq_jax.bench.items import load_image
-from medq_jax.bench.prompts import NOREF_REASONING_PROMPT, PAIRED_REASONING_PROMPT, perception_prompt
+from medq_jax.bench.prompts import (
+  NOREF_REASONING_PROMPT,
+  PAIRED_REASONING_PROMPT,
+  perception_prompt,
+)
 from medq_jax.bench.schema import McqItem, ReasoningItem
 
 
@@ -76,17 +83,3 @@ def predict_items(model: BenchModel, items: Sequence) -> list[dict[str, Any]]:
     rows.append(predict_mcq(model, item) if isinstance(item, McqItem) else predict_reasoning(model, item))
   return rows
 
-
-def load_model_from_checkpoint(path: str, config: Any = None) -> BenchModel:
-  """Loads our MedQ-UNI model from a medq-train workdir as a `BenchModel`.
-
-  path: the training run's workdir (holding checkpoints/ and tokenizer/).
-  config: the training config spec, e.g. 'configs/medq_uni.py:size=tiny,stage=2', or a ConfigDict.
-  """
-  from medq_jax.infer.bench_model import load_config, load_from_workdir
-  if config is None:
-    raise ValueError("--config is required with --checkpoint (the training config spec, e.g. "
-                     "configs/medq_uni.py:size=tiny,stage=2)")
-  if isinstance(config, str):
-    config = load_config(config)
-  return load_from_workdir(path, config)

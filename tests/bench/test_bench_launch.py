@@ -1,4 +1,5 @@
-"""launch/bench.py end to end on generated items, offline judge, heuristic model."""
+"""launch/bench.py end to end on generated items, offline judge, heuristic model; settings from
+configs/bench.py with --config.* overrides."""
 
 import json
 import os
@@ -23,10 +24,10 @@ def _bench(*args, check=True):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
   root = tmp_path_factory.mktemp("demo")
-  _bench("--mode=generate", f"--out_dir={root}")
+  _bench("--config=configs/bench.py:mode=generate", f"--out_dir={root}")
   report = root / "report"
-  _bench("--mode=score", f"--items_dir={root}", "--model=heuristic", "--judge=offline", "--bootstrap=200",
-         f"--out_dir={report}")
+  _bench("--config=configs/bench.py:mode=score,judge=offline", f"--config.items_dir={root}",
+         "--config.model=heuristic", "--config.bootstrap=200", f"--out_dir={report}")
   return root, report
 
 
@@ -55,9 +56,9 @@ def test_generate_and_score(demo):
 
 def test_rescoring_the_written_predictions_file(demo, tmp_path):
   root, report = demo
-  result = _bench("--mode=score", f"--qa_items={root / 'medqbench_QA_test.tsv'}",
-                  f"--qa_predictions={report / 'predictions_perception.jsonl'}", "--bootstrap=200",
-                  f"--out_dir={tmp_path}")
+  result = _bench(f"--config.qa_items={root / 'medqbench_QA_test.tsv'}",
+                  f"--config.qa_predictions={report / 'predictions_perception.jsonl'}",
+                  "--config.bootstrap=200", f"--out_dir={tmp_path}")
   first = json.loads((report / "report.json").read_text())["table1"]
   second = json.loads((tmp_path / "report.json").read_text())["table1"]
   assert first["Overall (perception)"] == second["Overall (perception)"]
@@ -72,8 +73,9 @@ def test_align_mode(demo, tmp_path):
     for dimension, value in record["scores"].items():
       rows.append(f"{record['index']},{dimension},{int(round(value))}")
   (tmp_path / "human.csv").write_text("\n".join(rows) + "\n")
-  _bench("--mode=align", f"--human_scores={tmp_path / 'human.csv'}",
-         f"--judge_scores={report / 'items' / 'noref_items.jsonl'}", f"--out_dir={tmp_path / 'align'}")
+  _bench("--config=configs/bench.py:mode=align", f"--config.human_scores={tmp_path / 'human.csv'}",
+         f"--config.judge_scores={report / 'items' / 'noref_items.jsonl'}",
+         f"--out_dir={tmp_path / 'align'}")
   results = json.loads((tmp_path / "align" / "alignment.json").read_text())
   assert {r["dimension"] for r in results} == {"completeness", "preciseness", "consistency", "quality_accuracy"}
   assert all(r["accuracy"] == 1.0 for r in results)  # humans copied the judge
@@ -82,21 +84,44 @@ def test_align_mode(demo, tmp_path):
 
 def test_checkpoint_mode_names_a_missing_workdir(demo, tmp_path):
   root, _ = demo
-  result = _bench("--mode=score", f"--items_dir={root}", "--checkpoint=/nonexistent/ckpt",
-                  "--config=configs/medq_uni.py:size=tiny,stage=2", f"--out_dir={tmp_path}",
+  result = _bench(f"--config.items_dir={root}", "--config.checkpoint=/nonexistent/ckpt",
+                  "--model_config=configs/medq_uni.py:size=tiny,stage=2", f"--out_dir={tmp_path}",
                   check=False)
-  assert result.returncode != 0 and "/nonexistent/ckpt: no checkpoints/ directory" in result.stderr
+  assert result.returncode != 0
+  assert "/nonexistent/ckpt/checkpoints: no such checkpoint directory" in result.stderr
+
+
+def test_checkpoint_without_model_config_is_a_usage_error(demo, tmp_path):
+  root, _ = demo
+  result = _bench(f"--config.items_dir={root}", "--config.checkpoint=/nonexistent/ckpt",
+                  f"--out_dir={tmp_path}", check=False)
+  assert result.returncode != 0
+  assert "--model_config is required with --config.checkpoint" in result.stderr
+
+
+def test_bad_settings_fail_naming_the_key(tmp_path):
+  misspelt = _bench("--config.judge.rouns=2", f"--out_dir={tmp_path}", check=False)
+  assert misspelt.returncode != 0
+  assert "--config.judge.rouns: config.judge has no key 'rouns'; valid keys: cache_path, " \
+      "concurrency, kind, max_retries, message_style, rounds, timeout_s" in misspelt.stderr
+  assert "Traceback" not in misspelt.stderr
+  bad_mode = _bench("--config.mode=grade", f"--out_dir={tmp_path}", check=False)
+  assert bad_mode.returncode != 0
+  assert "config.mode='grade': expected one of ('generate', 'score', 'align', 'restoration')" \
+      in bad_mode.stderr
+  bad_arg = _bench("--config=configs/bench.py:mode=grade", f"--out_dir={tmp_path}", check=False)
+  assert bad_arg.returncode != 0 and "config arg: mode must be one of" in bad_arg.stderr
 
 
 def test_bad_items_fail_with_row_and_field(tmp_path):
   (tmp_path / "qa.tsv").write_text("index\timage\tquestion\tA\tB\tanswer\n1\tQUJD\tQ?\tYes\tNo\tA\n")
   (tmp_path / "pred.tsv").write_text("index\tprediction\n1\tA\n")
-  result = _bench("--mode=score", f"--qa_items={tmp_path / 'qa.tsv'}", f"--qa_predictions={tmp_path / 'pred.tsv'}",
-                  f"--out_dir={tmp_path / 'out'}", check=False)
+  files = [f"--config.qa_items={tmp_path / 'qa.tsv'}",
+           f"--config.qa_predictions={tmp_path / 'pred.tsv'}"]
+  result = _bench(*files, f"--out_dir={tmp_path / 'out'}", check=False)
   assert result.returncode != 0
   assert "qa.tsv: row 1 (index '1'), field 'image'" in result.stderr
-  skipped = _bench("--mode=score", f"--qa_items={tmp_path / 'qa.tsv'}", f"--qa_predictions={tmp_path / 'pred.tsv'}",
-                   "--skip_bad_rows", f"--out_dir={tmp_path / 'out2'}")
+  skipped = _bench(*files, "--config.skip_bad_rows", f"--out_dir={tmp_path / 'out2'}")
   assert "bad input: image | 1" in skipped.stdout
 
 
@@ -105,5 +130,6 @@ def test_restoration_mode(tmp_path, phantom):
   restored = np.stack([np.clip(phantom + rng.normal(0, 0.03, phantom.shape), 0, 1) for _ in range(3)])
   np.savez(tmp_path / "r.npz", tasks=np.array(["ldct", "ldct", "pet_lowcount"]), restored=restored,
            reference=np.stack([phantom] * 3))
-  result = _bench("--mode=restoration", f"--restoration_npz={tmp_path / 'r.npz'}", f"--out_dir={tmp_path / 'o'}")
+  result = _bench("--config=configs/bench.py:mode=restoration",
+                  f"--config.restoration_npz={tmp_path / 'r.npz'}", f"--out_dir={tmp_path / 'o'}")
   assert "| ldct | 2 |" in result.stdout and (tmp_path / "o" / "restoration.csv").exists()

@@ -23,9 +23,10 @@ def test_two_jax_processes_read_disjoint_shards_covering_the_split(built_sample,
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "launch.loader_shard_check", f"--process_id={i}",
-       "--num_processes=2", f"--coordinator=127.0.0.1:{port}", "--config_arg=runlocal",
-       f"--data_dir={config.data_dir}", f"--out_dir={tmp_path}"],
+      [sys.executable, "-m", "launch.loader_shard_check",
+       "--config=configs/data/medq_sample.py:runlocal", f"--config.data_dir={config.data_dir}",
+       "--split=train", f"--out_dir={tmp_path}", f"--coordinator=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}"],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
   for proc in procs:
