@@ -1,6 +1,6 @@
 """A few examples from real images that ship in packages, one per (task, severity), in seconds.
 
-For the MedQ-Bench item generator (`launch/bench.py --mode=generate`) and tests. Images:
+For the MedQ-Bench item generator (`medq-bench --config=configs/bench.py:mode=generate`) and tests. Images:
 pydicom's `CT_small.dcm` (chest CT) and `MR_small.dcm` (head MR), PET simulated from that MR
 with `pet_simulation` (marked `simulated`), scikit-image's retina for fundus. Each example is
 built exactly as the precompute builds one (`make_example.make_example`): the registry's

@@ -1,13 +1,27 @@
-"""Grain loader over the precomputed ArrayRecord shards.
+"""The one Grain loader over the precomputed ArrayRecord shards: training, benchmarks, tokenizer
+training and the multi-host checks all read through `make_loader`.
 
-Pipeline: MapDataset(ArrayRecord source of the split's TFDS shards) -> per-host shard (JAX
-process) -> seeded shuffle -> repeat -> batch, decoding the batch's records in one pass
-(zlib uint16 -> float32 [0, 1], JSON -> str/bool; `tfds_format.decode_records`) ->
-to_iter_dataset -> optional multiprocess prefetch. Batches are dicts: images float32 [B, H, W],
-other fields numpy arrays [B]. The iterator's `get_state()` / `set_state()` resume exactly.
+  ArrayRecord source of the split's TFDS shards
+    -> per-host shard (JAX process) -> seeded shuffle -> repeat
+    -> chunks of records decoded in one pass (zlib uint16 -> float32 [0, 1], JSON -> str/bool;
+       `tfds_format.decode_records`), then the caller's example transform on each example
+       (training: the layout packer); a record that does not decode, or an example the transform
+       rejects, is skipped with a logged reason and a running count
+    -> flattened back to examples -> batches of `batch_size` (static shape: skips never shorten
+       a batch) -> optional multiprocess prefetch.
+
+Without a transform a batch is a dict of the example fields: images float32 [B, H, W], other
+fields numpy arrays [B]. The iterator's `get_state()` / `set_state()` resume exactly.
+The data pipeline knows nothing of the model: the transform is any picklable callable.
 """
 
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
 import grain
+import grain.experimental
 import tensorflow_datasets as tfds
 
 from data_pipeline import example as example_lib
@@ -24,7 +38,7 @@ def _builder(data_dir, split, name, version):
 
 def data_source(data_dir, split, name="medq_sample", version="1.1.0"):
   """TFDS's random-access source of one split: records decoded by TFDS, one at a time (for
-  inspection, rendering and as the reference decoder)."""
+  inspection, rendering and as the reference decoder in tests)."""
   return _builder(data_dir, split, name, version).as_data_source(split=split)
 
 
@@ -36,63 +50,109 @@ def record_source(data_dir, split, name="medq_sample", version="1.1.0"):
   return grain.sources.ArrayRecordDataSource(paths), image_size
 
 
-class DecodeRecord(grain.transforms.Map):
-  """Serialized record -> contract example, without TFDS's per-feature machinery."""
+def _unbatch(batch) -> list[dict]:
+  """Decoded batch (fields [B, ...]) -> B example dicts (str/bool fields as Python values)."""
+  count = len(batch["id"])
+  return [{key: value[index].item() if value.ndim == 1 else value[index]
+           for key, value in batch.items()} for index in range(count)]
 
-  def __init__(self, image_size):
+
+def decode_record(record, image_size):
+  """One serialized record -> one contract example; ValueError naming the problem."""
+  return _unbatch(tfds_format.decode_records([record], image_size))[0]
+
+
+class DecodeAndTransform:
+  """Grain `batch_fn` (picklable): a chunk of serialized records -> the list of examples that
+  decode and that the transform accepts (each transformed). The others are skipped with a
+  logged reason and counted per process (each Grain worker counts its own)."""
+
+  def __init__(self, image_size: int, transform: Callable | None = None,
+               transform_errors: tuple[type[Exception], ...] = ()):
     self.image_size = image_size
+    self.transform = transform
+    self.transform_errors = tuple(transform_errors)
+    self.skipped = 0
 
-  def map(self, element):
-    batch = tfds_format.decode_records([element], self.image_size)
-    return {key: value[0].item() if value.ndim == 1 else value[0]
-            for key, value in batch.items()}
+  def _skip(self, reason: str) -> None:
+    self.skipped += 1
+    logging.warning("skipping %s (%d skipped in this process)", reason, self.skipped)
+
+  def _decode(self, records) -> list[dict]:
+    try:  # One pass over the chunk; on a bad record, find it and keep the rest.
+      return _unbatch(tfds_format.decode_records(records, self.image_size))
+    except ValueError:
+      examples = []
+      for record in records:
+        try:
+          examples.append(decode_record(record, self.image_size))
+        except ValueError as error:
+          self._skip(f"a record that does not decode: {error}")
+      return examples
+
+  def __call__(self, records) -> list:
+    examples = self._decode(records)
+    if self.transform is None:
+      return examples
+    out = []
+    for example in examples:
+      try:
+        out.append(self.transform(example))
+      except self.transform_errors as error:
+        self._skip(f"example {example['id']}: {error}")
+    return out
 
 
-class DecodeBatch:
-  """Grain `batch_fn`: the batch's serialized records -> one decoded batch (picklable)."""
+class _Flatten(grain.experimental.FlatMapTransform):
+  """A chunk (list) -> its elements."""
 
-  def __init__(self, image_size):
-    self.image_size = image_size
+  def __init__(self, max_fan_out: int):
+    self.max_fan_out = max_fan_out
 
-  def __call__(self, records):
-    return tfds_format.decode_records(records, self.image_size)
+  def flat_map(self, element):
+    return element
 
 
 def _process_shard():
   """(index, count) of this JAX process; (0, 1) when JAX is not initialised for multi-host."""
   import jax
+
   return jax.process_index(), jax.process_count()
 
 
-def make_dataset(config, split, *, batch_size=None, num_epochs=None, shuffle=True,
-                 shard_index=None, shard_count=None, drop_remainder=True, data_dir=None):
-  """Returns a grain.MapDataset of batches (random access, before conversion to an iterator).
+def make_loader(config, split, *, worker_count=None, batch_size=None, num_epochs=None,
+                shuffle=True, shard_index=None, shard_count=None, drop_remainder=True,
+                data_dir=None, transform: Callable | None = None,
+                transform_errors: tuple[type[Exception], ...] = ()):
+  """Returns a grain.IterDataset of batches; iterate with `iter(...)`, save with get_state().
 
-  config: the data config (data_dir, name, version, shuffle_seed, batch_size).
-  num_epochs None repeats forever. Shards by JAX process unless shard_index/count are given.
+  config: the data config (data_dir, name, version, shuffle_seed, batch_size, prefetch_buffer,
+  loader_workers). num_epochs None repeats forever. Shards by JAX process unless
+  shard_index/count are given. transform: example -> element (e.g. a packed model row),
+  applied before batching; exceptions of `transform_errors` skip the example (counted).
+  worker_count > 0 adds multiprocess prefetch (call from under `if __name__ == '__main__'`
+  with absl flags parsed; close the iterator when done).
   """
   if shard_index is None or shard_count is None:
     shard_index, shard_count = _process_shard()
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index: {shard_index} not in [0, {shard_count})")
+  batch_size = int(batch_size or config.batch_size)
+  if batch_size < 1:
+    raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
   source, image_size = record_source(data_dir or config.data_dir, split, config.name,
                                      config.version)
-  dataset = grain.MapDataset.source(source)[shard_index::shard_count]
+  records = grain.MapDataset.source(source)[shard_index::shard_count]
   if shuffle:
-    dataset = dataset.shuffle(seed=int(config.shuffle_seed))
-  dataset = dataset.repeat(num_epochs)
-  return dataset.batch(int(batch_size or config.batch_size), drop_remainder=drop_remainder,
-                       batch_fn=DecodeBatch(image_size))
-
-
-def make_loader(config, split, *, worker_count=None, **kwargs):
-  """Returns a grain.IterDataset of batches; iterate with `iter(...)`, save with get_state().
-
-  worker_count > 0 adds multiprocess prefetch (call from under `if __name__ == '__main__'`
-  with absl flags parsed; close the iterator when done).
-  """
-  dataset = make_dataset(config, split, **kwargs).to_iter_dataset(
+    records = records.shuffle(seed=int(config.shuffle_seed))
+  records = records.repeat(num_epochs)
+  # Decode in chunks of one batch: one vectorised pass per chunk (see tfds_format).
+  chunks = records.batch(batch_size, drop_remainder=False,
+                         batch_fn=DecodeAndTransform(image_size, transform, transform_errors))
+  dataset = chunks.to_iter_dataset(
       grain.ReadOptions(num_threads=1, prefetch_buffer_size=int(config.prefetch_buffer)))
+  dataset = grain.experimental.FlatMapIterDataset(dataset, _Flatten(batch_size))
+  dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
   workers = int(config.loader_workers if worker_count is None else worker_count)
   if workers > 0:
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))

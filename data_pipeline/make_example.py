@@ -10,7 +10,8 @@ import grain
 import ml_collections
 import numpy as np
 
-from data_pipeline import degradations, descriptions, pseudo_labeller, readers, tfds_format
+from data_pipeline import (chat_client, degradations, descriptions, pseudo_labeller, readers,
+                           tfds_format)
 from data_pipeline import example as example_lib
 
 
@@ -87,6 +88,8 @@ class ExampleMaker(grain.transforms.Map):
       result["record"] = features.serialize_example(tfds_format.to_stored(example))
       result["meta"] = {"task": example["task"], "severity": example["severity"],
                         "modality": example["modality"], "simulated": example["simulated"]}
+    except chat_client.ChatAuthError:
+      raise  # A refused key fails every item alike: stop the precompute instead of skipping all.
     except Exception as error:  # pylint: disable=broad-except  # One bad item never stops a run.
       result["reason"] = f"{type(error).__name__}: {error}"[:300]
     return result

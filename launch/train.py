@@ -4,22 +4,20 @@ library.
   medq-train --config=configs/medq_uni.py:size=tiny,stage=1 --workdir=runs/tiny
   medq-train --config=configs/medq_uni.py:size=small,stage=2 --config.train.steps=200
 
-Multi-host: pass --coordinator=HOST:PORT --num_processes=N --process_id=I (or nothing on TPU
-pods / SLURM, where jax.distributed discovers them).
+Multi-host: --coordinator=HOST:PORT --num_processes=N --process_id=I on every process, or
+--distributed alone on SLURM / TPU pods / Kubernetes, where JAX reads them from the environment
+(launch/distributed.py, docs/cli.md).
 """
 
 import logging
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/medq_uni.py", "Config file.",
-                                          lock_config=True)
+from launch import cli, distributed
+
+_CONFIG = cli.define_config_file("config", "configs/medq_uni.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
-_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.adopt_module_key_flags(distributed)
 
 
 class _QuietLibraries(logging.Filter):
@@ -31,12 +29,9 @@ class _QuietLibraries(logging.Filter):
 
 def main(argv):
   del argv
-  import jax
+  distributed.initialize()
   for handler in logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())
-  if _DISTRIBUTED.value or _COORDINATOR.value:
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   logging.getLogger().setLevel(logging.INFO)
   config = _CONFIG.value
   metrics = run_training(config, _WORKDIR.value or config.workdir)
@@ -53,7 +48,7 @@ def run_training(config, workdir: str) -> dict:
 
 
 def run_main():
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

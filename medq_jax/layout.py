@@ -230,7 +230,8 @@ def collate(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 class PackExamples:
-  """Picklable Grain map transform: example dict -> packed row (for the trainer's pipeline)."""
+  """Picklable example transform: example dict -> packed row (the trainer's transform of the
+  data loader; raises LayoutError for an example that does not fit, which the loader skips)."""
 
   def __init__(self, tokenizer_dir: str, spec: LayoutSpec):
     self.tokenizer_dir = tokenizer_dir
@@ -243,6 +244,8 @@ class PackExamples:
       self._tokenizer = load_tokenizer(self.tokenizer_dir)
       self._special = special_ids(self._tokenizer)
     return pack_example(example, self._tokenizer, self.spec, self._special)
+
+  __call__ = map
 
 
 def zeros_batch(spec: LayoutSpec, batch_size: int, latent_dim: int) -> dict[str, np.ndarray]:

@@ -17,7 +17,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
   """Fills a single -1 so that the product equals `num_devices`; validates the rest."""
-  shape = tuple(int(s) for s in shape)
+  try:
+    shape = tuple(int(s) for s in shape)
+  except (TypeError, ValueError):
+    raise ValueError(f"mesh.shape: expected (data, fsdp, tensor) integers such as (1, -1, 2), "
+                     f"got {shape!r}") from None
+  if any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f"mesh.shape {shape}: sizes must be positive (or -1 for the rest)")
   if shape.count(-1) > 1:
     raise ValueError(f"mesh.shape: at most one -1 allowed, got {shape}")
   known = int(np.prod([s for s in shape if s != -1]))

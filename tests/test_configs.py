@@ -3,6 +3,7 @@
 import glob
 import importlib.util
 import os
+import pathlib
 
 import pytest
 from absl import flags
@@ -12,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(
     p for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)
     if not os.path.basename(p).startswith("_")
-    and "def get_config" in open(p).read())
+    and "def get_config" in pathlib.Path(p).read_text())
 
 
 def _load(path):
@@ -45,7 +46,7 @@ def test_unimedvl_7b_matches_anchor():
   path = os.path.join(anchors, "bagel7b_mot_llm_config__from_MedQ-Uni.json")
   if not os.path.exists(path):
     pytest.skip("shared/anchors not beside the checkout")
-  anchor = json.load(open(path))
+  anchor = json.loads(pathlib.Path(path).read_text())
   llm = medq_uni.get_config("size=unimedvl_7b,scope=all").model.llm
   assert (llm.hidden_size, llm.intermediate_size, llm.num_layers, llm.num_heads,
           llm.num_kv_heads, llm.vocab_size, llm.rope_theta, llm.qk_norm) == (

@@ -3,6 +3,7 @@ forward with NamedShardings that equals the unsharded forward."""
 
 import json
 import os
+import pathlib
 
 import numpy as np
 
@@ -22,7 +23,7 @@ GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "small_param_specs.js
 def test_small_param_specs_match_golden_file():
   config = medq_uni.get_config("size=small,mesh=2x2x2")
   actual = param_partition_specs(config)
-  expected = json.load(open(GOLDEN))
+  expected = json.loads(pathlib.Path(GOLDEN).read_text())
   assert sorted(actual) == sorted(expected), "parameter set changed"
   diff = {k: (expected[k], actual[k]) for k in expected if expected[k] != actual[k]}
   assert not diff, ("PartitionSpecs changed (regenerate with launch/dump_param_shardings.py "
@@ -38,6 +39,10 @@ def test_mesh_shape_resolution():
   import pytest
   with pytest.raises(ValueError, match="mesh.shape"):
     sharding_lib.resolve_mesh_shape((3, -1, 1), 8)
+  with pytest.raises(ValueError, match=r"mesh.shape: expected \(data, fsdp, tensor\) integers"):
+    sharding_lib.resolve_mesh_shape("abc", 8)
+  with pytest.raises(ValueError, match="sizes must be positive"):
+    sharding_lib.resolve_mesh_shape((0, -1, 1), 8)
 
 
 def test_sharded_init_and_jitted_forward_equal_unsharded():

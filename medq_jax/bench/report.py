@@ -2,7 +2,7 @@
 
 Layout of ``out_dir``: ``report.md``, ``report.json``, ``tables/*.csv``,
 ``items/perception_items.jsonl`` / ``items/{noref,paired}_items.jsonl`` (per-item
-scores; the judge's are what ``--mode=align`` joins with human scores),
+scores; the judge's are what ``--config=configs/bench.py:mode=align`` joins with human scores),
 ``exclusions.csv`` and ``plots/*.png``. Every report names the judge; the offline
 judge's description says it is not an LLM judge.
 """

@@ -82,7 +82,7 @@ def init_params_sharded(model, vae, spec, model_config, mesh, rules, rng):
   for init_fn, key in ((model_init, rng_model), (vae_init, rng_vae)):
     abstract = jax.eval_shape(init_fn, key)
     shardings = sharding_lib.mesh_shardings(abstract, mesh, rules)
-    params = jax.jit(lambda k: nn.unbox(init_fn(k)), out_shardings=shardings)(key)
+    params = jax.jit(lambda k, fn=init_fn: nn.unbox(fn(k)), out_shardings=shardings)(key)
     results.append((params, shardings))
   (params, param_shardings), (vae_params, vae_shardings) = results
   return params, vae_params, param_shardings, vae_shardings

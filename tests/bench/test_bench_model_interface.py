@@ -101,9 +101,3 @@ def test_predictions_file_roundtrip_gives_same_scores(examples, tmp_path):
   paired = direct.tracks["paired"].reasoning_summaries[0]
   assert paired.quality_accuracy_rate == 1.0  # noise picks the clean image of every pair
 
-
-def test_checkpoint_loader_validates_its_arguments(tmp_path):
-  with pytest.raises(ValueError, match="--config is required"):
-    model_interface.load_model_from_checkpoint(str(tmp_path), None)
-  with pytest.raises(FileNotFoundError, match="no checkpoints/ directory"):
-    model_interface.load_model_from_checkpoint(str(tmp_path), "configs/medq_uni.py:size=tiny")

@@ -146,7 +146,7 @@ def test_siglip_unscanned_rules(siglip):
   shapes_u = nn.unbox(jax.eval_shape(unscanned.init, jax.random.key(0), patches, ids))["params"]
   params = _load(shapes_u, iter_safetensors(str(directory)), "", scan_layers=False)
   for i in range(2):
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b[i]),
+    jax.tree.map(lambda a, b, i=i: np.testing.assert_array_equal(a, b[i]),
                  params["encoder"][f"layers_{i}"], stacked["encoder"]["layers"])
 
 

@@ -1,5 +1,7 @@
 """The loader's one-pass record decoder against TFDS's own per-record decoder (the oracle)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from tensorflow_datasets.proto import tf_example_pb2
@@ -10,7 +12,6 @@ from data_pipeline import loader
 from data_pipeline import tfds_format
 from medq_jax import layout as layout_lib
 from medq_jax import tokenizer as tokenizer_lib
-from medq_jax.train import data as train_data
 
 
 def _records_and_oracle(config, split="train"):
@@ -38,9 +39,8 @@ def test_decode_records_equals_tfds_decode(built_sample):
 def test_decode_record_gives_the_contract_example(built_sample):
   config, _ = built_sample
   records, expected, image_size = _records_and_oracle(config)
-  decode = loader.DecodeRecord(image_size)
   for record, oracle in list(zip(records, expected))[:5]:
-    example = example_lib.validate_example(decode.map(record), image_size)
+    example = example_lib.validate_example(loader.decode_record(record, image_size), image_size)
     for name in example_lib.FIELD_NAMES:
       assert type(example[name]) is type(oracle[name]), name  # pylint: disable=unidiomatic-typecheck
       np.testing.assert_array_equal(example[name], oracle[name], err_msg=name)
@@ -67,18 +67,30 @@ def test_bad_records_fail_naming_the_record_and_field(built_sample):
     tfds_format.decode_records(records[:1], 16)  # The dataset is 32 px.
 
 
-def test_trainer_skips_undecodable_records_and_counts_them(built_sample, tmp_path):
+def test_trainer_transform_skips_and_counts_bad_records_and_examples(built_sample, tmp_path,
+                                                                      caplog):
+  """The loader's chunk step with the trainer's packer: an undecodable record and an example too
+  long for the layout are skipped with a logged reason and a count; every other row equals
+  packing TFDS's own decode of the same record."""
   config, _ = built_sample
   records, expected, image_size = _records_and_oracle(config)
   model_config = medq_uni.get_config("size=tiny,stage=2")
   spec = layout_lib.LayoutSpec.from_config(model_config.model, model_config.layout, 2)
   texts = [t for example in expected for t in (example["instruction"], example["description"])]
   tokenizer_lib.train_bpe_tokenizer(texts, 512, str(tmp_path / "tok"))
-  transform = train_data.DecodePackOrSkip(str(tmp_path / "tok"), spec, image_size)
-  row = transform.map(records[0])
-  reference = layout_lib.PackExamples(str(tmp_path / "tok"), spec).map(expected[0])
-  assert set(row) == set(reference)
-  for key in row:
-    np.testing.assert_array_equal(row[key], reference[key], err_msg=key)
-  assert transform.map(b"not a record") is None and transform.skipped == 1
-  assert transform.map(records[1]) is not None and transform.skipped == 1
+  pack = layout_lib.PackExamples(str(tmp_path / "tok"), spec)
+  chunk = loader.DecodeAndTransform(image_size, pack, (layout_lib.LayoutError,))
+  rows = chunk([records[0], b"not a record", records[1]])
+  assert len(rows) == 2 and chunk.skipped == 1
+  assert "a record that does not decode" in caplog.text
+  for row, oracle in zip(rows, expected[:2]):
+    reference = pack(oracle)
+    assert set(row) == set(reference)
+    for key in row:
+      np.testing.assert_array_equal(row[key], reference[key], err_msg=key)
+
+  short_spec = dataclasses.replace(spec, max_und_len=spec.num_vit_tokens + 8)
+  too_short = loader.DecodeAndTransform(image_size, layout_lib.PackExamples(
+      str(tmp_path / "tok"), short_spec), (layout_lib.LayoutError,))
+  assert too_short(records[:3]) == [] and too_short.skipped == 3
+  assert "exceed layout.max_und_len" in caplog.text

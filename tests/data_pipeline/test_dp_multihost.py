@@ -12,6 +12,13 @@ from data_pipeline import loader
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _ids(config, **kwargs):
+  """Example ids of one epoch of the train split through the loader, in order."""
+  batches = loader.make_loader(config, "train", worker_count=0, batch_size=1, num_epochs=1,
+                               drop_remainder=False, **kwargs)
+  return [str(batch["id"][0]) for batch in batches]
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -37,13 +44,9 @@ def test_two_jax_processes_read_disjoint_shards_covering_the_split(built_sample,
   assert all(s["process_count"] == 2 for s in shards)
   first, second = (shard["ids"] for shard in shards)
   assert first and second and not set(first) & set(second)
-  everything = loader.make_dataset(config, "train", batch_size=1, num_epochs=1, shuffle=False,
-                                   shard_index=0, shard_count=1, drop_remainder=False)
-  expected = sorted(str(everything[i]["id"][0]) for i in range(len(everything)))
+  expected = sorted(_ids(config, shuffle=False, shard_index=0, shard_count=1))
   assert sorted(first + second) == expected
   assert len(expected) == manifest["counts"]["split"]["train"]
   # Each process's shard is the one the explicit arguments give (same seed, same order).
   for index, ids in enumerate((first, second)):
-    explicit = loader.make_dataset(config, "train", batch_size=1, num_epochs=1,
-                                   shard_index=index, shard_count=2, drop_remainder=False)
-    assert ids == [str(explicit[i]["id"][0]) for i in range(len(explicit))]
+    assert ids == _ids(config, shard_index=index, shard_count=2)

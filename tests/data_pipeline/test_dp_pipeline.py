@@ -143,10 +143,10 @@ def test_loader_epochs_shuffle_and_host_shards(built_sample):
   config, manifest = built_sample
   total = manifest["counts"]["split"]["train"]
 
-  def ids(**kwargs):
-    dataset = loader.make_dataset(config, "train", batch_size=1, num_epochs=1,
-                                  drop_remainder=False, **kwargs)
-    return [str(dataset[i]["id"][0]) for i in range(len(dataset))]
+  def ids(num_epochs=1, **kwargs):
+    batches = loader.make_loader(config, "train", worker_count=0, batch_size=1,
+                                 num_epochs=num_epochs, drop_remainder=False, **kwargs)
+    return [str(batch["id"][0]) for batch in batches]
 
   ordered = ids(shuffle=False, shard_index=0, shard_count=1)
   shuffled = ids(shuffle=True, shard_index=0, shard_count=1)
@@ -154,8 +154,37 @@ def test_loader_epochs_shuffle_and_host_shards(built_sample):
   host0 = ids(shuffle=True, shard_index=0, shard_count=2)
   host1 = ids(shuffle=True, shard_index=1, shard_count=2)
   assert not set(host0) & set(host1) and sorted(host0 + host1) == sorted(ordered)
-  two_epochs = loader.make_dataset(config, "train", batch_size=1, num_epochs=2, shuffle=True,
-                                   shard_index=0, shard_count=1)
+  two_epochs = ids(num_epochs=2, shuffle=True, shard_index=0, shard_count=1)
   assert len(two_epochs) == 2 * total
-  second_epoch = [str(two_epochs[i]["id"][0]) for i in range(total, 2 * total)]
-  assert sorted(second_epoch) == sorted(ordered)
+  assert sorted(two_epochs[total:]) == sorted(ordered)
+
+
+class _RejectTask:
+  """An example transform that rejects one task's examples and keeps the id of the rest."""
+
+  def __init__(self, task):
+    self.task = task
+
+  def __call__(self, example):
+    if example["task"] == self.task:
+      raise ValueError(f"task {self.task} rejected")
+    return {"id": example["id"], "task": example["task"]}
+
+
+def test_loader_transform_skips_without_shortening_batches(built_sample):
+  """Rejected examples are skipped and counted; every batch still has batch_size rows, and one
+  epoch yields exactly the accepted examples."""
+  config, _ = built_sample
+  everything = loader.make_loader(config, "train", worker_count=0, batch_size=1, num_epochs=1,
+                                  drop_remainder=False, shard_index=0, shard_count=1)
+  tasks = {str(b["id"][0]): str(b["task"][0]) for b in everything}
+  rejected = sorted(set(tasks.values()))[0]
+  kept = sorted(i for i, t in tasks.items() if t != rejected)
+  assert 0 < len(kept) < len(tasks)
+  batches = list(loader.make_loader(config, "train", worker_count=0, batch_size=3, num_epochs=1,
+                                    drop_remainder=False, shard_index=0, shard_count=1,
+                                    transform=_RejectTask(rejected),
+                                    transform_errors=(ValueError,)))
+  assert all(len(b["id"]) == 3 for b in batches[:-1])
+  assert sorted(str(i) for b in batches for i in b["id"]) == kept
+  assert rejected not in {str(t) for b in batches for t in b["task"]}

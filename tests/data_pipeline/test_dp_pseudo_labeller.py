@@ -197,3 +197,24 @@ def test_cache_resumes_without_requests_and_holds_no_key(server, tmp_path):
   for name in os.listdir(tmp_path):  # the database and its WAL files
     with open(tmp_path / name, "rb") as handle:
       assert SECRET.encode() not in handle.read(), name
+
+
+def test_precompute_item_stops_on_refused_key_and_skips_other_failures(server):
+  """In the precompute's Grain map a 401 stops the run (every item would fail alike), while an
+  endpoint that keeps failing for one item skips that item with the reason."""
+  import json as json_lib
+
+  from data_pipeline import make_example
+
+  config = load_config()
+  config.labeller, config.labeller_timeout_s, config.labeller_retries = "chat", 5.0, 0
+  image = np.linspace(0.0, 1.0, 32 * 32, dtype=np.float32).reshape(32, 32)
+  raw = dict(image=image, key="test:slice", patient_id="p0", modality="MRI", anatomy="brain",
+             provenance={"source": "test"}, simulated=False, paired_low=None)
+  raws = [dict(raw, anatomy="AUTH"), dict(raw, anatomy="FAIL")]
+  maker = make_example.ExampleMaker(json_lib.dumps(config.to_dict()), raws)
+  item = dict(id="x:0", task="mri_noise", severity="mild", split="train", shard=0)
+  with pytest.raises(chat_client.ChatAuthError):
+    maker.map(dict(item, raw_index=0))
+  result = maker.map(dict(item, raw_index=1))
+  assert result["record"] is None and "HTTP 500" in result["reason"]

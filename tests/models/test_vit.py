@@ -120,7 +120,7 @@ def test_unscanned_and_remat_match_scanned(model_and_params):
   params = nn.unbox(variables["params"])
   layers = params["encoder"].pop("layers")
   for i in range(config.num_layers):
-    params["encoder"][f"layers_{i}"] = jax.tree.map(lambda x: x[i], layers)
+    params["encoder"][f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], layers)
   unscanned = SiglipVisionEncoder(config, scan_layers=False)
   np.testing.assert_allclose(jax.jit(unscanned.apply)({"params": params}, patches, ids), reference,
                              atol=1e-5)
@@ -132,7 +132,7 @@ def test_unscanned_and_remat_match_scanned(model_and_params):
   # Every policy of the one shared table (the decoder uses the same) works for the ViT too.
   for policy in sorted(set(REMAT_POLICIES) - {"none"}):
     remat = SiglipVisionEncoder(config, remat_policy=policy)
-    grads_remat = jax.jit(jax.grad(lambda v: loss(remat, v)))(variables)
+    grads_remat = jax.jit(jax.grad(lambda v, m=remat: loss(m, v)))(variables)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  nn.unbox(grads), nn.unbox(grads_remat))
 
