@@ -51,7 +51,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.bootstrap = 1000  # Resamples for confidence intervals.
   config.skip_bad_rows = False  # Exclude malformed rows (counted in the report) instead of failing.
 
-  config.judge = ml_collections.ConfigDict(dict(
+  config.judge = ml_collections.ConfigDict(
+    dict(
       kind=arg.judge,  # offline: rule judge (not an LLM); api: OpenAI-compatible endpoint (env).
       rounds=1,  # Rounds per question, averaged.
       concurrency=4,
@@ -60,7 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # single: the template as one user message (the reference scorer); split: system + user.
       message_style="single",
       cache_path="",  # Empty: OUT_DIR/judge_cache.sqlite.
-  ))
+    )
+  )
 
   # align: CSV index,dimension,human_score[,judge_score] and per-item judge scores
   # (a report's items/noref_items.jsonl).

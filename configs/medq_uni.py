@@ -17,39 +17,39 @@ from configs.data import medq_sample
 
 # Logical axis -> mesh axis (or None = replicated). The one place parallelism is decided.
 SHARDING_RULES = (
-    # activations
-    ("act_batch", ("data", "fsdp")),
-    ("act_len", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_kv_heads", "tensor"),
-    ("act_head_dim", None),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
-    # decoder parameters
-    ("layers", None),
-    ("embed", "fsdp"),
-    ("embed_out", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("mlp", "tensor"),
-    ("vocab", "tensor"),
-    ("norm", None),
-    ("latent", None),
-    ("timestep_freq", None),
-    # vision encoder
-    ("vit_patch", None),
-    ("vit_pos", None),
-    ("vit_embed", "fsdp"),
-    ("vit_mlp", "tensor"),
-    ("vit_heads_x_dim", "tensor"),
-    # VAE (frozen, small): replicated
-    ("conv_h", None),
-    ("conv_w", None),
-    ("vae_in", None),
-    ("vae_out", None),
-    ("vae_channels", None),
+  # activations
+  ("act_batch", ("data", "fsdp")),
+  ("act_len", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_kv_heads", "tensor"),
+  ("act_head_dim", None),
+  ("act_mlp", "tensor"),
+  ("act_vocab", "tensor"),
+  # decoder parameters
+  ("layers", None),
+  ("embed", "fsdp"),
+  ("embed_out", "tensor"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("head_dim", None),
+  ("mlp", "tensor"),
+  ("vocab", "tensor"),
+  ("norm", None),
+  ("latent", None),
+  ("timestep_freq", None),
+  # vision encoder
+  ("vit_patch", None),
+  ("vit_pos", None),
+  ("vit_embed", "fsdp"),
+  ("vit_mlp", "tensor"),
+  ("vit_heads_x_dim", "tensor"),
+  # VAE (frozen, small): replicated
+  ("conv_h", None),
+  ("conv_w", None),
+  ("vae_in", None),
+  ("vae_out", None),
+  ("vae_channels", None),
 )
 
 
@@ -61,13 +61,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = model_sizes.model_config(arg.size, arg.scope)
   images = model_sizes.image_config(arg.size)
 
-  config.layout = ml_collections.ConfigDict(dict(
+  config.layout = ml_collections.ConfigDict(
+    dict(
       max_und_len={"tiny": 320, "small": 384, "base": 768, "unimedvl_7b": 2048}[arg.size],
       vit_image_size=images.vit_image_size,
       vae_image_size=images.vae_image_size,
       tokenizer_dir="",  # empty: train a byte-level BPE on the data's texts into workdir
       tokenizer_vocab_size=config.model.llm.vocab_size,
-  ))
+    )
+  )
 
   mesh_shape = tuple(int(x) for x in arg.mesh.split("x"))
   if len(mesh_shape) != 3:
@@ -75,7 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict(dict(shape=mesh_shape, axes=("data", "fsdp", "tensor")))
   config.sharding_rules = SHARDING_RULES
 
-  config.train = ml_collections.ConfigDict(dict(
+  config.train = ml_collections.ConfigDict(
+    dict(
       stage=arg.stage,
       steps=20,
       batch_size=8,
@@ -87,16 +90,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       alpha_l1=0.2,
       beta_ssim=0.1,
       lambda_iqa=0.25 if arg.stage == 2 else 0.0,
-      pixel_loss_max_t=1.0,       # pixel losses only for rows with t <= this
+      pixel_loss_max_t=1.0,  # pixel losses only for rows with t <= this
       timestep_shift=1.0,
       # Stage 1 trains the Med-IR (gen) expert alone: parameters matching this regex.
       stage1_trainable=r"(_moe_gen|vae2llm|llm2vae|time_embedder)",
       log_every=1,
       checkpoint_every=10,
-      tensorboard=True,              # scalars to workdir/tensorboard
-      profile_steps=(0, 0),          # (start, stop): jax.profiler trace of steps [start, stop)
-      peak_tflops_per_device=0.0,    # > 0 adds MFU (e.g. 989 for H100 bf16 dense)
-  ))
+      tensorboard=True,  # scalars to workdir/tensorboard
+      profile_steps=(0, 0),  # (start, stop): jax.profiler trace of steps [start, stop)
+      peak_tflops_per_device=0.0,  # > 0 adds MFU (e.g. 989 for H100 bf16 dense)
+    )
+  )
   # Starting weights (empty = fresh init). MedQ-UNI fine-tunes UniMedVL: point bagel_ema at its
   # ema.safetensors (scope=all) and flux_ae at ae.safetensors; or start BAGEL-style from a
   # transformers Qwen2 (gen expert = copy of und) and SigLIP. A missing/unexpected key or shape

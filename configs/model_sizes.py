@@ -8,51 +8,125 @@ import ml_collections
 
 # Decoder (Qwen2 layout). head_dim = hidden_size // num_heads unless given.
 _LLM = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
-                 vocab_size=512, rope_theta=10000.0, rms_norm_eps=1e-6, qk_norm=False),
-    "small": dict(hidden_size=256, intermediate_size=704, num_layers=4, num_heads=8,
-                  num_kv_heads=2, vocab_size=2048, rope_theta=10000.0, rms_norm_eps=1e-6,
-                  qk_norm=False),
-    # Qwen2.5-0.5B dimensions, two experts: ~0.8B decoder + SigLIP so400m + FLUX VAE ~ 1.3B.
-    "base": dict(hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
-                 num_kv_heads=2, vocab_size=151936, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                 qk_norm=True),
-    # shared/anchors/bagel7b_mot_llm_config__from_MedQ-Uni.json (Qwen2.5-7B dims x 2 experts).
-    "unimedvl_7b": dict(hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
-                        num_kv_heads=4, vocab_size=152064, rope_theta=1000000.0,
-                        rms_norm_eps=1e-6, qk_norm=True),
+  "tiny": dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    vocab_size=512,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-6,
+    qk_norm=False,
+  ),
+  "small": dict(
+    hidden_size=256,
+    intermediate_size=704,
+    num_layers=4,
+    num_heads=8,
+    num_kv_heads=2,
+    vocab_size=2048,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-6,
+    qk_norm=False,
+  ),
+  # Qwen2.5-0.5B dimensions, two experts: ~0.8B decoder + SigLIP so400m + FLUX VAE ~ 1.3B.
+  "base": dict(
+    hidden_size=896,
+    intermediate_size=4864,
+    num_layers=24,
+    num_heads=14,
+    num_kv_heads=2,
+    vocab_size=151936,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    qk_norm=True,
+  ),
+  # shared/anchors/bagel7b_mot_llm_config__from_MedQ-Uni.json (Qwen2.5-7B dims x 2 experts).
+  "unimedvl_7b": dict(
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_layers=28,
+    num_heads=28,
+    num_kv_heads=4,
+    vocab_size=152064,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    qk_norm=True,
+  ),
 }
 
 # SigLIP vision encoder. image_size is the largest side; its grid indexes position embeddings.
 _VIT = {
-    "tiny": dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, patch_size=8,
-                 image_size=64, num_channels=3, layer_norm_eps=1e-6),
-    "small": dict(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, patch_size=8,
-                  image_size=128, num_channels=3, layer_norm_eps=1e-6),
-    "base": dict(hidden_size=1152, intermediate_size=4304, num_layers=26, num_heads=16,
-                 patch_size=14, image_size=980, num_channels=3, layer_norm_eps=1e-6),
-    # shared/anchors/bagel7b_mot_vit_config__from_MedQ-Uni.json (SigLIP so400m, patch 14).
-    "unimedvl_7b": dict(hidden_size=1152, intermediate_size=4304, num_layers=26, num_heads=16,
-                        patch_size=14, image_size=980, num_channels=3, layer_norm_eps=1e-6),
+  "tiny": dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=2,
+    patch_size=8,
+    image_size=64,
+    num_channels=3,
+    layer_norm_eps=1e-6,
+  ),
+  "small": dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_layers=2,
+    num_heads=4,
+    patch_size=8,
+    image_size=128,
+    num_channels=3,
+    layer_norm_eps=1e-6,
+  ),
+  "base": dict(
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_layers=26,
+    num_heads=16,
+    patch_size=14,
+    image_size=980,
+    num_channels=3,
+    layer_norm_eps=1e-6,
+  ),
+  # shared/anchors/bagel7b_mot_vit_config__from_MedQ-Uni.json (SigLIP so400m, patch 14).
+  "unimedvl_7b": dict(
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_layers=26,
+    num_heads=16,
+    patch_size=14,
+    image_size=980,
+    num_channels=3,
+    layer_norm_eps=1e-6,
+  ),
 }
 
-_FLUX_VAE = dict(in_channels=3, out_channels=3, ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2,
-                 z_channels=16, scale_factor=0.3611, shift_factor=0.1159, norm_groups=32)
+_FLUX_VAE = dict(
+  in_channels=3,
+  out_channels=3,
+  ch=128,
+  ch_mult=(1, 2, 4, 4),
+  num_res_blocks=2,
+  z_channels=16,
+  scale_factor=0.3611,
+  shift_factor=0.1159,
+  norm_groups=32,
+)
 
 # FLUX autoencoder layout; tiny/small shrink channels but keep the 8x downsampling.
 _VAE = {
-    "tiny": dict(_FLUX_VAE, ch=16, ch_mult=(1, 1, 1, 1), num_res_blocks=1, norm_groups=8),
-    "small": dict(_FLUX_VAE, ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, norm_groups=8),
-    "base": dict(_FLUX_VAE),
-    "unimedvl_7b": dict(_FLUX_VAE),
+  "tiny": dict(_FLUX_VAE, ch=16, ch_mult=(1, 1, 1, 1), num_res_blocks=1, norm_groups=8),
+  "small": dict(_FLUX_VAE, ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, norm_groups=8),
+  "base": dict(_FLUX_VAE),
+  "unimedvl_7b": dict(_FLUX_VAE),
 }
 
 # Image sizes the layout packs: VAE side (multiple of 8 * latent_patch) and ViT side.
 _IMAGES = {
-    "tiny": dict(vae_image_size=32, vit_image_size=32, max_latent_size=16),
-    "small": dict(vae_image_size=64, vit_image_size=64, max_latent_size=32),
-    "base": dict(vae_image_size=256, vit_image_size=224, max_latent_size=64),
-    "unimedvl_7b": dict(vae_image_size=512, vit_image_size=518, max_latent_size=64),
+  "tiny": dict(vae_image_size=32, vit_image_size=32, max_latent_size=16),
+  "small": dict(vae_image_size=64, vit_image_size=64, max_latent_size=32),
+  "base": dict(vae_image_size=256, vit_image_size=224, max_latent_size=64),
+  "unimedvl_7b": dict(vae_image_size=512, vit_image_size=518, max_latent_size=64),
 }
 
 SIZES = tuple(_LLM)
@@ -66,7 +140,8 @@ def model_config(size: str, expert_scope: str = "ffn") -> ml_collections.ConfigD
     raise ValueError(f"config arg: expert_scope must be 'ffn' or 'all', got {expert_scope!r}")
   llm = dict(_LLM[size])
   llm["head_dim"] = llm["hidden_size"] // llm["num_heads"]
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       size=size,
       expert_scope=expert_scope,
       llm=llm,
@@ -75,12 +150,13 @@ def model_config(size: str, expert_scope: str = "ffn") -> ml_collections.ConfigD
       latent_patch_size=2,
       max_latent_size=_IMAGES[size]["max_latent_size"],
       timestep_freq_dim=256,
-      dtype="float32",          # compute dtype; "bfloat16" on accelerators
-      param_dtype="float32",    # master weights stay fp32
+      dtype="float32",  # compute dtype; "bfloat16" on accelerators
+      param_dtype="float32",  # master weights stay fp32
       scan_layers=True,
-      remat_policy="none",      # none | full | dots_with_no_batch_dims_saveable
-      attention_impl="xla",     # xla | cudnn | splash
-  ))
+      remat_policy="none",  # none | full | dots_with_no_batch_dims_saveable
+      attention_impl="xla",  # xla | cudnn | splash
+    )
+  )
 
 
 def image_config(size: str) -> ml_collections.ConfigDict:

@@ -32,9 +32,9 @@ logger = logging.getLogger(__name__)
 
 # role -> (environment variable naming its model, default model or None when it must be set)
 ROLE_MODELS = {
-    "judge": ("MEDQ_JUDGE_MODEL", "gpt-4o"),  # MedQ-Bench's judge (the paper's)
-    "labeller": ("MEDQ_LABELLER_MODEL", None),  # quality-description pseudo-labeller
-    "oracle": ("MEDQ_ORACLE_MODEL", None),  # MedQ-Engine's oracle
+  "judge": ("MEDQ_JUDGE_MODEL", "gpt-4o"),  # MedQ-Bench's judge (the paper's)
+  "labeller": ("MEDQ_LABELLER_MODEL", None),  # quality-description pseudo-labeller
+  "oracle": ("MEDQ_ORACLE_MODEL", None),  # MedQ-Engine's oracle
 }
 NO_KEY = "EMPTY"  # sent when OPENAI_API_KEY is unset: `openai` needs a key, local servers ignore it
 
@@ -75,39 +75,47 @@ class ChatConfig:
 
   def __post_init__(self):
     if not self.base_url:
-      raise ChatConfigError("ChatConfig.base_url is empty: expected an OpenAI-compatible base "
-                            "URL such as https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
+      raise ChatConfigError(
+        "ChatConfig.base_url is empty: expected an OpenAI-compatible base "
+        "URL such as https://api.openai.com/v1 or http://127.0.0.1:8000/v1"
+      )
     if not self.model:
       raise ChatConfigError("ChatConfig.model is empty: expected a model name")
     if not self.timeout_s > 0:
       raise ChatConfigError(f"ChatConfig.timeout_s must be > 0 seconds, got {self.timeout_s!r}")
     if int(self.max_retries) != self.max_retries or self.max_retries < 0:
-      raise ChatConfigError(f"ChatConfig.max_retries must be an integer >= 0, "
-                            f"got {self.max_retries!r}")
+      raise ChatConfigError(
+        f"ChatConfig.max_retries must be an integer >= 0, got {self.max_retries!r}"
+      )
     # A base URL ending in /chat/completions names the endpoint, not the root `openai` wants.
     root = self.base_url.rstrip("/").removesuffix("/chat/completions")
     object.__setattr__(self, "base_url", root)
 
   @classmethod
-  def from_env(cls, role: str, environ: Mapping[str, str] | None = None,
-               **overrides) -> ChatConfig:
+  def from_env(cls, role: str, environ: Mapping[str, str] | None = None, **overrides) -> ChatConfig:
     """OPENAI_BASE_URL, OPENAI_API_KEY and the role's model variable (ROLE_MODELS)."""
     if role not in ROLE_MODELS:
       raise ValueError(f"unknown chat role {role!r}; expected one of {sorted(ROLE_MODELS)}")
     env = os.environ if environ is None else environ
     model_variable, default_model = ROLE_MODELS[role]
-    settings = dict(base_url=env.get("OPENAI_BASE_URL", "").strip(),
-                    model=env.get(model_variable, "").strip() or default_model or "",
-                    api_key=env.get("OPENAI_API_KEY", "").strip())
+    settings = dict(
+      base_url=env.get("OPENAI_BASE_URL", "").strip(),
+      model=env.get(model_variable, "").strip() or default_model or "",
+      api_key=env.get("OPENAI_API_KEY", "").strip(),
+    )
     settings.update(overrides)
-    missing = [name for name, field in (("OPENAI_BASE_URL", "base_url"), (model_variable, "model"))
-               if not settings[field]]
+    missing = [
+      name
+      for name, field in (("OPENAI_BASE_URL", "base_url"), (model_variable, "model"))
+      if not settings[field]
+    ]
     if missing:
       raise ChatConfigError(
-          f"the {role} chat client needs {' and '.join(missing)} in the environment: "
-          f"OPENAI_BASE_URL is an OpenAI-compatible base URL (https://api.openai.com/v1, or "
-          f"http://127.0.0.1:8000/v1 for a local server), {model_variable} the model name; "
-          f"see docs/chat_client.md")
+        f"the {role} chat client needs {' and '.join(missing)} in the environment: "
+        f"OPENAI_BASE_URL is an OpenAI-compatible base URL (https://api.openai.com/v1, or "
+        f"http://127.0.0.1:8000/v1 for a local server), {model_variable} the model name; "
+        f"see docs/chat_client.md"
+      )
     return cls(**settings)
 
   @property
@@ -118,8 +126,11 @@ class ChatConfig:
 
 def cache_key(model: str, messages: Any, params: Mapping[str, Any], salt: str) -> str:
   """sha256 of what determines a reply: model, messages, sampling params and the caller's salt."""
-  payload = json.dumps({"model": model, "messages": messages, "params": dict(params), "salt": salt},
-                       sort_keys=True, ensure_ascii=False)
+  payload = json.dumps(
+    {"model": model, "messages": messages, "params": dict(params), "salt": salt},
+    sort_keys=True,
+    ensure_ascii=False,
+  )
   return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -133,8 +144,9 @@ class ReplyCache:
     self._connection = sqlite3.connect(path, check_same_thread=False, timeout=30)
     self._connection.execute("PRAGMA journal_mode=WAL")
     self._connection.execute(
-        "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, salt TEXT, "
-        "messages TEXT, params TEXT, reply TEXT, created REAL DEFAULT (julianday('now')))")
+      "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, salt TEXT, "
+      "messages TEXT, params TEXT, reply TEXT, created REAL DEFAULT (julianday('now')))"
+    )
     self._connection.commit()
 
   def get(self, key: str) -> str | None:
@@ -142,14 +154,24 @@ class ReplyCache:
       row = self._connection.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
     return None if row is None else row[0]
 
-  def put(self, key: str, model: str, messages: Any, params: Mapping[str, Any], salt: str,
-          reply: str) -> None:
+  def put(
+    self, key: str, model: str, messages: Any, params: Mapping[str, Any], salt: str, reply: str
+  ) -> None:
     """Stores one reply with what asked for it (never credentials) and commits."""
-    row = (key, model, salt, json.dumps(messages, ensure_ascii=False),
-           json.dumps(dict(params), sort_keys=True), reply)
+    row = (
+      key,
+      model,
+      salt,
+      json.dumps(messages, ensure_ascii=False),
+      json.dumps(dict(params), sort_keys=True),
+      reply,
+    )
     with self._lock:
-      self._connection.execute("INSERT OR REPLACE INTO replies (key, model, salt, messages, "
-                               "params, reply) VALUES (?, ?, ?, ?, ?, ?)", row)
+      self._connection.execute(
+        "INSERT OR REPLACE INTO replies (key, model, salt, messages, "
+        "params, reply) VALUES (?, ?, ?, ?, ?, ?)",
+        row,
+      )
       self._connection.commit()
 
   def __len__(self) -> int:
@@ -161,8 +183,9 @@ class ReplyCache:
       self._connection.close()
 
 
-def map_concurrently(function: Callable[[_T], _R], items: Sequence[_T],
-                     concurrency: int) -> list[_R]:
+def map_concurrently(
+  function: Callable[[_T], _R], items: Sequence[_T], concurrency: int
+) -> list[_R]:
   """[function(item) for item in items] with at most `concurrency` calls in flight.
 
   Results keep the input order. After a call fails no further call starts; once the running
@@ -200,8 +223,10 @@ class _NotStarted(Exception):
 
 def image_content(image) -> dict[str, Any]:
   """Float [H, W] in [0, 1] or uint8 [H, W(, 3)] -> an ``image_url`` message part (PNG data URL)."""
-  return {"type": "image_url",
-          "image_url": {"url": "data:image/png;base64," + encode_png_base64(image)}}
+  return {
+    "type": "image_url",
+    "image_url": {"url": "data:image/png;base64," + encode_png_base64(image)},
+  }
 
 
 class ChatClient:
@@ -213,13 +238,19 @@ class ChatClient:
     self._count_lock = threading.Lock()
     self._requests_sent = 0
     http_client = openai.DefaultHttpxClient(event_hooks={"request": [self._count_request]})
-    self._openai = openai.OpenAI(base_url=config.base_url, api_key=config.api_key or NO_KEY,
-                                 timeout=config.timeout_s, max_retries=int(config.max_retries),
-                                 http_client=http_client)
+    self._openai = openai.OpenAI(
+      base_url=config.base_url,
+      api_key=config.api_key or NO_KEY,
+      timeout=config.timeout_s,
+      max_retries=int(config.max_retries),
+      http_client=http_client,
+    )
 
   def __repr__(self) -> str:
-    return (f"ChatClient(model={self.config.model!r}, endpoint={self.config.endpoint!r}, "
-            f"api_key=<redacted>, cache={getattr(self.cache, 'path', None)!r})")
+    return (
+      f"ChatClient(model={self.config.model!r}, endpoint={self.config.endpoint!r}, "
+      f"api_key=<redacted>, cache={getattr(self.cache, 'path', None)!r})"
+    )
 
   @property
   def requests_sent(self) -> int:
@@ -255,13 +286,21 @@ class ChatClient:
       self.cache.put(key, self.config.model, messages, params, salt, text)
     return text
 
-  def complete_all(self, list_of_messages: Sequence[Messages], *, concurrency: int,
-                   salt: str = "", return_exceptions: bool = False, **params) -> list:
+  def complete_all(
+    self,
+    list_of_messages: Sequence[Messages],
+    *,
+    concurrency: int,
+    salt: str = "",
+    return_exceptions: bool = False,
+    **params,
+  ) -> list:
     """`complete` for each messages list, up to `concurrency` in flight; input order kept.
 
     With ``return_exceptions`` a failed request's place holds its ChatError (an auth failure
     still stops everything); otherwise the first failure is raised.
     """
+
     def one(messages):
       try:
         return self.complete(messages, salt=salt, **params)
@@ -271,6 +310,7 @@ class ChatClient:
         if return_exceptions:
           return error
         raise
+
     return map_concurrently(one, list_of_messages, concurrency)
 
   def close(self) -> None:
@@ -284,11 +324,13 @@ class ChatClient:
   def _request(self, messages: Messages, params: Mapping[str, Any]) -> str:
     endpoint, config = self.config.endpoint, self.config
     try:
-      completion = self._openai.chat.completions.create(model=config.model, messages=messages,
-                                                        **params)
+      completion = self._openai.chat.completions.create(
+        model=config.model, messages=messages, **params
+      )
     except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-      raise ChatAuthError(f"{endpoint} refused the credentials (HTTP {error.status_code}); "
-                          f"check OPENAI_API_KEY") from None
+      raise ChatAuthError(
+        f"{endpoint} refused the credentials (HTTP {error.status_code}); check OPENAI_API_KEY"
+      ) from None
     except openai.APIStatusError as error:
       status = error.status_code
       retried = status in (408, 409, 429) or status >= 500
@@ -310,15 +352,20 @@ class ChatClient:
     except (AttributeError, IndexError, KeyError, TypeError):
       text = None
     if not isinstance(text, str):
-      raise self._failed(ChatReplyError, f"HTTP 200 without choices[0].message.content text: "
-                                         f"{self._redact(str(completion))[:200]!r}")
+      raise self._failed(
+        ChatReplyError,
+        f"HTTP 200 without choices[0].message.content text: "
+        f"{self._redact(str(completion))[:200]!r}",
+      )
     return text
 
   def _failed(self, error_class: type[ChatError], cause: str) -> ChatError:
-    logger.warning("chat request to %s (model %s) failed: %s", self.config.endpoint,
-                   self.config.model, cause)
-    return error_class(f"chat request to {self.config.endpoint} (model {self.config.model!r}) "
-                       f"failed: {cause}")
+    logger.warning(
+      "chat request to %s (model %s) failed: %s", self.config.endpoint, self.config.model, cause
+    )
+    return error_class(
+      f"chat request to {self.config.endpoint} (model {self.config.model!r}) failed: {cause}"
+    )
 
   def _redact(self, text: str) -> str:
     """Server texts may echo the key; it never leaves this object."""

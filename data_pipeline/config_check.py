@@ -30,8 +30,9 @@ def validate_config(config):
       raise ConfigError(f"config.modality_tasks.{modality}: unknown modality")
     for task in modality_tasks:
       if task not in known_tasks:
-        raise ConfigError(f"config.modality_tasks.{modality}: unknown task {task!r}; "
-                          f"known: {known_tasks}")
+        raise ConfigError(
+          f"config.modality_tasks.{modality}: unknown task {task!r}; known: {known_tasks}"
+        )
   for severity, label in config.quality_label_by_severity.items():
     if severity not in example_lib.SEVERITIES or label not in example_lib.QUALITY_LABELS:
       raise ConfigError(f"config.quality_label_by_severity.{severity}: {label!r} invalid")
@@ -45,11 +46,14 @@ def validate_config(config):
       try:
         label = registry.get(task).quality_label(severity, config)
       except KeyError:
-        raise ConfigError(f"config.quality_label_by_severity: no label for severity "
-                          f"{severity!r}") from None
+        raise ConfigError(
+          f"config.quality_label_by_severity: no label for severity {severity!r}"
+        ) from None
       if label not in example_lib.QUALITY_LABELS:
-        raise ConfigError(f"config.{task}: its label rule gives {label!r} at {severity!r}; "
-                          f"expected one of {example_lib.QUALITY_LABELS}")
+        raise ConfigError(
+          f"config.{task}: its label rule gives {label!r} at {severity!r}; "
+          f"expected one of {example_lib.QUALITY_LABELS}"
+        )
   if int(config.image_size) < 8:
     raise ConfigError(f"config.image_size: {config.image_size} too small (need >= 8)")
   fractions = dict(config.split_fractions)
@@ -62,16 +66,19 @@ def validate_config(config):
   if config.source != "medq-sample":
     path = config.paths[config.source]
     if not path:
-      raise ConfigError(f"config.paths.{config.source}: missing dataset path for "
-                        f"source {config.source!r}")
+      raise ConfigError(
+        f"config.paths.{config.source}: missing dataset path for source {config.source!r}"
+      )
     if not os.path.isdir(path):
       raise ConfigError(f"config.paths.{config.source}: {path!r} is not a directory")
   if config.labeller not in ("template", "chat"):
     raise ConfigError(f"config.labeller: {config.labeller!r} not in ('template', 'chat')")
   for modality, repeats in config.examples_per_slice_by_modality.items():
     if modality not in example_lib.MODALITIES or int(repeats) < 1:
-      raise ConfigError(f"config.examples_per_slice_by_modality.{modality}: need a known "
-                        f"modality and >= 1, got {repeats}")
+      raise ConfigError(
+        f"config.examples_per_slice_by_modality.{modality}: need a known "
+        f"modality and >= 1, got {repeats}"
+      )
   if int(config.examples_per_shard) < 1 or int(config.examples_per_slice_task) < 1:
     raise ConfigError("config.examples_per_shard / examples_per_slice_task: must be >= 1")
   return config
@@ -83,8 +90,9 @@ def validate_task_params(degradation, task_config):
   at = f"config.{degradation.name}"
   unknown = sorted(set(task_config) - set(degradation.defaults))
   if unknown:
-    raise ConfigError(f"{at}.{unknown[0]}: unknown parameter; known: "
-                      f"{sorted(degradation.defaults)}")
+    raise ConfigError(
+      f"{at}.{unknown[0]}: unknown parameter; known: {sorted(degradation.defaults)}"
+    )
   for field, default in degradation.defaults.items():
     if field not in task_config:
       raise ConfigError(f"{at}.{field}: missing (default {default!r})")
@@ -92,8 +100,9 @@ def validate_task_params(degradation, task_config):
     if field in degradation.per_severity:
       values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
       if len(values) != len(example_lib.SEVERITIES):
-        raise ConfigError(f"{at}.{field}: need one value per severity "
-                          f"{example_lib.SEVERITIES}, got {value!r}")
+        raise ConfigError(
+          f"{at}.{field}: need one value per severity {example_lib.SEVERITIES}, got {value!r}"
+        )
       if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
         raise ConfigError(f"{at}.{field}: expected numbers, got {values!r}")
       if any(float(v) <= 0 for v in values):
@@ -101,12 +110,12 @@ def validate_task_params(degradation, task_config):
     elif isinstance(default, str) and not isinstance(value, str):
       raise ConfigError(f"{at}.{field}: expected a string, got {value!r}")
     elif isinstance(default, numbers.Real) and (
-        not isinstance(value, numbers.Real) or isinstance(value, bool)):
+      not isinstance(value, numbers.Real) or isinstance(value, bool)
+    ):
       raise ConfigError(f"{at}.{field}: expected a number, got {value!r}")
   if degradation.check is not None:
     for severity in example_lib.SEVERITIES:
       try:
         degradation.check(degradation.params_at(task_config, severity))
       except registry.ParamError as error:
-        raise ConfigError(f"{at}.{error.field}: {error.message} (at severity {severity})") \
-            from None
+        raise ConfigError(f"{at}.{error.field}: {error.message} (at severity {severity})") from None

@@ -22,21 +22,22 @@ from data_pipeline.degradations import registry
 _ANATOMY = {"CT": "chest", "MRI": "head", "PET": "head", "fundus": "retina"}
 
 
-def default_config():
-  """The data config the demo uses: configs/data/medq_sample.py at 64 px, runlocal sizes."""
-  from configs.data import medq_sample  # pylint: disable=g-import-not-at-top  # Only if asked.
-  return medq_sample.get_config("image_size=64,runlocal")
-
-
 def _pydicom_slice(name, modality, config):
   """The first frame of a pydicom test file as a RawSlice (normalised, resized)."""
   from pydicom.data import get_testdata_file  # pylint: disable=g-import-not-at-top
+
   pixels, dataset = readers.read_dicom(get_testdata_file(name))
   volume = np.transpose(pixels, (1, 2, 0))
   return slices.volume_to_slices(
-      volume, key=f"demo:pydicom:{name}", modality=modality, anatomy=_ANATOMY[modality],
-      patient_id=f"pydicom/{getattr(dataset, 'PatientID', '') or name}", config=config,
-      orientation="dicom", provenance={"package": "pydicom", "file": name})[0]
+    volume,
+    key=f"demo:pydicom:{name}",
+    modality=modality,
+    anatomy=_ANATOMY[modality],
+    patient_id=f"pydicom/{getattr(dataset, 'PatientID', '') or name}",
+    config=config,
+    orientation="dicom",
+    provenance={"package": "pydicom", "file": name},
+  )[0]
 
 
 def _scan(modality, config):
@@ -47,32 +48,47 @@ def _scan(modality, config):
     return _pydicom_slice("MR_small.dcm", "MRI", config)
   if modality == "PET":
     from pydicom.data import get_testdata_file  # pylint: disable=g-import-not-at-top
+
     pixels, dataset = readers.read_dicom(get_testdata_file("MR_small.dcm"))
     mri = slices.normalise_volume(np.transpose(pixels, (1, 2, 0)), "MRI", config, "MR_small.dcm")
     spacing = [float(v) for v in getattr(dataset, "PixelSpacing", (1.0, 1.0))]
     activity, info = pet_simulation.simulate_pet_volume(mri, (*spacing, 1.0))
     return slices.volume_to_slices(
-        activity, key="demo:pydicom:MR_small.dcm:pet", modality="PET", anatomy=_ANATOMY["PET"],
-        patient_id="pydicom/MR_small.dcm", config=config, orientation="dicom", simulated=True,
-        provenance={"package": "pydicom", "file": "MR_small.dcm", "pet_simulation": info})[0]
+      activity,
+      key="demo:pydicom:MR_small.dcm:pet",
+      modality="PET",
+      anatomy=_ANATOMY["PET"],
+      patient_id="pydicom/MR_small.dcm",
+      config=config,
+      orientation="dicom",
+      simulated=True,
+      provenance={"package": "pydicom", "file": "MR_small.dcm", "pet_simulation": info},
+    )[0]
   if modality == "fundus":
     from skimage import data as skdata  # pylint: disable=g-import-not-at-top
+
     image = readers.to_grey(skdata.retina(), "skimage:retina")
     return slices.volume_to_slices(
-        image[:, :, None], key="demo:skimage:retina", modality="fundus",
-        anatomy=_ANATOMY["fundus"], patient_id="skimage/retina", config=config,
-        orientation="dicom", provenance={"package": "scikit-image", "file": "retina.jpg"})[0]
+      image[:, :, None],
+      key="demo:skimage:retina",
+      modality="fundus",
+      anatomy=_ANATOMY["fundus"],
+      patient_id="skimage/retina",
+      config=config,
+      orientation="dicom",
+      provenance={"package": "scikit-image", "file": "retina.jpg"},
+    )[0]
   raise ValueError(f"modality: no demo image for {modality!r}; known: {tuple(_ANATOMY)}")
 
 
-def demo_examples(seed: int = 0, severities=("mild", "moderate", "severe"),
-                  config=None) -> list[dict]:
+def demo_examples(config, seed: int = 0, severities=("mild", "moderate", "severe")) -> list[dict]:
   """One example per (task, severity): dicts with `example.EXAMPLE_FIELDS`.
 
-  seed: the global seed (degradations and wording); config: the data config, default
-  `default_config()`. Images are float32 [S, S] in [0, 1], S = config.image_size.
+  config: the data config (the entry point passes configs/data/medq_sample.py at 64 px,
+  runlocal sizes); seed: the global seed (degradations and wording). Images are float32
+  [S, S] in [0, 1], S = config.image_size.
   """
-  config = default_config() if config is None else config.copy_and_resolve_references()
+  config = config.copy_and_resolve_references()
   config.seed = int(seed)
   for severity in severities:
     if severity not in example_lib.SEVERITIES:
@@ -86,7 +102,11 @@ def demo_examples(seed: int = 0, severities=("mild", "moderate", "severe"),
       scans[modality] = dataclasses.asdict(_scan(modality, config))
     raw = scans[modality]
     for severity in severities:
-      item = {"id": f"{raw['key']}:{task}:{severity}", "task": task, "severity": severity,
-              "split": "bench"}
+      item = {
+        "id": f"{raw['key']}:{task}:{severity}",
+        "task": task,
+        "severity": severity,
+        "split": "bench",
+      }
       examples.append(make_example.make_example(raw, item, config, labeller))
   return examples

@@ -15,50 +15,58 @@ import numpy as np
 from data_pipeline.degradations import registry
 
 MODALITY_NAMES = {
-    "CT": ("CT", "computed tomography (CT)", "CT scan"),
-    "MRI": ("MRI", "magnetic resonance (MR)", "MR image"),
-    "PET": ("PET", "positron emission tomography (PET)", "PET scan"),
-    "fundus": ("fundus photograph", "colour fundus image", "retinal fundus photograph"),
+  "CT": ("CT", "computed tomography (CT)", "CT scan"),
+  "MRI": ("MRI", "magnetic resonance (MR)", "MR image"),
+  "PET": ("PET", "positron emission tomography (PET)", "PET scan"),
+  "fundus": ("fundus photograph", "colour fundus image", "retinal fundus photograph"),
 }
 ASPECT_MODALITY = (
-    "This is a {modality} slice of the {anatomy}.",
-    "The image is a {modality} of the {anatomy}.",
-    "Modality and region: {modality}, {anatomy}.",
-    "We are looking at a {modality} covering the {anatomy}.",
+  "This is a {modality} slice of the {anatomy}.",
+  "The image is a {modality} of the {anatomy}.",
+  "Modality and region: {modality}, {anatomy}.",
+  "We are looking at a {modality} covering the {anatomy}.",
 )
 SEVERITY_WORDS = {
-    "mild": ("mild", "slight", "minor"),
-    "moderate": ("moderate", "noticeable", "medium-level"),
-    "severe": ("severe", "heavy", "pronounced"),
+  "mild": ("mild", "slight", "minor"),
+  "moderate": ("moderate", "noticeable", "medium-level"),
+  "severe": ("severe", "heavy", "pronounced"),
 }
 ASPECT_DEGRADATION = (
-    "It shows {severity} {degradation}.",
-    "The main degradation is {degradation}, of {severity} degree.",
-    "Degradation: {degradation} ({severity}).",
+  "It shows {severity} {degradation}.",
+  "The main degradation is {degradation}, of {severity} degree.",
+  "Degradation: {degradation} ({severity}).",
 )
-TARGETS = {"CT": "low-contrast lesions and organ boundaries",
-           "MRI": "grey-white matter boundaries and small lesions",
-           "PET": "small foci of tracer uptake and quantitative values",
-           "fundus": "small vessels, microaneurysms and the optic disc margin"}
+TARGETS = {
+  "CT": "low-contrast lesions and organ boundaries",
+  "MRI": "grey-white matter boundaries and small lesions",
+  "PET": "small foci of tracer uptake and quantitative values",
+  "fundus": "small vessels, microaneurysms and the optic disc margin",
+}
 IMPACTS = {
-    "mild": ("Diagnostic impact is limited: {target} remain clearly assessable.",
-             "The degradation barely affects the reading; {target} are still well seen.",
-             "Interpretation of {target} is essentially unaffected."),
-    "moderate": ("Diagnostic impact is moderate: {target} are harder to judge and subtle "
-                 "findings may be missed.",
-                 "Reading {target} needs care; subtle abnormalities may be obscured.",
-                 "Confidence in assessing {target} is reduced."),
-    "severe": ("Diagnostic impact is severe: {target} cannot be reliably assessed.",
-               "The degradation obscures {target}, so the image cannot support a diagnosis.",
-               "Assessment of {target} is compromised to the point of being unreliable."),
+  "mild": (
+    "Diagnostic impact is limited: {target} remain clearly assessable.",
+    "The degradation barely affects the reading; {target} are still well seen.",
+    "Interpretation of {target} is essentially unaffected.",
+  ),
+  "moderate": (
+    "Diagnostic impact is moderate: {target} are harder to judge and subtle "
+    "findings may be missed.",
+    "Reading {target} needs care; subtle abnormalities may be obscured.",
+    "Confidence in assessing {target} is reduced.",
+  ),
+  "severe": (
+    "Diagnostic impact is severe: {target} cannot be reliably assessed.",
+    "The degradation obscures {target}, so the image cannot support a diagnosis.",
+    "Assessment of {target} is compromised to the point of being unreliable.",
+  ),
 }
 OVERALL = "Overall, the quality of this image is {label}."
 INSTRUCTIONS = (
-    "Assess the quality of this medical image, then restore it.",
-    "Describe the quality problems of this image and produce a restored version.",
-    "First evaluate the image quality, then generate a high-quality image.",
-    "Identify the degradation in this scan and restore the image.",
-    "Please analyse the quality of this image and restore it to diagnostic quality.",
+  "Assess the quality of this medical image, then restore it.",
+  "Describe the quality problems of this image and produce a restored version.",
+  "First evaluate the image quality, then generate a high-quality image.",
+  "Identify the degradation in this scan and restore the image.",
+  "Please analyse the quality of this image and restore it to diagnostic quality.",
 )
 
 
@@ -79,13 +87,16 @@ def template_description(meta, seed):
   modality, severity = meta["modality"], meta["severity"]
   degradation = registry.get(meta["task"])
   sentences = [
-      _pick(rng, ASPECT_MODALITY).format(modality=_pick(rng, MODALITY_NAMES[modality]),
-                                         anatomy=meta["anatomy"]),
-      _pick(rng, ASPECT_DEGRADATION).format(severity=_pick(rng, SEVERITY_WORDS[severity]),
-                                            degradation=_pick(rng, degradation.degradation_names)),
-      _pick(rng, degradation.causes_for(modality)),
-      _pick(rng, IMPACTS[severity]).format(target=TARGETS[modality]),
-      OVERALL.format(label=meta["quality_label"]),
+    _pick(rng, ASPECT_MODALITY).format(
+      modality=_pick(rng, MODALITY_NAMES[modality]), anatomy=meta["anatomy"]
+    ),
+    _pick(rng, ASPECT_DEGRADATION).format(
+      severity=_pick(rng, SEVERITY_WORDS[severity]),
+      degradation=_pick(rng, degradation.degradation_names),
+    ),
+    _pick(rng, degradation.causes_for(modality)),
+    _pick(rng, IMPACTS[severity]).format(target=TARGETS[modality]),
+    OVERALL.format(label=meta["quality_label"]),
   ]
   return " ".join(sentences)
 

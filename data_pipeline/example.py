@@ -25,6 +25,7 @@ SPLITS = ("train", "val", "bench")
 def task_names():
   """The registered degradation tasks (data_pipeline/degradations/), in config order."""
   from data_pipeline.degradations import registry  # pylint: disable=g-import-not-at-top  # Cycle.
+
   return registry.names()
 
 
@@ -41,6 +42,7 @@ class Field:
 
   `choices` is a tuple of allowed values, or a function returning them (read when validating).
   """
+
   name: str
   kind: str
   choices: tuple | Callable[[], tuple] = ()
@@ -48,21 +50,21 @@ class Field:
 
 
 EXAMPLE_FIELDS = (
-    Field("id", "str", doc="stable unique id: source:file:slice:task:k"),
-    Field("split", "str", SPLITS, "split by patient"),
-    Field("patient_id", "str", doc="no patient appears in two splits"),
-    Field("low", "image", doc="degraded input, float32 [H, W] in [0, 1]"),
-    Field("high", "image", doc="reference, float32 [H, W] in [0, 1]"),
-    Field("modality", "str", MODALITIES),
-    Field("anatomy", "str", doc="head, brain, chest, abdomen, retina, ..."),
-    Field("task", "str", task_names, "a registered degradation"),
-    Field("severity", "str", SEVERITIES),
-    Field("quality_label", "str", QUALITY_LABELS, "the task's label rule, see descriptions.py"),
-    Field("degradation_params", "json", doc="every degradation parameter, JSON"),
-    Field("provenance", "json", doc="package/file/slice (or dataset path), JSON"),
-    Field("simulated", "bool", doc="True for PET simulated from MRI"),
-    Field("instruction", "str", doc="task instruction text"),
-    Field("description", "str", doc="five-aspect quality description ending 'Overall, ...'"),
+  Field("id", "str", doc="stable unique id: source:file:slice:task:k"),
+  Field("split", "str", SPLITS, "split by patient"),
+  Field("patient_id", "str", doc="no patient appears in two splits"),
+  Field("low", "image", doc="degraded input, float32 [H, W] in [0, 1]"),
+  Field("high", "image", doc="reference, float32 [H, W] in [0, 1]"),
+  Field("modality", "str", MODALITIES),
+  Field("anatomy", "str", doc="head, brain, chest, abdomen, retina, ..."),
+  Field("task", "str", task_names, "a registered degradation"),
+  Field("severity", "str", SEVERITIES),
+  Field("quality_label", "str", QUALITY_LABELS, "the task's label rule, see descriptions.py"),
+  Field("degradation_params", "json", doc="every degradation parameter, JSON"),
+  Field("provenance", "json", doc="package/file/slice (or dataset path), JSON"),
+  Field("simulated", "bool", doc="True for PET simulated from MRI"),
+  Field("instruction", "str", doc="task instruction text"),
+  Field("description", "str", doc="five-aspect quality description ending 'Overall, ...'"),
 )
 FIELD_NAMES = tuple(field.name for field in EXAMPLE_FIELDS)
 IMAGE_FIELDS = tuple(field.name for field in EXAMPLE_FIELDS if field.kind == "image")
@@ -78,11 +80,15 @@ def validate_example(example, image_size=None):
     value = example[field.name]
     if field.kind == "image":
       if not isinstance(value, np.ndarray) or value.dtype != np.float32 or value.ndim != 2:
-        raise ValueError(f"{field.name}: expected float32 [H, W], got "
-                         f"{type(value).__name__} {getattr(value, 'dtype', '')} "
-                         f"{getattr(value, 'shape', '')}")
+        raise ValueError(
+          f"{field.name}: expected float32 [H, W], got "
+          f"{type(value).__name__} {getattr(value, 'dtype', '')} "
+          f"{getattr(value, 'shape', '')}"
+        )
       if image_size is not None and value.shape != (image_size, image_size):
-        raise ValueError(f"{field.name}: expected shape {(image_size, image_size)}, got {value.shape}")
+        raise ValueError(
+          f"{field.name}: expected shape {(image_size, image_size)}, got {value.shape}"
+        )
       if not np.all(np.isfinite(value)) or value.min() < 0.0 or value.max() > 1.0:
         raise ValueError(f"{field.name}: values must be finite and in [0, 1]")
     elif field.kind == "bool":

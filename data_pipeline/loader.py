@@ -53,8 +53,10 @@ def record_source(data_dir, split, name="medq_sample", version="1.1.0"):
 def _unbatch(batch) -> list[dict]:
   """Decoded batch (fields [B, ...]) -> B example dicts (str/bool fields as Python values)."""
   count = len(batch["id"])
-  return [{key: value[index].item() if value.ndim == 1 else value[index]
-           for key, value in batch.items()} for index in range(count)]
+  return [
+    {key: value[index].item() if value.ndim == 1 else value[index] for key, value in batch.items()}
+    for index in range(count)
+  ]
 
 
 def decode_record(record, image_size):
@@ -67,8 +69,12 @@ class DecodeAndTransform:
   decode and that the transform accepts (each transformed). The others are skipped with a
   logged reason and counted per process (each Grain worker counts its own)."""
 
-  def __init__(self, image_size: int, transform: Callable | None = None,
-               transform_errors: tuple[type[Exception], ...] = ()):
+  def __init__(
+    self,
+    image_size: int,
+    transform: Callable | None = None,
+    transform_errors: tuple[type[Exception], ...] = (),
+  ):
     self.image_size = image_size
     self.transform = transform
     self.transform_errors = tuple(transform_errors)
@@ -120,10 +126,21 @@ def _process_shard():
   return jax.process_index(), jax.process_count()
 
 
-def make_loader(config, split, *, worker_count=None, batch_size=None, num_epochs=None,
-                shuffle=True, shard_index=None, shard_count=None, drop_remainder=True,
-                data_dir=None, transform: Callable | None = None,
-                transform_errors: tuple[type[Exception], ...] = ()):
+def make_loader(
+  config,
+  split,
+  *,
+  worker_count=None,
+  batch_size=None,
+  num_epochs=None,
+  shuffle=True,
+  shard_index=None,
+  shard_count=None,
+  drop_remainder=True,
+  data_dir=None,
+  transform: Callable | None = None,
+  transform_errors: tuple[type[Exception], ...] = (),
+):
   """Returns a grain.IterDataset of batches; iterate with `iter(...)`, save with get_state().
 
   config: the data config (data_dir, name, version, shuffle_seed, batch_size, prefetch_buffer,
@@ -140,17 +157,22 @@ def make_loader(config, split, *, worker_count=None, batch_size=None, num_epochs
   batch_size = int(batch_size or config.batch_size)
   if batch_size < 1:
     raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-  source, image_size = record_source(data_dir or config.data_dir, split, config.name,
-                                     config.version)
+  source, image_size = record_source(
+    data_dir or config.data_dir, split, config.name, config.version
+  )
   records = grain.MapDataset.source(source)[shard_index::shard_count]
   if shuffle:
     records = records.shuffle(seed=int(config.shuffle_seed))
   records = records.repeat(num_epochs)
   # Decode in chunks of one batch: one vectorised pass per chunk (see tfds_format).
-  chunks = records.batch(batch_size, drop_remainder=False,
-                         batch_fn=DecodeAndTransform(image_size, transform, transform_errors))
+  chunks = records.batch(
+    batch_size,
+    drop_remainder=False,
+    batch_fn=DecodeAndTransform(image_size, transform, transform_errors),
+  )
   dataset = chunks.to_iter_dataset(
-      grain.ReadOptions(num_threads=1, prefetch_buffer_size=int(config.prefetch_buffer)))
+    grain.ReadOptions(num_threads=1, prefetch_buffer_size=int(config.prefetch_buffer))
+  )
   dataset = grain.experimental.FlatMapIterDataset(dataset, _Flatten(batch_size))
   dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
   workers = int(config.loader_workers if worker_count is None else worker_count)

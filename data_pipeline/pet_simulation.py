@@ -25,7 +25,10 @@ def simulate_pet_volume(mri_volume, voxel_mm=(1.0, 1.0, 1.0), fwhm_mm=5.0):
   activity = np.asarray(UPTAKE, np.float32)[classes]
   sigma_vox = [fwhm_mm / (2.3548 * float(v)) for v in voxel_mm]
   activity = ndimage.gaussian_filter(activity, sigma=sigma_vox)
-  info = {"method": "multi-otsu tissue classes -> FDG-like uptake -> Gaussian PSF",
-          "thresholds": [float(t) for t in thresholds], "uptake_bg_csf_gm_wm": list(UPTAKE),
-          "psf_fwhm_mm": fwhm_mm}
+  info = {
+    "method": "multi-otsu tissue classes -> FDG-like uptake -> Gaussian PSF",
+    "thresholds": [float(t) for t in thresholds],
+    "uptake_bg_csf_gm_wm": list(UPTAKE),
+    "psf_fwhm_mm": fwhm_mm,
+  }
   return activity.astype(np.float32), info

@@ -19,13 +19,16 @@ def assign_splits(patient_ids, fractions, seed):
   """
   weights = collections.Counter(patient_ids)
   total = sum(weights.values())
-  order = sorted(weights, key=lambda p: (-weights[p],
-                                         hashlib.sha256(f"{seed}:{p}".encode()).hexdigest()))
-  filled = {split: 0 for split in example_lib.SPLITS}
+  order = sorted(
+    weights, key=lambda p: (-weights[p], hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+  )
+  filled = dict.fromkeys(example_lib.SPLITS, 0)
   assignment = {}
   for patient in order:
-    split = max(example_lib.SPLITS,
-                key=lambda s: (float(fractions[s]) * total - filled[s], float(fractions[s])))
+    split = max(
+      example_lib.SPLITS,
+      key=lambda s: (float(fractions[s]) * total - filled[s], float(fractions[s])),
+    )
     assignment[patient] = split
     filled[split] += weights[patient]
   return assignment
@@ -39,8 +42,7 @@ def plan_items(raw_index, config):
   `examples_per_slice_by_modality`), severity drawn by a seeded RNG;
   paired (acquired) slices get their own task and severity.
   """
-  splits = assign_splits([r["patient_id"] for r in raw_index], config.split_fractions,
-                         config.seed)
+  splits = assign_splits([r["patient_id"] for r in raw_index], config.split_fractions, config.seed)
   severities = tuple(config.severities)
   items = []
   for index, raw in enumerate(raw_index):
@@ -52,16 +54,25 @@ def plan_items(raw_index, config):
         if task not in config.tasks:
           continue
         repeats = config.examples_per_slice_by_modality.get(
-            raw["modality"], config.examples_per_slice_task)
+          raw["modality"], config.examples_per_slice_task
+        )
         for k in range(int(repeats)):
-          rng = np.random.default_rng(example_seed(f"{raw['key']}:{task}:{k}:severity",
-                                                   config.seed))
+          rng = np.random.default_rng(
+            example_seed(f"{raw['key']}:{task}:{k}:severity", config.seed)
+          )
           task_severities.append((task, severities[int(rng.integers(len(severities)))]))
     for k, (task, severity) in enumerate(task_severities):
       if task not in config.tasks:
         continue
-      items.append({"id": f"{raw['key']}:{task}:{k}", "raw_index": index, "task": task,
-                    "severity": severity, "split": splits[raw["patient_id"]]})
+      items.append(
+        {
+          "id": f"{raw['key']}:{task}:{k}",
+          "raw_index": index,
+          "task": task,
+          "severity": severity,
+          "split": splits[raw["patient_id"]],
+        }
+      )
   items.sort(key=lambda item: (example_lib.SPLITS.index(item["split"]), item["id"]))
   return items
 
@@ -71,6 +82,8 @@ def shard_items(items, examples_per_shard):
   shards = {}
   for split in example_lib.SPLITS:
     split_items = [item for item in items if item["split"] == split]
-    shards[split] = [split_items[i:i + examples_per_shard]
-                     for i in range(0, len(split_items), examples_per_shard)]
+    shards[split] = [
+      split_items[i : i + examples_per_shard]
+      for i in range(0, len(split_items), examples_per_shard)
+    ]
   return shards

@@ -16,20 +16,24 @@ import json
 import logging
 import os
 
-from array_record.python import array_record_module
 import grain
 import tqdm
+from array_record.python import array_record_module
 
-from data_pipeline import config_check
+from data_pipeline import config_check, make_example, planning, staging, tfds_format
 from data_pipeline import example as example_lib
-from data_pipeline import make_example
-from data_pipeline import planning
-from data_pipeline import staging
-from data_pipeline import tfds_format
 
 # Fields that change how the data looks; anything else (workers, paths to output) may differ.
-_RUNTIME_FIELDS = ("data_dir", "num_workers", "loader_workers", "batch_size", "shuffle_seed",
-                   "prefetch_buffer", "labeller_timeout_s", "labeller_retries")
+_RUNTIME_FIELDS = (
+  "data_dir",
+  "num_workers",
+  "loader_workers",
+  "batch_size",
+  "shuffle_seed",
+  "prefetch_buffer",
+  "labeller_timeout_s",
+  "labeller_retries",
+)
 
 
 def fingerprint(config):
@@ -63,8 +67,10 @@ def run_precompute(config, progress=False):
   config_fingerprint = fingerprint(config)
   index = staging.read_staging_index(staging_dir)
   if index is not None and index["fingerprint"] != config_fingerprint:
-    raise ValueError(f"config.data_dir: {directory} holds a precompute made with a different "
-                     "config; choose another data_dir or delete it")
+    raise ValueError(
+      f"config.data_dir: {directory} holds a precompute made with a different "
+      "config; choose another data_dir or delete it"
+    )
   if index is None:
     logging.info("stage 1: extracting raw slices from %s", config.source)
     raw_slices, skipped = staging.extract_raw_slices(config)
@@ -84,8 +90,12 @@ def run_precompute(config, progress=False):
         continue
       expected[(split, shard)] = len(shard_items)
       pending += [dict(item, shard=shard) for item in shard_items]
-  logging.info("stage 2: %d items in %d unfinished shards (%d finished)", len(pending),
-               len(expected), len(shard_files) - len(expected))
+  logging.info(
+    "stage 2: %d items in %d unfinished shards (%d finished)",
+    len(pending),
+    len(expected),
+    len(shard_files) - len(expected),
+  )
   if pending:
     _write_shards(config, staging_dir, pending, expected, shard_files, progress)
   return _finish(config, directory, shards, shard_files, index["skipped"], config_fingerprint)
@@ -95,17 +105,20 @@ def _write_shards(config, staging_dir, pending, expected, shard_files, progress)
   """Runs the Grain pipeline over `pending` items and writes each shard as it completes."""
   config_json = json.dumps(config.to_dict(), default=list)
   dataset = grain.MapDataset.source(_ItemSource(pending)).map(
-      make_example.ExampleMaker(config_json, staging.RawSliceReader(staging_dir)))
+    make_example.ExampleMaker(config_json, staging.RawSliceReader(staging_dir))
+  )
   iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4))
   if int(config.num_workers) > 0:
-    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=int(config.num_workers), per_worker_buffer_size=2))
+    iterable = iterable.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=int(config.num_workers), per_worker_buffer_size=2)
+    )
   buffers = collections.defaultdict(list)
   received = collections.Counter()
   iterator = iter(iterable)
   try:
-    for result in tqdm.tqdm(iterator, total=len(pending), disable=not progress,
-                            desc="precompute", unit="ex"):
+    for result in tqdm.tqdm(
+      iterator, total=len(pending), disable=not progress, desc="precompute", unit="ex"
+    ):
       key = (result["split"], result["shard"])
       buffers[key].append(result)
       received[key] += 1
@@ -144,8 +157,9 @@ def _finish(config, directory, shards, shard_files, skipped_inputs, config_finge
   """Writes TFDS metadata and manifest.json from the shard sidecars."""
   for stale in glob.glob(os.path.join(directory, "*.tmp")):
     os.remove(stale)
-  counts = {name: collections.Counter() for name in ("split", "task", "severity", "modality",
-                                                     "simulated")}
+  counts = {
+    name: collections.Counter() for name in ("split", "task", "severity", "modality", "simulated")
+  }
   shard_lengths, skipped = {}, list(skipped_inputs)
   for split, split_shards in shards.items():
     shard_lengths[split] = []
@@ -162,20 +176,25 @@ def _finish(config, directory, shards, shard_files, skipped_inputs, config_finge
   if sum(sum(v) for v in shard_lengths.values()) == 0:
     raise RuntimeError(f"precompute: no example was produced; skipped: {skipped[:5]}")
   tfds_format.write_tfds_metadata(
-      directory, config.name, int(config.image_size),
-      {split: lengths for split, lengths in shard_lengths.items() if sum(lengths)},
-      description=f"MedQ-UNI restoration pairs with quality descriptions (source "
-                  f"{config.source}, {config.image_size}px)")
+    directory,
+    config.name,
+    int(config.image_size),
+    {split: lengths for split, lengths in shard_lengths.items() if sum(lengths)},
+    description=f"MedQ-UNI restoration pairs with quality descriptions (source "
+    f"{config.source}, {config.image_size}px)",
+  )
   reasons = collections.Counter(entry["reason"] for entry in skipped)
   manifest = {
-      "name": config.name, "version": config.version, "source": config.source,
-      "image_size": int(config.image_size), "fingerprint": config_fingerprint,
-      "num_examples": sum(counts["split"].values()),
-      "counts": {name: dict(sorted(counter.items())) for name, counter in counts.items()},
-      "shard_lengths": shard_lengths,
-      "skipped": {"count": len(skipped), "reasons": dict(reasons.most_common()),
-                  "items": skipped},
-      "contract_fields": list(example_lib.FIELD_NAMES),
+    "name": config.name,
+    "version": config.version,
+    "source": config.source,
+    "image_size": int(config.image_size),
+    "fingerprint": config_fingerprint,
+    "num_examples": sum(counts["split"].values()),
+    "counts": {name: dict(sorted(counter.items())) for name, counter in counts.items()},
+    "shard_lengths": shard_lengths,
+    "skipped": {"count": len(skipped), "reasons": dict(reasons.most_common()), "items": skipped},
+    "contract_fields": list(example_lib.FIELD_NAMES),
   }
   with open(os.path.join(directory, "manifest.json"), "w") as file:
     json.dump(manifest, file, indent=1)

@@ -8,11 +8,12 @@ describe(meta, low_image [S, S], seed) -> str.
 from data_pipeline import chat_client, descriptions
 
 PROMPT = (
-    "You are a radiologist assessing medical image quality. The attached {modality} image of "
-    "the {anatomy} has {severity} degradation of type '{task}'. Write a quality description "
-    "covering, in order: (1) modality and anatomical region; (2) degradation type and "
-    "severity; (3) technical cause; (4) diagnostic impact. End with exactly this sentence: "
-    "'Overall, the quality of this image is {quality_label}.'")
+  "You are a radiologist assessing medical image quality. The attached {modality} image of "
+  "the {anatomy} has {severity} degradation of type '{task}'. Write a quality description "
+  "covering, in order: (1) modality and anatomical region; (2) degradation type and "
+  "severity; (3) technical cause; (4) diagnostic impact. End with exactly this sentence: "
+  "'Overall, the quality of this image is {quality_label}.'"
+)
 
 
 class LabellerError(RuntimeError):
@@ -32,10 +33,17 @@ class ChatLabeller:
       LabellerError: no usable reply, or a text that lacks the final overall-quality sentence.
       chat_client.ChatAuthError: the credentials were refused (stops the run).
     """
-    messages = [{"role": "user", "content": [
-        {"type": "text", "text": PROMPT.format(**meta)}, chat_client.image_content(low_image)]}]
+    messages = [
+      {
+        "role": "user",
+        "content": [
+          {"type": "text", "text": PROMPT.format(**meta)},
+          chat_client.image_content(low_image),
+        ],
+      }
+    ]
     try:
-      text = self.chat.complete(messages, seed=int(seed) % (2 ** 31), temperature=0.7).strip()
+      text = self.chat.complete(messages, seed=int(seed) % (2**31), temperature=0.7).strip()
     except chat_client.ChatAuthError:
       raise
     except chat_client.ChatError as error:
@@ -50,7 +58,9 @@ def make_labeller(config):
   """config.labeller 'template' | 'chat' -> an object with describe(meta, low, seed)."""
   if config.labeller == "chat":
     chat_config = chat_client.ChatConfig.from_env(
-        "labeller", timeout_s=float(config.labeller_timeout_s),
-        max_retries=int(config.labeller_retries))
+      "labeller",
+      timeout_s=float(config.labeller_timeout_s),
+      max_retries=int(config.labeller_retries),
+    )
     return ChatLabeller(chat_client.ChatClient(chat_config))
   return descriptions.TemplateLabeller()

@@ -24,6 +24,7 @@ def read_dicom(path):
   """Returns (pixels float32 [frames, rows, cols] in modality units (HU for CT), dataset)."""
   import pydicom  # Imported here: workers that never read DICOM do not pay for it.
   from pydicom.pixels import apply_modality_lut
+
   if not os.path.isfile(path):
     raise BadInput(path, "unreadable path")
   try:
@@ -44,8 +45,9 @@ def read_dicom(path):
       else:
         pixels = apply_modality_lut(pixels, dataset)
   except Exception as error:
-    raise BadInput(path, f"undecodable DICOM pixels ({type(error).__name__}: {error})"[:200]) \
-        from error
+    raise BadInput(
+      path, f"undecodable DICOM pixels ({type(error).__name__}: {error})"[:200]
+    ) from error
   pixels = np.asarray(pixels, dtype=np.float32)
   if getattr(dataset, "SamplesPerPixel", 1) != 1:
     raise BadInput(path, f"colour DICOM (SamplesPerPixel={dataset.SamplesPerPixel})")
@@ -69,6 +71,7 @@ def _shared_rescale(dataset):
 def read_nifti(path):
   """Returns a float32 volume [X, Y, Z] in RAS orientation (axial slices are [:, :, k])."""
   import nibabel as nib
+
   if not os.path.isfile(path):
     raise BadInput(path, "unreadable path")
   try:
@@ -88,6 +91,7 @@ def read_nifti(path):
 def read_png(path):
   """Returns a float32 image [H, W] in [0, 1] (colour converted to luminance)."""
   from PIL import Image
+
   if not os.path.isfile(path):
     raise BadInput(path, "unreadable path")
   try:
@@ -105,6 +109,7 @@ def encode_png_base64(image):
   Floats are clipped to [0, 1] and rounded to the nearest of 256 levels.
   """
   from PIL import Image
+
   array = np.asarray(image)
   if array.dtype != np.uint8:
     array = np.round(np.clip(array.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)

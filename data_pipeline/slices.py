@@ -15,6 +15,7 @@ class RawSlice:
   image: float32 [S, S] in [0, 1]. For real paired data (AAPM-Mayo, UDPET) `paired_low` holds
   the acquired low-quality slice [S, S] and `paired` names its task, severity and parameters.
   """
+
   key: str  # Stable id prefix: source:file:slice.
   image: np.ndarray
   modality: str
@@ -41,8 +42,10 @@ def normalise_volume(volume, modality, config, path=""):
     foreground = volume[volume > volume.min()]
     low, high = np.percentile(foreground if foreground.size else volume, config.mri_percentiles)
   elif modality == "PET":
-    low, high = 0.0, np.percentile(volume[volume > 0], config.pet_percentile) if np.any(
-        volume > 0) else 1.0
+    low, high = (
+      0.0,
+      np.percentile(volume[volume > 0], config.pet_percentile) if np.any(volume > 0) else 1.0,
+    )
   else:
     low, high = 0.0, 1.0
   if not high > low:
@@ -56,9 +59,10 @@ def resize_square(image, size):
   side = max(height, width)
   padded = np.zeros((side, side), np.float32)
   top, left = (side - height) // 2, (side - width) // 2
-  padded[top:top + height, left:left + width] = image
-  resized = transform.resize(padded, (size, size), order=1, anti_aliasing=side > size,
-                             preserve_range=True)
+  padded[top : top + height, left : left + width] = image
+  resized = transform.resize(
+    padded, (size, size), order=1, anti_aliasing=side > size, preserve_range=True
+  )
   return np.clip(resized, 0.0, 1.0).astype(np.float32)
 
 
@@ -79,8 +83,19 @@ def slice_indices(depth, max_slices, volume=None, min_fraction=0.0):
   return [int(candidates[i]) for i in picks]
 
 
-def volume_to_slices(volume, *, key, modality, anatomy, patient_id, provenance, config,
-                     orientation="nifti", simulated=False, skipped=None):
+def volume_to_slices(
+  volume,
+  *,
+  key,
+  modality,
+  anatomy,
+  patient_id,
+  provenance,
+  config,
+  orientation="nifti",
+  simulated=False,
+  skipped=None,
+):
   """Normalises a volume [X, Y, Z] and returns its axial RawSlices (near-empty ones dropped).
 
   `orientation='nifti'` rotates RAS slices so anterior is up; 'dicom' keeps rows/cols.
@@ -88,8 +103,12 @@ def volume_to_slices(volume, *, key, modality, anatomy, patient_id, provenance, 
   """
   path = provenance.get("file", key)
   normalised = normalise_volume(volume, modality, config, path)
-  indices = slice_indices(normalised.shape[2], int(config.max_slices_per_volume), normalised,
-                          float(config.min_foreground_fraction))
+  indices = slice_indices(
+    normalised.shape[2],
+    int(config.max_slices_per_volume),
+    normalised,
+    float(config.min_foreground_fraction),
+  )
   dropped = normalised.shape[2] - len(indices)
   if skipped is not None and not indices:
     skipped.append({"path": path, "reason": "all slices near-empty"})
@@ -101,9 +120,20 @@ def volume_to_slices(volume, *, key, modality, anatomy, patient_id, provenance, 
     image = resize_square(np.ascontiguousarray(image), int(config.image_size))
     if foreground_fraction(image) < float(config.min_foreground_fraction):
       continue
-    result.append(RawSlice(
-        key=f"{key}:{k}", image=image, modality=modality, anatomy=anatomy,
-        patient_id=patient_id, simulated=simulated,
-        provenance=dict(provenance, slice=int(k), axis="axial" if orientation == "nifti"
-                        else "frame", near_empty_slices_dropped=int(dropped))))
+    result.append(
+      RawSlice(
+        key=f"{key}:{k}",
+        image=image,
+        modality=modality,
+        anatomy=anatomy,
+        patient_id=patient_id,
+        simulated=simulated,
+        provenance=dict(
+          provenance,
+          slice=int(k),
+          axis="axial" if orientation == "nifti" else "frame",
+          near_empty_slices_dropped=int(dropped),
+        ),
+      )
+    )
   return result

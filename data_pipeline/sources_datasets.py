@@ -17,8 +17,7 @@ import warnings
 
 import numpy as np
 
-from data_pipeline import readers
-from data_pipeline import slices
+from data_pipeline import readers, slices
 
 _DICOM_MODALITY = {"CT": "CT", "MR": "MRI", "PT": "PET"}
 
@@ -35,8 +34,13 @@ def read_dicom_series(directory, skipped):
     try:
       pixels, dataset = readers.read_dicom(path)
       readers.check_pixels(pixels[0], path)
-      location = float(getattr(dataset, "SliceLocation",
-                               getattr(dataset, "ImagePositionPatient", [0, 0, len(entries)])[2]))
+      location = float(
+        getattr(
+          dataset,
+          "SliceLocation",
+          getattr(dataset, "ImagePositionPatient", [0, 0, len(entries)])[2],
+        )
+      )
       entries.append((location, pixels[0], path))
     except readers.BadInput as error:
       skipped.append({"path": error.path, "reason": error.reason})
@@ -49,8 +53,9 @@ def read_dicom_series(directory, skipped):
   return np.stack([e[1] for e in entries], axis=2), [round(e[0], 2) for e in entries]
 
 
-def _paired_slices(high, low, *, key, modality, anatomy, patient_id, provenance, config,
-                   orientation, paired):
+def _paired_slices(
+  high, low, *, key, modality, anatomy, patient_id, provenance, config, orientation, paired
+):
   """RawSlices from co-registered high/low volumes [X, Y, Z]; both normalised with high's scale."""
   if high.shape != low.shape:
     raise readers.BadInput(provenance["file"], f"paired shapes differ {high.shape} vs {low.shape}")
@@ -61,17 +66,29 @@ def _paired_slices(high, low, *, key, modality, anatomy, patient_id, provenance,
   else:
     low_norm = slices.normalise_volume(low, modality, config, provenance["file"])
   result = []
-  for k in slices.slice_indices(high.shape[2], int(config.max_slices_per_volume), high_norm,
-                                float(config.min_foreground_fraction)):
+  for k in slices.slice_indices(
+    high.shape[2],
+    int(config.max_slices_per_volume),
+    high_norm,
+    float(config.min_foreground_fraction),
+  ):
     pair = []
     for volume in (high_norm, low_norm):
       image = volume[:, :, k]
       image = np.rot90(image) if orientation == "nifti" else image
       pair.append(slices.resize_square(np.ascontiguousarray(image), int(config.image_size)))
-    result.append(slices.RawSlice(
-        key=f"{key}:{k}", image=pair[0], paired_low=pair[1], modality=modality,
-        anatomy=anatomy, patient_id=patient_id, paired=paired,
-        provenance=dict(provenance, slice=int(k))))
+    result.append(
+      slices.RawSlice(
+        key=f"{key}:{k}",
+        image=pair[0],
+        paired_low=pair[1],
+        modality=modality,
+        anatomy=anatomy,
+        patient_id=patient_id,
+        paired=paired,
+        provenance=dict(provenance, slice=int(k)),
+      )
+    )
   return result
 
 
@@ -87,10 +104,19 @@ def ixi_slices(config, skipped):
     try:
       volume = readers.read_nifti(path)
       result += slices.volume_to_slices(
-          volume, key=f"ixi:{os.path.basename(path)}", modality="MRI", anatomy="brain",
-          patient_id=match.group(1), config=config, skipped=skipped,
-          provenance={"dataset": "IXI", "file": os.path.relpath(path, root),
-                      "contrast": match.group(2)})
+        volume,
+        key=f"ixi:{os.path.basename(path)}",
+        modality="MRI",
+        anatomy="brain",
+        patient_id=match.group(1),
+        config=config,
+        skipped=skipped,
+        provenance={
+          "dataset": "IXI",
+          "file": os.path.relpath(path, root),
+          "contrast": match.group(2),
+        },
+      )
     except readers.BadInput as error:
       skipped.append({"path": path, "reason": error.reason})
   return result
@@ -122,12 +148,25 @@ def aapm_mayo_slices(config, skipped):
         high = high[:, :, [high_pos.index(p) for p in common]]
         low = low[:, :, [low_pos.index(p) for p in common]]
         result += _paired_slices(
-            high, low, key=f"aapm:{patient}:{os.path.basename(full_dir)}", modality="CT",
-            anatomy="abdomen", patient_id=patient, config=config, orientation="dicom",
-            provenance={"dataset": "AAPM-Mayo LDCT", "file": os.path.relpath(full_dir, root)},
-            paired={"task": "ldct", "severity": config.paired_severity.aapm_quarter_dose,
-                    "params": {"acquired": True, "dose_fraction": 0.25,
-                               "low_file": os.path.relpath(quarter_dir, root)}})
+          high,
+          low,
+          key=f"aapm:{patient}:{os.path.basename(full_dir)}",
+          modality="CT",
+          anatomy="abdomen",
+          patient_id=patient,
+          config=config,
+          orientation="dicom",
+          provenance={"dataset": "AAPM-Mayo LDCT", "file": os.path.relpath(full_dir, root)},
+          paired={
+            "task": "ldct",
+            "severity": config.paired_severity.aapm_quarter_dose,
+            "params": {
+              "acquired": True,
+              "dose_fraction": 0.25,
+              "low_file": os.path.relpath(quarter_dir, root),
+            },
+          },
+        )
       except readers.BadInput as error:
         skipped.append({"path": error.path, "reason": error.reason})
   return result
@@ -170,12 +209,25 @@ def udpet_slices(config, skipped):
       try:
         low, _ = _read_entry(entry, skipped)
         result += _paired_slices(
-            high, low, key=f"udpet:{patient}:drf{int(drf)}", modality="PET",
-            anatomy="whole body", patient_id=patient, config=config, orientation=orientation,
-            provenance={"dataset": "UDPET", "file": os.path.relpath(fulls[0], root)},
-            paired={"task": "pet_lowcount", "severity": udpet_severity(drf, config),
-                    "params": {"acquired": True, "dose_reduction": drf,
-                               "low_file": os.path.relpath(entry, root)}})
+          high,
+          low,
+          key=f"udpet:{patient}:drf{int(drf)}",
+          modality="PET",
+          anatomy="whole body",
+          patient_id=patient,
+          config=config,
+          orientation=orientation,
+          provenance={"dataset": "UDPET", "file": os.path.relpath(fulls[0], root)},
+          paired={
+            "task": "pet_lowcount",
+            "severity": udpet_severity(drf, config),
+            "params": {
+              "acquired": True,
+              "dose_reduction": drf,
+              "low_file": os.path.relpath(entry, root),
+            },
+          },
+        )
       except readers.BadInput as error:
         skipped.append({"path": error.path, "reason": error.reason})
   return result
@@ -203,10 +255,16 @@ def folder_slices(config, skipped):
         volume, kind, dataset = readers.read_any(path)
       modality = _DICOM_MODALITY.get(getattr(dataset, "Modality", ""), config.folder_modality)
       result += slices.volume_to_slices(
-          volume, key=f"folder:{relative}", modality=modality, anatomy=config.folder_anatomy,
-          patient_id=f"folder/{patient}", config=config, skipped=skipped,
-          orientation="nifti" if kind == "nifti" else "dicom",
-          provenance={"dataset": "folder", "file": relative})
+        volume,
+        key=f"folder:{relative}",
+        modality=modality,
+        anatomy=config.folder_anatomy,
+        patient_id=f"folder/{patient}",
+        config=config,
+        skipped=skipped,
+        orientation="nifti" if kind == "nifti" else "dicom",
+        provenance={"dataset": "folder", "file": relative},
+      )
     except readers.BadInput as error:
       skipped.append({"path": path, "reason": error.reason})
   return result

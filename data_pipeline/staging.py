@@ -10,21 +10,20 @@ import json
 import os
 import pickle
 
-from array_record.python import array_record_module
 import grain
+from array_record.python import array_record_module
 
-from data_pipeline import sources_datasets
-from data_pipeline import sources_sample
+from data_pipeline import sources_datasets, sources_sample
 
 RAW_FILE = "raw_slices.array_record"
 INDEX_FILE = "raw_index.json"
 
 _SOURCES = {
-    "medq-sample": sources_sample.build_sample_slices,
-    "ixi": sources_datasets.ixi_slices,
-    "aapm_mayo": sources_datasets.aapm_mayo_slices,
-    "udpet": sources_datasets.udpet_slices,
-    "folder": sources_datasets.folder_slices,
+  "medq-sample": sources_sample.build_sample_slices,
+  "ixi": sources_datasets.ixi_slices,
+  "aapm_mayo": sources_datasets.aapm_mayo_slices,
+  "udpet": sources_datasets.udpet_slices,
+  "folder": sources_datasets.folder_slices,
 }
 
 
@@ -41,13 +40,13 @@ def extract_raw_slices(config):
 def write_staging(directory, raw_slices, skipped, fingerprint):
   """Writes the staging ArrayRecord file and, last, the index that marks it complete."""
   os.makedirs(directory, exist_ok=True)
-  writer = array_record_module.ArrayRecordWriter(os.path.join(directory, RAW_FILE),
-                                                 "group_size:1")
+  writer = array_record_module.ArrayRecordWriter(os.path.join(directory, RAW_FILE), "group_size:1")
   index = []
   for raw in raw_slices:
     writer.write(pickle.dumps(dataclasses.asdict(raw), protocol=pickle.HIGHEST_PROTOCOL))
-    index.append({"key": raw.key, "modality": raw.modality, "patient_id": raw.patient_id,
-                  "paired": raw.paired})
+    index.append(
+      {"key": raw.key, "modality": raw.modality, "patient_id": raw.patient_id, "paired": raw.paired}
+    )
   writer.close()
   payload = {"fingerprint": fingerprint, "slices": index, "skipped": skipped}
   temporary = os.path.join(directory, INDEX_FILE + ".tmp")

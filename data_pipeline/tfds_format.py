@@ -29,19 +29,25 @@ def features(image_size):
   """The TFDS FeaturesDict of one stored example: the two images as zlib uint16 tensors and
   every other contract field in one JSON text feature (decoding 3 features instead of 15 makes
   the loader about 3x faster per example)."""
-  specs = {name: tfds.features.Tensor(shape=(image_size, image_size), dtype=np.uint16,
-                                      encoding="zlib")
-           for name in example_lib.IMAGE_FIELDS}
+  specs = {
+    name: tfds.features.Tensor(shape=(image_size, image_size), dtype=np.uint16, encoding="zlib")
+    for name in example_lib.IMAGE_FIELDS
+  }
   specs[METADATA] = tfds.features.Text()
   return tfds.features.FeaturesDict(specs)
 
 
 def to_stored(example):
   """Contract example (float images) -> dict ready for features.serialize_example."""
-  stored = {name: np.round(np.clip(example[name], 0, 1) * QUANTISATION).astype(np.uint16)
-            for name in example_lib.IMAGE_FIELDS}
-  metadata = {f.name: (bool(example[f.name]) if f.kind == "bool" else example[f.name])
-              for f in example_lib.EXAMPLE_FIELDS if f.kind != "image"}
+  stored = {
+    name: np.round(np.clip(example[name], 0, 1) * QUANTISATION).astype(np.uint16)
+    for name in example_lib.IMAGE_FIELDS
+  }
+  metadata = {
+    f.name: (bool(example[f.name]) if f.kind == "bool" else example[f.name])
+    for f in example_lib.EXAMPLE_FIELDS
+    if f.kind != "image"
+  }
   stored[METADATA] = json.dumps(metadata, ensure_ascii=False)
   return stored
 
@@ -58,8 +64,10 @@ def from_stored(stored):
 def _bytes_feature(feature_map, name, where):
   """The single bytes value of TFDS feature `name` in a parsed tf.train.Example."""
   if name not in feature_map:
-    raise ValueError(f"{where}: record has no feature {name!r} (features: "
-                     f"{sorted(feature_map)}); expected the medq_sample format")
+    raise ValueError(
+      f"{where}: record has no feature {name!r} (features: "
+      f"{sorted(feature_map)}); expected the medq_sample format"
+    )
   values = feature_map[name].bytes_list.value
   if len(values) != 1:
     raise ValueError(f"{where}: feature {name!r} holds {len(values)} byte strings, expected 1")
@@ -73,8 +81,9 @@ def decode_records(records, image_size, where="record"):
   operation and TFDS's generic per-feature machinery is skipped (3-4x less Python per example).
   """
   count = len(records)
-  pixels = {name: np.empty((count, image_size, image_size), np.uint16)
-            for name in example_lib.IMAGE_FIELDS}
+  pixels = {
+    name: np.empty((count, image_size, image_size), np.uint16) for name in example_lib.IMAGE_FIELDS
+  }
   metadata = []
   for index, record in enumerate(records):
     at = f"{where} {index} of {count}"
@@ -83,24 +92,30 @@ def decode_records(records, image_size, where="record"):
       for name in example_lib.IMAGE_FIELDS:
         raw = zlib.decompress(_bytes_feature(feature_map, name, at))
         if len(raw) != 2 * image_size * image_size:
-          raise ValueError(f"{at}: image {name!r} has {len(raw)} bytes, expected "
-                           f"{image_size}x{image_size} uint16")
+          raise ValueError(
+            f"{at}: image {name!r} has {len(raw)} bytes, expected {image_size}x{image_size} uint16"
+          )
         pixels[name][index] = np.frombuffer(raw, "<u2").reshape(image_size, image_size)
       meta = json.loads(_bytes_feature(feature_map, METADATA, at))
-      missing = [f.name for f in example_lib.EXAMPLE_FIELDS
-                 if f.kind != "image" and f.name not in meta]
+      missing = [
+        f.name for f in example_lib.EXAMPLE_FIELDS if f.kind != "image" and f.name not in meta
+      ]
       if missing:
         raise ValueError(f"{at}: metadata lacks fields {missing}")
     except (DecodeError, zlib.error, UnicodeDecodeError, TypeError) as error:
-      raise ValueError(f"{at}: not a medq_sample record ({type(error).__name__}: {error})") \
-          from error
+      raise ValueError(
+        f"{at}: not a medq_sample record ({type(error).__name__}: {error})"
+      ) from error
     metadata.append(meta)
-  batch = {name: np.divide(values, np.float32(QUANTISATION), dtype=np.float32)
-           for name, values in pixels.items()}
+  batch = {
+    name: np.divide(values, np.float32(QUANTISATION), dtype=np.float32)
+    for name, values in pixels.items()
+  }
   for field in example_lib.EXAMPLE_FIELDS:
     if field.kind != "image":
-      batch[field.name] = np.array([meta[field.name] for meta in metadata],
-                                   bool if field.kind == "bool" else None)
+      batch[field.name] = np.array(
+        [meta[field.name] for meta in metadata], bool if field.kind == "bool" else None
+      )
   return batch
 
 
@@ -111,8 +126,7 @@ def dataset_dir(data_dir, name, version):
 
 def shard_path(directory, name, split, shard, num_shards):
   """TFDS-style shard file name."""
-  return os.path.join(directory,
-                      f"{name}-{split}.array_record-{shard:05d}-of-{num_shards:05d}")
+  return os.path.join(directory, f"{name}-{split}.array_record-{shard:05d}-of-{num_shards:05d}")
 
 
 def write_tfds_metadata(directory, name, image_size, shard_lengths, description):
@@ -125,12 +139,26 @@ def write_tfds_metadata(directory, name, image_size, shard_lengths, description)
     if not lengths:
       continue
     template = tfds.core.ShardedFileTemplate(
-        data_dir=directory, template=FILENAME_TEMPLATE, dataset_name=name, split=split,
-        filetype_suffix="array_record")
-    num_bytes = sum(os.path.getsize(shard_path(directory, name, split, i, len(lengths)))
-                    for i in range(len(lengths)))
-    split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=list(lengths),
-                                           num_bytes=num_bytes, filename_template=template))
+      data_dir=directory,
+      template=FILENAME_TEMPLATE,
+      dataset_name=name,
+      split=split,
+      filetype_suffix="array_record",
+    )
+    num_bytes = sum(
+      os.path.getsize(shard_path(directory, name, split, i, len(lengths)))
+      for i in range(len(lengths))
+    )
+    split_infos.append(
+      tfds.core.SplitInfo(
+        name=split, shard_lengths=list(lengths), num_bytes=num_bytes, filename_template=template
+      )
+    )
   tfds.folder_dataset.write_metadata(
-      data_dir=directory, features=features(image_size), split_infos=split_infos,
-      filename_template=FILENAME_TEMPLATE, description=description, check_data=False)
+    data_dir=directory,
+    features=features(image_size),
+    split_infos=split_infos,
+    filename_template=FILENAME_TEMPLATE,
+    description=description,
+    check_data=False,
+  )

@@ -30,17 +30,26 @@ from medq_jax.bench.generator import FILE_NAMES
 
 _CONFIG = cli.define_config_file("config", "configs/bench.py", "Bench config file.")
 _MODEL_CONFIG = cli.define_config_file(
-    "model_config", None,
-    "Our model's training config, with --config.checkpoint (e.g. "
-    "configs/medq_uni.py:size=tiny,stage=2).")
+  "model_config",
+  None,
+  "Our model's training config, with --config.checkpoint (e.g. "
+  "configs/medq_uni.py:size=tiny,stage=2).",
+)
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output directory.", required=True)
 flags.adopt_module_key_flags(distributed)
 
 
+# The data config of the demo examples `mode=generate` writes items from (64 px, small sizes).
+DEMO_DATA_CONFIG = "image_size=64,runlocal"
+
+
 def _generate(config, out_dir: str) -> None:
+  from configs.data import medq_sample
   from data_pipeline.demo_examples import demo_examples
   from medq_jax.bench.generator import generate_items, write_items
-  items = generate_items(demo_examples(config.seed), config.seed)
+
+  data_config = medq_sample.get_config(DEMO_DATA_CONFIG)
+  items = generate_items(demo_examples(data_config, config.seed), config.seed)
   for kind, path in write_items(items, out_dir, config.split).items():
     logging.info("wrote %s items to %s", kind, path)
     print(f"{kind}: {path}")
@@ -50,13 +59,17 @@ def _judge(judge_config, out_dir: str):
   """The reasoning judge that config.judge.kind names."""
   if judge_config.kind == "offline":
     from medq_jax.bench.judge_offline import OfflineJudge
+
     return OfflineJudge()
   from medq_jax.bench.judge_api import make_api_judge
-  return make_api_judge(concurrency=judge_config.concurrency, timeout_s=judge_config.timeout_s,
-                        max_retries=judge_config.max_retries,
-                        message_style=judge_config.message_style,
-                        cache_path=judge_config.cache_path
-                        or os.path.join(out_dir, "judge_cache.sqlite"))
+
+  return make_api_judge(
+    concurrency=judge_config.concurrency,
+    timeout_s=judge_config.timeout_s,
+    max_retries=judge_config.max_retries,
+    message_style=judge_config.message_style,
+    cache_path=judge_config.cache_path or os.path.join(out_dir, "judge_cache.sqlite"),
+  )
 
 
 def _track(config, track: str, kind: str) -> tuple[str, str] | None:
@@ -64,8 +77,9 @@ def _track(config, track: str, kind: str) -> tuple[str, str] | None:
   items = config[f"{track}_items"]
   if not items and config.items_dir:
     for ext in ("tsv", "jsonl"):
-      candidate = os.path.join(config.items_dir,
-                               FILE_NAMES[kind].format(split=config.split) + f".{ext}")
+      candidate = os.path.join(
+        config.items_dir, FILE_NAMES[kind].format(split=config.split) + f".{ext}"
+      )
       if os.path.exists(candidate):
         items = candidate
         break
@@ -78,25 +92,32 @@ def load_model_from_checkpoint(workdir: str, model_config):
   model_config: the training config (ConfigDict) of that run, from --model_config.
   """
   if model_config is None:
-    raise app.UsageError("--model_config is required with --config.checkpoint (the training "
-                         "config of the run, e.g. configs/medq_uni.py:size=tiny,stage=2)")
+    raise app.UsageError(
+      "--model_config is required with --config.checkpoint (the training "
+      "config of the run, e.g. configs/medq_uni.py:size=tiny,stage=2)"
+    )
   from medq_jax.infer.bench_model import load_from_workdir
+
   return load_from_workdir(workdir, model_config)
 
 
 def _score(config, out_dir: str) -> None:
   from medq_jax.bench import runner
   from medq_jax.bench.report import write_report
+
   model, name = None, config.model_name
   if config.checkpoint:
     model = load_model_from_checkpoint(config.checkpoint, _MODEL_CONFIG.value)
     name = name or os.path.basename(config.checkpoint.rstrip("/"))
   elif config.model == "heuristic":
     from medq_jax.bench.heuristic_model import HeuristicBenchModel
+
     model, name = HeuristicBenchModel(), name or "heuristic"
   elif config.model:
-    raise app.UsageError(f"config.model={config.model!r}: only 'heuristic' is built in; use "
-                         "--config.checkpoint and --model_config for ours")
+    raise app.UsageError(
+      f"config.model={config.model!r}: only 'heuristic' is built in; use "
+      "--config.checkpoint and --model_config for ours"
+    )
   qa = _track(config, "qa", "qa")
   noref = _track(config, "noref", "description")
   paired = _track(config, "paired", "paired")
@@ -105,14 +126,24 @@ def _score(config, out_dir: str) -> None:
   if model is None:
     for label, spec in (("qa", qa), ("noref", noref), ("paired", paired)):
       if spec and not spec[1]:
-        raise app.UsageError(f"config.{label}_predictions is required without config.model or "
-                             "config.checkpoint")
+        raise app.UsageError(
+          f"config.{label}_predictions is required without config.model or config.checkpoint"
+        )
   name = name or os.path.splitext(os.path.basename((qa or noref or paired)[1]))[0]
   judge = _judge(config.judge, out_dir) if (noref or paired) else None
-  results = runner.run(name, judge, qa, noref, paired, model=model, out_dir=out_dir,
-                       rounds=config.judge.rounds,
-                       on_error="exclude" if config.skip_bad_rows else "raise",
-                       n_resamples=config.bootstrap, seed=config.seed)
+  results = runner.run(
+    name,
+    judge,
+    qa,
+    noref,
+    paired,
+    model=model,
+    out_dir=out_dir,
+    rounds=config.judge.rounds,
+    on_error="exclude" if config.skip_bad_rows else "raise",
+    n_resamples=config.bootstrap,
+    seed=config.seed,
+  )
   written = write_report(results, out_dir)
   with open(written["markdown"], encoding="utf-8") as handle:
     print(handle.read())
@@ -120,22 +151,52 @@ def _score(config, out_dir: str) -> None:
 
 def _align(config, out_dir: str) -> None:
   from medq_jax.bench.report import write_csv
+
   if not config.human_scores:
     raise app.UsageError("config.human_scores is required in align mode")
   results = alignment.align(alignment.load_pairs(config.human_scores, config.judge_scores or None))
   rows = []
   for result in results:
-    path = alignment.plot_confusion(result, os.path.join(out_dir,
-                                                         f"confusion_{result.dimension}.png"))
-    rows.append([result.dimension, result.n, tables.num(result.kappa), tables.pct(result.accuracy),
-                 " / ".join(tables.pct(r) for r in result.recall_per_class),
-                 os.path.basename(path)])
-  table = (["dimension", "n", "kappa_w (quadratic)", "accuracy", "recall per human class 0/1/2",
-            "confusion"], rows)
+    path = alignment.plot_confusion(
+      result, os.path.join(out_dir, f"confusion_{result.dimension}.png")
+    )
+    rows.append(
+      [
+        result.dimension,
+        result.n,
+        tables.num(result.kappa),
+        tables.pct(result.accuracy),
+        " / ".join(tables.pct(r) for r in result.recall_per_class),
+        os.path.basename(path),
+      ]
+    )
+  table = (
+    [
+      "dimension",
+      "n",
+      "kappa_w (quadratic)",
+      "accuracy",
+      "recall per human class 0/1/2",
+      "confusion",
+    ],
+    rows,
+  )
   write_csv(os.path.join(out_dir, "alignment.csv"), table)
   with open(os.path.join(out_dir, "alignment.json"), "w", encoding="utf-8") as handle:
-    json.dump([{"dimension": r.dimension, "n": r.n, "kappa": r.kappa, "accuracy": r.accuracy,
-                "confusion": r.confusion.tolist()} for r in results], handle, indent=2)
+    json.dump(
+      [
+        {
+          "dimension": r.dimension,
+          "n": r.n,
+          "kappa": r.kappa,
+          "accuracy": r.accuracy,
+          "confusion": r.confusion.tolist(),
+        }
+        for r in results
+      ],
+      handle,
+      indent=2,
+    )
   text = "# Human-judge alignment\n\n" + tables.markdown(table) + "\n"
   with open(os.path.join(out_dir, "alignment.md"), "w", encoding="utf-8") as handle:
     handle.write(text)
@@ -147,11 +208,13 @@ def _restoration(config, out_dir: str) -> None:
 
   from medq_jax.bench.report import write_csv
   from medq_jax.bench.restoration import restoration_table
+
   if not config.restoration_npz:
     raise app.UsageError("config.restoration_npz is required in restoration mode")
   data = np.load(config.restoration_npz)
-  rows = restoration_table(zip([str(t) for t in data["tasks"]], data["restored"],
-                               data["reference"]))
+  rows = restoration_table(
+    zip([str(t) for t in data["tasks"]], data["restored"], data["reference"])
+  )
   table = tables.restoration_rows_table(rows)
   write_csv(os.path.join(out_dir, "restoration.csv"), table)
   print(tables.markdown(table))
@@ -164,10 +227,11 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
-  for key, value, valid in (("mode", config.mode, bench_config.MODES),
-                            ("judge.kind", config.judge.kind, bench_config.JUDGES),
-                            ("judge.message_style", config.judge.message_style,
-                             bench_config.MESSAGE_STYLES)):
+  for key, value, valid in (
+    ("mode", config.mode, bench_config.MODES),
+    ("judge.kind", config.judge.kind, bench_config.JUDGES),
+    ("judge.message_style", config.judge.message_style, bench_config.MESSAGE_STYLES),
+  ):
     if value not in valid:
       raise app.UsageError(f"config.{key}={value!r}: expected one of {valid}")
   if config.checkpoint:  # only our model runs on JAX devices; the other jobs do not start JAX

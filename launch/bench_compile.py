@@ -29,12 +29,17 @@ def main(argv):
   config = _CONFIG.value
   depths = [int(x) for x in _LAYERS.value]
   times = [train_step_compile_seconds(config, depth) for depth in depths]
-  print(f"size={config.model.size} scan_layers={config.model.scan_layers} "
-        f"backend={jax.default_backend()}")
-  print_table(["decoder layers", "train-step compile s", "ratio vs first"],
-              [[d, t, t / times[0]] for d, t in zip(depths, times)])
-  print(f"compile ratio {depths[-1]} vs {depths[0]} layers: {times[-1] / times[0]:.3f} "
-        "(target <= 1.5)")
+  print(
+    f"size={config.model.size} scan_layers={config.model.scan_layers} "
+    f"backend={jax.default_backend()}"
+  )
+  print_table(
+    ["decoder layers", "train-step compile s", "ratio vs first"],
+    [[d, t, t / times[0]] for d, t in zip(depths, times)],
+  )
+  print(
+    f"compile ratio {depths[-1]} vs {depths[0]} layers: {times[-1] / times[0]:.3f} (target <= 1.5)"
+  )
 
 
 def run_main():

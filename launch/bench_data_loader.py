@@ -29,29 +29,39 @@ import time  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from data_pipeline import make_example  # pylint: disable=g-import-not-at-top
-from data_pipeline import planning  # pylint: disable=g-import-not-at-top
-from data_pipeline import precompute  # pylint: disable=g-import-not-at-top
-from data_pipeline import pseudo_labeller  # pylint: disable=g-import-not-at-top
-from data_pipeline import staging  # pylint: disable=g-import-not-at-top
-from data_pipeline import tfds_format  # pylint: disable=g-import-not-at-top
+from data_pipeline import (
+  make_example,  # pylint: disable=g-import-not-at-top
+  planning,  # pylint: disable=g-import-not-at-top
+  precompute,  # pylint: disable=g-import-not-at-top
+  pseudo_labeller,  # pylint: disable=g-import-not-at-top
+  staging,  # pylint: disable=g-import-not-at-top
+  tfds_format,  # pylint: disable=g-import-not-at-top
+)
 from launch import cli, distributed, prepare  # pylint: disable=g-import-not-at-top
 
 _CONFIG = cli.define_config_file("config", "configs/data/medq_sample.py", "Data config file.")
 flags.adopt_module_key_flags(distributed)
 _STEP_TIME = flags.DEFINE_string(
-    "step_time_s", "", "Train step time per model config, e.g. 'tiny=0.05,small=0.5' (s); "
-    "'base=none' skips the train step column for that config.")
+  "step_time_s",
+  "",
+  "Train step time per model config, e.g. 'tiny=0.05,small=0.5' (s); "
+  "'base=none' skips the train step column for that config.",
+)
 _SIZES = flags.DEFINE_string(
-    "sizes", "tiny=32:8,small=64:16", "model config -> image_size:batch_size; add e.g. "
-    "base=256:8 for paper-scale slices.")
+  "sizes",
+  "tiny=32:8,small=64:16",
+  "model config -> image_size:batch_size; add e.g. base=256:8 for paper-scale slices.",
+)
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 1000, "Loader batches to time.")
 _MIN_SECONDS = flags.DEFINE_float("min_seconds", 1.0, "Least time spent timing each task.")
 _PER_TASK = flags.DEFINE_integer("on_the_fly_per_task", 20, "On-the-fly examples per task.")
 _REPEATS = flags.DEFINE_integer(
-    "examples_per_slice", 8, "Multiplies the draws per (slice, task) so the benchmark dataset "
-    "has thousands of examples: Grain's index_shuffle costs ~20000/N us per element for small "
-    "N (77 us at N=258, 3 us at N=50000), which would otherwise dominate the loader.")
+  "examples_per_slice",
+  8,
+  "Multiplies the draws per (slice, task) so the benchmark dataset "
+  "has thousands of examples: Grain's index_shuffle costs ~20000/N us per element for small "
+  "N (77 us at N=258, 3 us at N=50000), which would otherwise dominate the loader.",
+)
 
 
 def _parse_pairs(text):
@@ -91,8 +101,7 @@ def trainer_loader_rate(model_config, tokenizer_dir, num_batches):
   from medq_jax.train import data as train_data  # pylint: disable=g-import-not-at-top
 
   spec = layout_lib.LayoutSpec.from_config(model_config.model, model_config.layout, 2)
-  iterator = iter(train_data.make_train_loader(model_config, tokenizer_dir, spec,
-                                               worker_count=0))
+  iterator = iter(train_data.make_train_loader(model_config, tokenizer_dir, spec, worker_count=0))
   for _ in range(5):  # Warm-up: open files, load the tokenizer, fill the read-ahead buffer.
     next(iterator)
   clock = _PerCoreClock()
@@ -122,8 +131,11 @@ def on_the_fly_rates(config, per_task, min_seconds, pack):
     pack(make_example.make_example(raws[0], chosen[0], config, labeller))  # Warm-up.
     clock, count = _PerCoreClock(), 0
     while count < per_task or clock.elapsed() < min_seconds:  # Cycle the chosen items.
-      pack(make_example.make_example(raws[count % per_task], chosen[count % per_task], config,
-                                     labeller))
+      pack(
+        make_example.make_example(
+          raws[count % per_task], chosen[count % per_task], config, labeller
+        )
+      )
       count += 1
     rates[task] = clock.rate(count)
   mix = 1.0 / sum(shares[task] / rates[task] for task in rates)
@@ -134,6 +146,7 @@ def measured_step_seconds(size: str, batch_size: int) -> float:
   """Median seconds of the real MedQ-UNI stage-2 train step of `size` at `batch_size`."""
   from configs import medq_uni  # pylint: disable=g-import-not-at-top
   from medq_jax.train.measure import train_step_seconds  # pylint: disable=g-import-not-at-top
+
   config = medq_uni.get_config(f"size={size},stage=2")
   with config.unlocked():
     config.train.batch_size = batch_size
@@ -146,8 +159,9 @@ def main(argv):
   import torch  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(1)
-  step_times = {k: None if v == "none" else float(v)
-                for k, v in _parse_pairs(_STEP_TIME.value).items()}
+  step_times = {
+    k: None if v == "none" else float(v) for k, v in _parse_pairs(_STEP_TIME.value).items()
+  }
   rows, per_task = [], []
   for name, spec in _parse_pairs(_SIZES.value).items():
     image_size, batch_size = (int(v) for v in spec.split(":"))
@@ -166,25 +180,47 @@ def main(argv):
 
     pack = layout_lib.PackExamples(tokenizer_dir, layout_spec)
     task_rates, on_the_fly = on_the_fly_rates(config, _PER_TASK.value, _MIN_SECONDS.value, pack)
-    step = (step_times[name] if name in step_times
-            else measured_step_seconds(name, batch_size))
+    step = step_times[name] if name in step_times else measured_step_seconds(name, batch_size)
     consumption = batch_size / step if step else None
-    rows.append((name, image_size, batch_size, manifest["num_examples"], loader_rate,
-                 on_the_fly, loader_rate / on_the_fly, consumption))
+    rows.append(
+      (
+        name,
+        image_size,
+        batch_size,
+        manifest["num_examples"],
+        loader_rate,
+        on_the_fly,
+        loader_rate / on_the_fly,
+        consumption,
+      )
+    )
     per_task.append((name, image_size, loader_rate, task_rates))
-  header = ("config", "px", "batch", "examples", "trainer loader rows/s/core",
-            "on-the-fly rows/s/core", "ratio", "train step rows/s", "loader/step")
+  header = (
+    "config",
+    "px",
+    "batch",
+    "examples",
+    "trainer loader rows/s/core",
+    "on-the-fly rows/s/core",
+    "ratio",
+    "train step rows/s",
+    "loader/step",
+  )
   print(" | ".join(header))
   print(" | ".join("---" for _ in header))
   for name, px, batch, count, fast, slow, ratio, consumption in rows:
     consumed = f"{consumption:.1f}" if consumption else "n/a"
     headroom = f"{fast / consumption:.1f}x" if consumption else "n/a"
-    print(f"{name} | {px} | {batch} | {count} | {fast:.0f} | {slow:.1f} | {ratio:.1f}x | "
-          f"{consumed} | {headroom}")
+    print(
+      f"{name} | {px} | {batch} | {count} | {fast:.0f} | {slow:.1f} | {ratio:.1f}x | "
+      f"{consumed} | {headroom}"
+    )
   print("\nPer task (on the fly rows/s/core, and loader/on-the-fly ratio):")
   for name, px, fast, task_rates in per_task:
-    print(f"{name} {px}px: " + ", ".join(f"{task} {rate:.0f} ({fast / rate:.0f}x)"
-                                         for task, rate in task_rates.items()))
+    print(
+      f"{name} {px}px: "
+      + ", ".join(f"{task} {rate:.0f} ({fast / rate:.0f}x)" for task, rate in task_rates.items())
+    )
   small = next((row for row in rows if row[0] == "small" and row[7]), None)
   if small:
     print(f"loader_vs_train_step_small={small[4] / small[7]:.1f}")

@@ -35,9 +35,15 @@ def _ids(batch, length, offset):
 def step_time(model_config, scope: str, und_len: int, gen_len: int, batch: int, iters: int):
   """(compile s, median fwd+bwd s) of the decoder with `und_len` und and `gen_len` gen tokens."""
   llm = model_config.llm
-  decoder = MoTDecoder(llm, scope, model_config.attention_impl, dtype_of(model_config.dtype),
-                       dtype_of(model_config.param_dtype), model_config.scan_layers,
-                       model_config.remat_policy)
+  decoder = MoTDecoder(
+    llm,
+    scope,
+    model_config.attention_impl,
+    dtype_of(model_config.dtype),
+    dtype_of(model_config.param_dtype),
+    model_config.scan_layers,
+    model_config.remat_policy,
+  )
   key = jax.random.PRNGKey(0)
   und_h = jax.random.normal(key, (batch, und_len, llm.hidden_size))
   gen_h = jax.random.normal(key, (batch, gen_len, llm.hidden_size))
@@ -64,12 +70,16 @@ def main(argv):
   rows = [["dense (one expert)", total, 0, dense_c, dense * 1e3, 1.0]]
   for scope in ("ffn", "all"):
     compile_s, t = run(scope=scope, und_len=_UND_LEN.value, gen_len=_GEN_LEN.value)
-    rows.append([f"MoT scope={scope}", _UND_LEN.value, _GEN_LEN.value, compile_s, t * 1e3,
-                 t / dense])
-  print(f"size={config.model.size} layers={config.model.llm.num_layers} "
-        f"hidden={config.model.llm.hidden_size} batch={_BATCH.value} backend={jax.default_backend()}")
-  print_table(["variant", "und tokens", "gen tokens", "compile s", "fwd+bwd ms", "ratio vs dense"],
-              rows)
+    rows.append(
+      [f"MoT scope={scope}", _UND_LEN.value, _GEN_LEN.value, compile_s, t * 1e3, t / dense]
+    )
+  print(
+    f"size={config.model.size} layers={config.model.llm.num_layers} "
+    f"hidden={config.model.llm.hidden_size} batch={_BATCH.value} backend={jax.default_backend()}"
+  )
+  print_table(
+    ["variant", "und tokens", "gen tokens", "compile s", "fwd+bwd ms", "ratio vs dense"], rows
+  )
   print(f"routing overhead: ffn {rows[1][5]:.3f}x, all {rows[2][5]:.3f}x (target <= 1.05)")
 
 

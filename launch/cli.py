@@ -47,8 +47,9 @@ def define_config_file(name: str, default: str | None, help_string: str):
   # A key flag of the entry point that called us (absl's naming: __main__ is sys.argv[0]), so
   # that its --help lists the flag.
   caller = sys._getframe(1).f_globals.get("__name__", "")  # pylint: disable=protected-access
-  flags.FLAGS.register_key_flag_for_module(sys.argv[0] if caller == "__main__" else caller,
-                                           flags.FLAGS[name])
+  flags.FLAGS.register_key_flag_for_module(
+    sys.argv[0] if caller == "__main__" else caller, flags.FLAGS[name]
+  )
   return holder
 
 
@@ -69,8 +70,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     for name in _DEFAULTS:  # a missing config file surfaces only when the config is read
       if not isinstance(flags.FLAGS[name].value, (config_dict.ConfigDict, type(None))):
         spec = _flag_value(argv, name) or _DEFAULTS[name]
-        _fail(f"--{name}={spec}: no such config file {spec.split(':', 1)[0]!r} (paths are "
-              "relative to the current directory: run from the repository root)")
+        _fail(
+          f"--{name}={spec}: no such config file {spec.split(':', 1)[0]!r} (paths are "
+          "relative to the current directory: run from the repository root)"
+        )
     return remaining
   except SystemExit as exit_request:
     if exit_request.code == 1 and any(_HELP.match(arg) for arg in argv[1:]):
@@ -128,11 +131,12 @@ def _missing_key(config, name: str, path: str) -> str | None:
   node, where = config, name
   for part in path.split("."):
     if not isinstance(node, config_dict.ConfigDict):
-      return (f"--{name}.{path}: {where} is a {type(node).__name__} ({node!r}), not a group of "
-              "keys")
+      return f"--{name}.{path}: {where} is a {type(node).__name__} ({node!r}), not a group of keys"
     if part not in node:
-      return (f"--{name}.{path}: {where} has no key {part!r}; valid keys: "
-              f"{', '.join(sorted(node.keys()))}")
+      return (
+        f"--{name}.{path}: {where} has no key {part!r}; valid keys: "
+        f"{', '.join(sorted(node.keys()))}"
+      )
     node, where = node[part], f"{where}.{part}"
   return None
 
@@ -156,8 +160,10 @@ def explain(argv: list[str], error: Exception) -> str | None:
       for part in path.split("."):
         default = default[part]
       reason = " ".join(bad_value["reason"].split())
-      return (f"--{name}.{path}={bad_value['value']}: expected {type(default).__name__} "
-              f"(default {default!r}): {reason}")
+      return (
+        f"--{name}.{path}={bad_value['value']}: expected {type(default).__name__} "
+        f"(default {default!r}): {reason}"
+      )
   bad_file = _BAD_CONFIG_FILE.match(text)
   if bad_file:
     lines = [line.strip() for line in text.splitlines() if line.strip()]

@@ -32,8 +32,11 @@ flags.adopt_module_key_flags(distributed)
 def main(argv):
   del argv
   process_index, process_count = distributed.initialize()
-  iterator = iter(loader.make_loader(_CONFIG.value, _SPLIT.value, worker_count=0, batch_size=1,
-                                     num_epochs=1, drop_remainder=False))
+  iterator = iter(
+    loader.make_loader(
+      _CONFIG.value, _SPLIT.value, worker_count=0, batch_size=1, num_epochs=1, drop_remainder=False
+    )
+  )
   ids = [str(batch["id"][0]) for batch in iterator]
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   with open(os.path.join(_OUT_DIR.value, f"ids_{process_index}.json"), "w") as f:

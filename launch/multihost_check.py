@@ -24,8 +24,9 @@ from medq_jax.train import state as state_lib
 from medq_jax.train import step as step_lib
 from medq_jax.types import latent_dim
 
-_CONFIG = cli.define_config_file("config", "configs/medq_uni.py:size=tiny,stage=2,mesh=2x2x2",
-                                 "Model config file.")
+_CONFIG = cli.define_config_file(
+  "config", "configs/medq_uni.py:size=tiny,stage=2,mesh=2x2x2", "Model config file."
+)
 _OUT = flags.DEFINE_string("out", "", "Process 0 writes the metrics JSON here.")
 flags.adopt_module_key_flags(distributed)
 
@@ -41,7 +42,7 @@ def seeded_batch(spec, config) -> dict[str, np.ndarray]:
   batch["und_loss_mask"][:, 10:40] = 1.0
   batch["und_positions"][:] = np.arange(spec.max_und_len)
   batch["vae_images"] = rng.uniform(-1, 1, batch["vae_images"].shape).astype(np.float32)
-  batch["gen_noised"][:, spec.tokens_per_image:] = True
+  batch["gen_noised"][:, spec.tokens_per_image :] = True
   batch["gen_loss_mask"] = batch["gen_noised"].astype(np.float32)
   return batch
 
@@ -56,10 +57,11 @@ def main(argv):
 
   batch = seeded_batch(spec, config)
   rows = config.train.batch_size // process_count
-  local = {k: v[process_index * rows:(process_index + 1) * rows] for k, v in batch.items()}
+  local = {k: v[process_index * rows : (process_index + 1) * rows] for k, v in batch.items()}
 
-  step = step_lib.make_train_step(setup.model, setup.vae, setup.optimizer, config.model,
-                                  config.train)
+  step = step_lib.make_train_step(
+    setup.model, setup.vae, setup.optimizer, config.model, config.train
+  )
   with sharding_lib.mesh_context(mesh, config.sharding_rules):
     global_batch = sharding_lib.global_batch(local, mesh)
     state, metrics = jax.jit(step)(state, vae_params, global_batch, jax.random.PRNGKey(1))

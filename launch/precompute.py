@@ -21,10 +21,22 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   std_logging.getLogger().setLevel(std_logging.INFO)
   manifest = precompute.run_precompute(_CONFIG.value, progress=True)
-  summary = {key: manifest[key] for key in ("name", "version", "source", "image_size",
-                                            "num_examples", "counts", "shard_lengths")}
-  summary["skipped"] = {"count": manifest["skipped"]["count"],
-                        "reasons": manifest["skipped"]["reasons"]}
+  summary = {
+    key: manifest[key]
+    for key in (
+      "name",
+      "version",
+      "source",
+      "image_size",
+      "num_examples",
+      "counts",
+      "shard_lengths",
+    )
+  }
+  summary["skipped"] = {
+    "count": manifest["skipped"]["count"],
+    "reasons": manifest["skipped"]["reasons"],
+  }
   print(json.dumps(summary, indent=1))
 
 

@@ -28,15 +28,24 @@ def ensure_dataset(data_config) -> str:
 
 def training_texts(data_config) -> list[str]:
   """Every instruction and description of the train split, read through the data loader."""
-  batches = data_loader.make_loader(data_config, "train", worker_count=0, batch_size=64,
-                                    num_epochs=1, shuffle=False, shard_index=0, shard_count=1,
-                                    drop_remainder=False)
+  batches = data_loader.make_loader(
+    data_config,
+    "train",
+    worker_count=0,
+    batch_size=64,
+    num_epochs=1,
+    shuffle=False,
+    shard_index=0,
+    shard_count=1,
+    drop_remainder=False,
+  )
   texts = []
   for batch in batches:
     texts += [str(t) for t in batch["instruction"]] + [str(t) for t in batch["description"]]
   if not texts:
-    raise ValueError(f"{data_config.data_dir}: the train split has no examples to train a "
-                     "tokenizer on")
+    raise ValueError(
+      f"{data_config.data_dir}: the train split has no examples to train a tokenizer on"
+    )
   return texts
 
 
@@ -49,10 +58,12 @@ def ensure_tokenizer(config, workdir: str) -> str:
     return config.layout.tokenizer_dir
   out_dir = os.path.join(workdir, TOKENIZER_SUBDIR)
   if not os.path.exists(os.path.join(out_dir, "tokenizer.json")):
-    logging.info("training a %d-token BPE tokenizer into %s",
-                 config.layout.tokenizer_vocab_size, out_dir)
-    tokenizer_lib.train_bpe_tokenizer(training_texts(config.data),
-                                      config.layout.tokenizer_vocab_size, out_dir)
+    logging.info(
+      "training a %d-token BPE tokenizer into %s", config.layout.tokenizer_vocab_size, out_dir
+    )
+    tokenizer_lib.train_bpe_tokenizer(
+      training_texts(config.data), config.layout.tokenizer_vocab_size, out_dir
+    )
   return out_dir
 
 

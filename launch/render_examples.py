@@ -40,25 +40,33 @@ def pick_examples(source, num):
 def render(examples, path):
   """Writes the grid: per example a row of three images and a text row with the description."""
   figure = plt.figure(figsize=(10.5, 4.6 * len(examples)))
-  grid = figure.add_gridspec(2 * len(examples), 3, height_ratios=[3.2, 1.2] * len(examples),
-                             hspace=0.15, wspace=0.05)
+  grid = figure.add_gridspec(
+    2 * len(examples), 3, height_ratios=[3.2, 1.2] * len(examples), hspace=0.15, wspace=0.05
+  )
   for row, example in enumerate(examples):
     difference = np.abs(example["low"] - example["high"])
-    titles = (f"low-quality: {example['modality']} {example['task']} ({example['severity']})",
-              "reference", f"|difference| (max {difference.max():.2f})")
-    for column, (image, title) in enumerate(zip((example["low"], example["high"], difference),
-                                                titles)):
+    titles = (
+      f"low-quality: {example['modality']} {example['task']} ({example['severity']})",
+      "reference",
+      f"|difference| (max {difference.max():.2f})",
+    )
+    for column, (image, title) in enumerate(
+      zip((example["low"], example["high"], difference), titles)
+    ):
       axis = figure.add_subplot(grid[2 * row, column])
-      axis.imshow(image, cmap="gray", vmin=0, vmax=1 if column < 2 else None,
-                  interpolation="nearest")
+      axis.imshow(
+        image, cmap="gray", vmin=0, vmax=1 if column < 2 else None, interpolation="nearest"
+      )
       axis.set_title(title, fontsize=9)
       axis.axis("off")
     text_axis = figure.add_subplot(grid[2 * row + 1, :])
     text_axis.axis("off")
     text = f"[{example['id']}]  {example['instruction']}\n" + "\n".join(
-        textwrap.wrap(example["description"], 125))
-    text_axis.text(0.0, 1.0, text, fontsize=8, va="top", family="monospace",
-                   transform=text_axis.transAxes)
+      textwrap.wrap(example["description"], 125)
+    )
+    text_axis.text(
+      0.0, 1.0, text, fontsize=8, va="top", family="monospace", transform=text_axis.transAxes
+    )
   figure.savefig(path, dpi=72, bbox_inches="tight")
   plt.close(figure)
 

@@ -43,6 +43,7 @@ def run_training(config, workdir: str) -> dict:
   then train. Returns the last step's metrics."""
   from launch import prepare
   from medq_jax.train.loop import train
+
   tokenizer_dir = prepare.prepare_training(config, workdir)
   return train(config, workdir, tokenizer_dir)
 

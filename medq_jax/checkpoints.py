@@ -38,12 +38,15 @@ def checkpoint_dir(workdir: str) -> str:
 def open_manager(directory: str) -> ocp.CheckpointManager:
   """A read-only view of the steps in `directory` (a `checkpoint_dir`)."""
   if not os.path.isdir(directory):
-    raise CheckpointError(f"{directory}: no such checkpoint directory (expected "
-                          f"<workdir>/{CHECKPOINTS_SUBDIR} of a medq-train run)")
+    raise CheckpointError(
+      f"{directory}: no such checkpoint directory (expected "
+      f"<workdir>/{CHECKPOINTS_SUBDIR} of a medq-train run)"
+    )
   options = ocp.CheckpointManagerOptions(read_only=True, create=False)
   # Only the state item is read; a PyTree handler reads its metadata and partial restores.
-  return ocp.CheckpointManager(directory, options=options,
-                               item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler()})
+  return ocp.CheckpointManager(
+    directory, options=options, item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler()}
+  )
 
 
 def _path_name(path) -> str:
@@ -57,20 +60,31 @@ def _check_shapes(saved: Any, abstract: Any, where: str) -> None:
   wanted_flat = {_path_name(k): v for k, v in jax.tree_util.tree_flatten_with_path(abstract)[0]}
   problems = [f"missing {name}" for name in sorted(set(wanted_flat) - set(saved_flat))]
   problems += [f"unexpected {name}" for name in sorted(set(saved_flat) - set(wanted_flat))]
-  problems += [f"{name}: checkpoint {tuple(saved_flat[name].shape)} vs config "
-               f"{tuple(wanted_flat[name].shape)}"
-               for name in sorted(set(saved_flat) & set(wanted_flat))
-               if tuple(saved_flat[name].shape) != tuple(wanted_flat[name].shape)]
+  problems += [
+    f"{name}: checkpoint {tuple(saved_flat[name].shape)} vs config {tuple(wanted_flat[name].shape)}"
+    for name in sorted(set(saved_flat) & set(wanted_flat))
+    if tuple(saved_flat[name].shape) != tuple(wanted_flat[name].shape)
+  ]
   if problems:
-    shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8
-                                       else "")
-    raise CheckpointError(f"{where}: the checkpoint does not fit config.model "
-                          f"({len(problems)} parameter problems; another size or expert scope?): "
-                          f"{shown}")
+    shown = "; ".join(problems[:8]) + (
+      f"; ... {len(problems) - 8} more" if len(problems) > 8 else ""
+    )
+    raise CheckpointError(
+      f"{where}: the checkpoint does not fit config.model "
+      f"({len(problems)} parameter problems; another size or expert scope?): "
+      f"{shown}"
+    )
 
 
-def restore_params(workdir: str, model_config, *, step: int | None = None, mesh=None,
-                   rules=None, dtype: str | None = None) -> tuple[Any, int]:
+def restore_params(
+  workdir: str,
+  model_config,
+  *,
+  step: int | None = None,
+  mesh=None,
+  rules=None,
+  dtype: str | None = None,
+) -> tuple[Any, int]:
   """Restores the MedQUni parameters of a training run; returns (params, step).
 
   workdir: a medq-train workdir; step: None for the latest. With `mesh` and `rules` the
@@ -97,13 +111,29 @@ def restore_params(workdir: str, model_config, *, step: int | None = None, mesh=
       shardings = jax.tree_util.tree_map(lambda _: device, abstract)
     cast = jnp.dtype(dtype) if dtype else None
     restore_args = jax.tree_util.tree_map(
-        lambda leaf, sharding: ocp.ArrayRestoreArgs(dtype=cast or leaf.dtype, sharding=sharding),
-        abstract, shardings)
-    target = {"params": jax.tree_util.tree_map(
-        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, cast or leaf.dtype,
-                                                    sharding=sharding), abstract, shardings)}
-    restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeRestore(
-        item=target, restore_args={"params": restore_args}, partial_restore=True)}))
+      lambda leaf, sharding: ocp.ArrayRestoreArgs(dtype=cast or leaf.dtype, sharding=sharding),
+      abstract,
+      shardings,
+    )
+    target = {
+      "params": jax.tree_util.tree_map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(
+          leaf.shape, cast or leaf.dtype, sharding=sharding
+        ),
+        abstract,
+        shardings,
+      )
+    }
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        **{
+          STATE_ITEM: ocp.args.PyTreeRestore(
+            item=target, restore_args={"params": restore_args}, partial_restore=True
+          )
+        }
+      ),
+    )
     return restored[STATE_ITEM]["params"], step
   finally:
     manager.close()

@@ -23,13 +23,25 @@ Batch keys (per row; the collated batch adds a leading [B]):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from skimage.transform import resize
 
-from medq_jax.types import (BATCH_FIELDS, KIND_PAD, KIND_TEXT, KIND_VIT, MODEL_INPUT_FIELDS,
-                            PAD_SAMPLE, SPLIT_CAUSAL, SPLIT_FULL, SPLIT_NOISE, STAGES, field_shapes)
+from medq_jax.types import (
+  BATCH_FIELDS,
+  KIND_PAD,
+  KIND_TEXT,
+  KIND_VIT,
+  MODEL_INPUT_FIELDS,
+  PAD_SAMPLE,
+  SPLIT_CAUSAL,
+  SPLIT_FULL,
+  SPLIT_NOISE,
+  STAGES,
+  field_shapes,
+)
 
 
 class LayoutError(ValueError):
@@ -51,33 +63,45 @@ class LayoutSpec:
   stage: int
 
   @classmethod
-  def from_config(cls, model, layout, stage: int) -> "LayoutSpec":
+  def from_config(cls, model, layout, stage: int) -> LayoutSpec:
     if stage not in STAGES:
       raise ValueError(f"train.stage: expected 1 or 2, got {stage!r}")
-    spec = cls(max_und_len=layout.max_und_len, vit_image_size=layout.vit_image_size,
-               vit_patch_size=model.vit.patch_size,
-               vit_grid_side=model.vit.image_size // model.vit.patch_size,
-               vae_image_size=layout.vae_image_size,
-               vae_downsample=2 ** (len(model.vae.ch_mult) - 1),
-               latent_patch_size=model.latent_patch_size, max_latent_size=model.max_latent_size,
-               stage=stage)
+    spec = cls(
+      max_und_len=layout.max_und_len,
+      vit_image_size=layout.vit_image_size,
+      vit_patch_size=model.vit.patch_size,
+      vit_grid_side=model.vit.image_size // model.vit.patch_size,
+      vae_image_size=layout.vae_image_size,
+      vae_downsample=2 ** (len(model.vae.ch_mult) - 1),
+      latent_patch_size=model.latent_patch_size,
+      max_latent_size=model.max_latent_size,
+      stage=stage,
+    )
     spec.validate()
     return spec
 
   def validate(self):
     if self.vit_image_size % self.vit_patch_size:
-      raise ValueError(f"layout.vit_image_size={self.vit_image_size} is not a multiple of the "
-                       f"ViT patch size {self.vit_patch_size}")
+      raise ValueError(
+        f"layout.vit_image_size={self.vit_image_size} is not a multiple of the "
+        f"ViT patch size {self.vit_patch_size}"
+      )
     if self.vit_image_size // self.vit_patch_size > self.vit_grid_side:
-      raise ValueError(f"layout.vit_image_size={self.vit_image_size} exceeds the ViT position grid "
-                       f"({self.vit_grid_side} patches per side)")
+      raise ValueError(
+        f"layout.vit_image_size={self.vit_image_size} exceeds the ViT position grid "
+        f"({self.vit_grid_side} patches per side)"
+      )
     unit = self.vae_downsample * self.latent_patch_size
     if self.vae_image_size % unit:
-      raise ValueError(f"layout.vae_image_size={self.vae_image_size} must be a multiple of {unit} "
-                       "(VAE downsampling x latent patch)")
+      raise ValueError(
+        f"layout.vae_image_size={self.vae_image_size} must be a multiple of {unit} "
+        "(VAE downsampling x latent patch)"
+      )
     if self.latent_side > self.max_latent_size:
-      raise ValueError(f"layout.vae_image_size={self.vae_image_size} gives {self.latent_side} latent "
-                       f"patches per side > model.max_latent_size={self.max_latent_size}")
+      raise ValueError(
+        f"layout.vae_image_size={self.vae_image_size} gives {self.latent_side} latent "
+        f"patches per side > model.max_latent_size={self.max_latent_size}"
+      )
 
   @property
   def vit_side(self) -> int:
@@ -85,7 +109,7 @@ class LayoutSpec:
 
   @property
   def num_vit_tokens(self) -> int:
-    return self.vit_side ** 2
+    return self.vit_side**2
 
   @property
   def latent_side(self) -> int:
@@ -93,7 +117,7 @@ class LayoutSpec:
 
   @property
   def tokens_per_image(self) -> int:
-    return self.latent_side ** 2
+    return self.latent_side**2
 
   @property
   def gen_len(self) -> int:
@@ -117,8 +141,9 @@ def to_rgb(image: np.ndarray, size: int, name: str, example_id: str) -> np.ndarr
   """Grey [H, W] in [0, 1] -> [size, size, 3] in [-1, 1]."""
   image = np.asarray(image, np.float32)
   if image.ndim != 2 or min(image.shape) < 2:
-    raise LayoutError(f"example {example_id}: field {name!r} must be a 2-D image, got shape "
-                      f"{image.shape}")
+    raise LayoutError(
+      f"example {example_id}: field {name!r} must be a 2-D image, got shape {image.shape}"
+    )
   if not np.isfinite(image).all():
     raise LayoutError(f"example {example_id}: field {name!r} has NaN/Inf pixels")
   if image.shape != (size, size):
@@ -131,23 +156,42 @@ class RowBuilder:
   """Accumulates und/gen tokens of one row in logical order."""
 
   def __init__(self):
-    self.und = {k: [] for k in ("token_ids", "kind", "positions", "split_ids", "split_modes",
-                                "vit_index", "targets", "loss_mask")}
-    self.gen = {k: [] for k in ("image_index", "latent_pos", "positions", "split_ids",
-                                "split_modes", "noised")}
+    self.und = {
+      k: []
+      for k in (
+        "token_ids",
+        "kind",
+        "positions",
+        "split_ids",
+        "split_modes",
+        "vit_index",
+        "targets",
+        "loss_mask",
+      )
+    }
+    self.gen = {
+      k: []
+      for k in ("image_index", "latent_pos", "positions", "split_ids", "split_modes", "noised")
+    }
     self.position = 0
     self.split = 0
 
   def _und(self, token, kind, mode, vit_index=0, target=-1, loss=0.0):
-    for key, value in zip(self.und, (token, kind, self.position, self.split, mode, vit_index,
-                                     target, loss)):
+    for key, value in zip(
+      self.und, (token, kind, self.position, self.split, mode, vit_index, target, loss)
+    ):
       self.und[key].append(value)
 
   def text(self, ids: Sequence[int], loss: bool):
     for index, token in enumerate(ids):
       has_next = index + 1 < len(ids)
-      self._und(token, KIND_TEXT, SPLIT_CAUSAL, target=ids[index + 1] if has_next else -1,
-                loss=float(loss and has_next))
+      self._und(
+        token,
+        KIND_TEXT,
+        SPLIT_CAUSAL,
+        target=ids[index + 1] if has_next else -1,
+        loss=float(loss and has_next),
+      )
       self.position += 1
     self.split += 1
 
@@ -159,7 +203,9 @@ class RowBuilder:
     self.position += 1
     self.split += 1
 
-  def vae_image(self, image_index: int, side: int, max_side: int, noised: bool, start: int, end: int):
+  def vae_image(
+    self, image_index: int, side: int, max_side: int, noised: bool, start: int, end: int
+  ):
     mode = SPLIT_NOISE if noised else SPLIT_FULL
     self._und(start, KIND_TEXT, mode)
     latent_pos = (np.arange(side)[:, None] * max_side + np.arange(side)[None, :]).reshape(-1)
@@ -171,13 +217,16 @@ class RowBuilder:
     self.split += 1
 
 
-def finish_und(row: RowBuilder, max_und_len: int, special: Mapping[str, int],
-               example_id: str) -> dict[str, np.ndarray]:
+def finish_und(
+  row: RowBuilder, max_und_len: int, special: Mapping[str, int], example_id: str
+) -> dict[str, np.ndarray]:
   """Pads the und tokens of `row` to `max_und_len`; raises LayoutError when they do not fit."""
   und_len = len(row.und["token_ids"])
   if und_len > max_und_len:
-    raise LayoutError(f"example {example_id}: {und_len} und tokens exceed layout.max_und_len="
-                      f"{max_und_len} (shorten the texts or raise the limit)")
+    raise LayoutError(
+      f"example {example_id}: {und_len} und tokens exceed layout.max_und_len="
+      f"{max_und_len} (shorten the texts or raise the limit)"
+    )
   pad = max_und_len - und_len
   out = {}
   pad_values = dict(token_ids=special["pad"], kind=KIND_PAD, targets=-1)
@@ -188,8 +237,9 @@ def finish_und(row: RowBuilder, max_und_len: int, special: Mapping[str, int],
   return out
 
 
-def pack_example(example: Mapping[str, Any], tokenizer, spec: LayoutSpec,
-                 special: Mapping[str, int]) -> dict[str, np.ndarray]:
+def pack_example(
+  example: Mapping[str, Any], tokenizer, spec: LayoutSpec, special: Mapping[str, int]
+) -> dict[str, np.ndarray]:
   """Packs one data-pipeline example into a fixed-shape row (see module docstring).
 
   Raises LayoutError naming the example and field when it cannot be packed.
@@ -202,12 +252,14 @@ def pack_example(example: Mapping[str, Any], tokenizer, spec: LayoutSpec,
   row = RowBuilder()
   row.text([special["im_start"], *encode(example["instruction"]), special["im_end"]], loss=False)
   row.vit_image(spec.num_vit_tokens, special["vision_start"], special["vision_end"])
-  row.vae_image(0, spec.latent_side, spec.max_latent_size, False, special["vision_start"],
-                special["vision_end"])
+  row.vae_image(
+    0, spec.latent_side, spec.max_latent_size, False, special["vision_start"], special["vision_end"]
+  )
   if spec.stage == 2:
     row.text([special["im_start"], *encode(example["description"]), special["im_end"]], loss=True)
-  row.vae_image(1, spec.latent_side, spec.max_latent_size, True, special["vision_start"],
-                special["vision_end"])
+  row.vae_image(
+    1, spec.latent_side, spec.max_latent_size, True, special["vision_start"], special["vision_end"]
+  )
 
   out = finish_und(row, spec.max_und_len, special, example_id)
   for key, values in row.gen.items():
@@ -217,10 +269,15 @@ def pack_example(example: Mapping[str, Any], tokenizer, spec: LayoutSpec,
 
   vit_image = to_rgb(example["low"], spec.vit_image_size, "low", example_id)
   out["vit_patches"], out["vit_position_ids"] = image_to_vit_patches(
-      vit_image, spec.vit_patch_size, spec.vit_grid_side)
+    vit_image, spec.vit_patch_size, spec.vit_grid_side
+  )
   out["vit_valid"] = np.ones(spec.num_vit_tokens, np.bool_)
-  out["vae_images"] = np.stack([to_rgb(example["low"], spec.vae_image_size, "low", example_id),
-                                to_rgb(example["high"], spec.vae_image_size, "high", example_id)])
+  out["vae_images"] = np.stack(
+    [
+      to_rgb(example["low"], spec.vae_image_size, "low", example_id),
+      to_rgb(example["high"], spec.vae_image_size, "high", example_id),
+    ]
+  )
   return out
 
 
@@ -241,6 +298,7 @@ class PackExamples:
   def map(self, example):
     if self._tokenizer is None:
       from medq_jax.tokenizer import load_tokenizer, special_ids
+
       self._tokenizer = load_tokenizer(self.tokenizer_dir)
       self._special = special_ids(self._tokenizer)
     return pack_example(example, self._tokenizer, self.spec, self._special)
@@ -252,8 +310,14 @@ def zeros_batch(spec: LayoutSpec, batch_size: int, latent_dim: int) -> dict[str,
   """A zero batch with the exact shapes/dtypes of a collated layout batch (`types.BATCH_FIELDS`)
   plus the model's gen inputs (`types.MODEL_INPUT_FIELDS`: `gen_latents` [B, Lg, latent_dim],
   `gen_timesteps` [B, Lg]); for init and AOT compilation."""
-  sizes = dict(Lu=spec.max_und_len, Lg=spec.gen_len, Nv=spec.num_vit_tokens,
-               F=3 * spec.vit_patch_size ** 2, S=spec.vae_image_size, D=latent_dim)
+  sizes = dict(
+    Lu=spec.max_und_len,
+    Lg=spec.gen_len,
+    Nv=spec.num_vit_tokens,
+    F=3 * spec.vit_patch_size**2,
+    S=spec.vae_image_size,
+    D=latent_dim,
+  )
   shapes = field_shapes(sizes, {**BATCH_FIELDS, **MODEL_INPUT_FIELDS})
   return {k: np.zeros((batch_size,) + shape, dtype) for k, (shape, dtype) in shapes.items()}
 
@@ -266,11 +330,15 @@ def text_batch(token_ids: np.ndarray, spec: LayoutSpec, latent_dim: int) -> dict
   base = zeros_batch(spec, batch_size, latent_dim)
   out = {k: v for k, v in base.items() if k.startswith("vit_")}
   positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length))
-  out.update(und_token_ids=token_ids, und_kind=np.full_like(token_ids, KIND_TEXT),
-             und_positions=positions.copy(), und_sample_ids=np.zeros_like(token_ids),
-             und_split_ids=np.zeros_like(token_ids),
-             und_split_modes=np.full_like(token_ids, SPLIT_CAUSAL),
-             und_vit_index=np.zeros_like(token_ids))
+  out.update(
+    und_token_ids=token_ids,
+    und_kind=np.full_like(token_ids, KIND_TEXT),
+    und_positions=positions.copy(),
+    und_sample_ids=np.zeros_like(token_ids),
+    und_split_ids=np.zeros_like(token_ids),
+    und_split_modes=np.full_like(token_ids, SPLIT_CAUSAL),
+    und_vit_index=np.zeros_like(token_ids),
+  )
   out.update(empty_gen_stream(batch_size, latent_dim))
   return out
 
@@ -278,8 +346,10 @@ def text_batch(token_ids: np.ndarray, spec: LayoutSpec, latent_dim: int) -> dict
 def empty_gen_stream(batch_size: int, latent_dim: int) -> dict[str, np.ndarray]:
   """The model's gen inputs with no gen tokens ([B, 0] ids, [B, 0, latent_dim] latents): the
   und-only path for text likelihoods and description."""
-  out = {f"gen_{key}": np.zeros((batch_size, 0), np.int32)
-         for key in ("positions", "sample_ids", "split_ids", "split_modes", "latent_pos")}
+  out = {
+    f"gen_{key}": np.zeros((batch_size, 0), np.int32)
+    for key in ("positions", "sample_ids", "split_ids", "split_modes", "latent_pos")
+  }
   out["gen_latents"] = np.zeros((batch_size, 0, latent_dim), np.float32)
   out["gen_timesteps"] = np.zeros((batch_size, 0), np.float32)
   return out

@@ -37,8 +37,9 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def rectified_flow_loss(velocity: jax.Array, x0: jax.Array, eps: jax.Array,
-                        mask: jax.Array) -> jax.Array:
+def rectified_flow_loss(
+  velocity: jax.Array, x0: jax.Array, eps: jax.Array, mask: jax.Array
+) -> jax.Array:
   """MSE between predicted and target velocity (eps - x0), averaged over masked tokens.
 
   velocity, x0, eps: [B, Lg, F]; mask: [B, Lg] (1 on noised target tokens).
@@ -69,8 +70,9 @@ def pixel_losses(restored: jax.Array, target: jax.Array, row_weight: jax.Array):
   return masked_mean(l1, row_weight), masked_mean(one_minus_ssim, row_weight)
 
 
-def restoration_loss(rf: jax.Array, l1: jax.Array, one_minus_ssim: jax.Array,
-                     alpha: float, beta: float) -> jax.Array:
+def restoration_loss(
+  rf: jax.Array, l1: jax.Array, one_minus_ssim: jax.Array, alpha: float, beta: float
+) -> jax.Array:
   """L_IR = L_rf + alpha * L1 + beta * (1 - SSIM) (paper Eq. 6; alpha=0.2, beta=0.1)."""
   return rf + alpha * l1 + beta * one_minus_ssim
 

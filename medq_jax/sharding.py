@@ -7,7 +7,8 @@ from the device count. Logical axis names on parameters and activations map to m
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -20,8 +21,9 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
   try:
     shape = tuple(int(s) for s in shape)
   except (TypeError, ValueError):
-    raise ValueError(f"mesh.shape: expected (data, fsdp, tensor) integers such as (1, -1, 2), "
-                     f"got {shape!r}") from None
+    raise ValueError(
+      f"mesh.shape: expected (data, fsdp, tensor) integers such as (1, -1, 2), got {shape!r}"
+    ) from None
   if any(s == 0 or s < -1 for s in shape):
     raise ValueError(f"mesh.shape {shape}: sizes must be positive (or -1 for the rest)")
   if shape.count(-1) > 1:
@@ -44,8 +46,9 @@ def make_mesh(mesh_config, devices: Sequence[Any] | None = None) -> Mesh:
   axes = tuple(mesh_config.axes)
   if devices == list(jax.devices()):
     return jax.make_mesh(shape, axes, axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
-  return Mesh(np.asarray(devices).reshape(shape), axes,
-              axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+  return Mesh(
+    np.asarray(devices).reshape(shape), axes, axis_types=(jax.sharding.AxisType.Auto,) * len(axes)
+  )
 
 
 def rules_tuple(rules) -> tuple[tuple[str, Any], ...]:
@@ -79,8 +82,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Host-local numpy batch -> global jax.Arrays sharded over the batch axes (multi-host safe)."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in local_batch.items()
+  }
 
 
 import contextlib  # noqa: E402

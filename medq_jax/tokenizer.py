@@ -8,7 +8,7 @@ come with the checkpoint. Both expose the same special tokens.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from transformers import PreTrainedTokenizerFast
 
@@ -20,7 +20,9 @@ PAD = "<|endoftext|>"
 SPECIAL_TOKENS = (PAD, IM_START, IM_END, VISION_START, VISION_END)
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(
+  texts: Iterable[str], vocab_size: int, out_dir: str
+) -> PreTrainedTokenizerFast:
   """Trains a byte-level BPE on `texts`, saves it to `out_dir` (tokenizer.json + config) and
   returns it. Special tokens get the first ids, so ids are stable across corpora."""
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -29,8 +31,11 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str) -> 
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    vocab_size=vocab_size,
+    special_tokens=list(SPECIAL_TOKENS),
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=False,
+  )
   tokenizer.train_from_iterator(texts, trainer=trainer)
   fast = _wrap(PreTrainedTokenizerFast(tokenizer_object=tokenizer))
   os.makedirs(out_dir, exist_ok=True)
@@ -39,7 +44,11 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str) -> 
 
 
 def _wrap(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
-  missing = [t for t in SPECIAL_TOKENS[1:] if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+  missing = [
+    t
+    for t in SPECIAL_TOKENS[1:]
+    if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)
+  ]
   if missing:
     tokenizer.add_special_tokens({"additional_special_tokens": missing})
   if tokenizer.pad_token is None:
@@ -58,6 +67,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
 
 def special_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
   """{'im_start': id, 'im_end': id, 'vision_start': id, 'vision_end': id, 'pad': id}."""
-  names = dict(pad=PAD, im_start=IM_START, im_end=IM_END, vision_start=VISION_START,
-               vision_end=VISION_END)
+  names = dict(
+    pad=PAD, im_start=IM_START, im_end=IM_END, vision_start=VISION_START, vision_end=VISION_END
+  )
   return {k: tokenizer.convert_tokens_to_ids(v) for k, v in names.items()}

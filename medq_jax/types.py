@@ -8,7 +8,7 @@ nothing of ours, so no layer has to import a sibling to agree on a constant.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -35,34 +35,34 @@ STAGES = (1, 2)  # training stages: 1 = restoration expert alone, 2 = joint with
 # Lu und tokens, Lg gen tokens, Nv ViT tokens, F = 3 * patch**2 ViT patch features, S the VAE
 # image side. The collated batch adds a leading batch axis to each.
 BATCH_FIELDS: Mapping[str, tuple[tuple[str, ...], type]] = {
-    "und_token_ids": (("Lu",), np.int32),
-    "und_kind": (("Lu",), np.int32),
-    "und_positions": (("Lu",), np.int32),
-    "und_sample_ids": (("Lu",), np.int32),
-    "und_split_ids": (("Lu",), np.int32),
-    "und_split_modes": (("Lu",), np.int32),
-    "und_vit_index": (("Lu",), np.int32),
-    "und_targets": (("Lu",), np.int32),
-    "und_loss_mask": (("Lu",), np.float32),
-    "vit_patches": (("Nv", "F"), np.float32),
-    "vit_position_ids": (("Nv",), np.int32),
-    "vit_valid": (("Nv",), np.bool_),
-    "vae_images": (("2", "S", "S", "3"), np.float32),  # (condition, target) in [-1, 1]
-    "gen_image_index": (("Lg",), np.int32),
-    "gen_latent_pos": (("Lg",), np.int32),
-    "gen_positions": (("Lg",), np.int32),
-    "gen_sample_ids": (("Lg",), np.int32),
-    "gen_split_ids": (("Lg",), np.int32),
-    "gen_split_modes": (("Lg",), np.int32),
-    "gen_noised": (("Lg",), np.bool_),
-    "gen_loss_mask": (("Lg",), np.float32),
+  "und_token_ids": (("Lu",), np.int32),
+  "und_kind": (("Lu",), np.int32),
+  "und_positions": (("Lu",), np.int32),
+  "und_sample_ids": (("Lu",), np.int32),
+  "und_split_ids": (("Lu",), np.int32),
+  "und_split_modes": (("Lu",), np.int32),
+  "und_vit_index": (("Lu",), np.int32),
+  "und_targets": (("Lu",), np.int32),
+  "und_loss_mask": (("Lu",), np.float32),
+  "vit_patches": (("Nv", "F"), np.float32),
+  "vit_position_ids": (("Nv",), np.int32),
+  "vit_valid": (("Nv",), np.bool_),
+  "vae_images": (("2", "S", "S", "3"), np.float32),  # (condition, target) in [-1, 1]
+  "gen_image_index": (("Lg",), np.int32),
+  "gen_latent_pos": (("Lg",), np.int32),
+  "gen_positions": (("Lg",), np.int32),
+  "gen_sample_ids": (("Lg",), np.int32),
+  "gen_split_ids": (("Lg",), np.int32),
+  "gen_split_modes": (("Lg",), np.int32),
+  "gen_noised": (("Lg",), np.bool_),
+  "gen_loss_mask": (("Lg",), np.float32),
 }
 
 # Inputs the train step adds to a batch before the model sees it (latent tokens of the VAE
 # images, noised where `gen_noised`, and their timesteps). D = latent_patch**2 * z_channels.
 MODEL_INPUT_FIELDS: Mapping[str, tuple[tuple[str, ...], type]] = {
-    "gen_latents": (("Lg", "D"), np.float32),
-    "gen_timesteps": (("Lg",), np.float32),
+  "gen_latents": (("Lg", "D"), np.float32),
+  "gen_timesteps": (("Lg",), np.float32),
 }
 
 

@@ -23,8 +23,12 @@ def saved_run(tmp_path_factory):
   setup = state_lib.build_setup(config, jax.random.key(3))
   state = state_lib.create_train_state(setup.params, setup.optimizer)
   # Make the optimizer state non-trivial, so a restore that mixed it up could not pass.
-  state = state.replace(step=jnp.asarray(7, jnp.int32), opt_state=jax.tree_util.tree_map(
-      lambda x: x + 1 if jnp.issubdtype(x.dtype, jnp.floating) else x, state.opt_state))
+  state = state.replace(
+    step=jnp.asarray(7, jnp.int32),
+    opt_state=jax.tree_util.tree_map(
+      lambda x: x + 1 if jnp.issubdtype(x.dtype, jnp.floating) else x, state.opt_state
+    ),
+  )
   workdir = tmp_path_factory.mktemp("run")
   manager = checkpoint_lib.make_manager(checkpoints.checkpoint_dir(str(workdir)))
   manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
@@ -38,8 +42,12 @@ def _assert_equal_trees(actual, expected, **tol):
   flat_e = jax.tree_util.tree_flatten_with_path(expected)[0]
   assert [p for p, _ in flat_a] == [p for p, _ in flat_e]
   for (path, a), (_, e) in zip(flat_a, flat_e):
-    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(e, np.float32), **tol,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      np.asarray(a, np.float32),
+      np.asarray(e, np.float32),
+      **tol,
+      err_msg=jax.tree_util.keystr(path),
+    )
 
 
 def test_restores_params_alone_on_one_device(saved_run, monkeypatch):
@@ -54,12 +62,13 @@ def test_restores_params_alone_on_one_device(saved_run, monkeypatch):
 @pytest.mark.parametrize("mesh_shape", [(1, 4, 2), (2, 2, 1), (1, 1, 1)])
 def test_restores_onto_another_mesh_in_bf16(saved_run, mesh_shape):
   config, workdir, saved = saved_run
-  devices = jax.devices()[:int(np.prod(mesh_shape))]
+  devices = jax.devices()[: int(np.prod(mesh_shape))]
   mesh_config = config.mesh.copy_and_resolve_references()
   mesh_config.shape = mesh_shape
   mesh = sharding_lib.make_mesh(mesh_config, devices)
-  params, _ = checkpoints.restore_params(workdir, config.model, mesh=mesh,
-                                         rules=config.sharding_rules, dtype="bfloat16")
+  params, _ = checkpoints.restore_params(
+    workdir, config.model, mesh=mesh, rules=config.sharding_rules, dtype="bfloat16"
+  )
   kernel = params["decoder"]["layers"]["mlp"]["up_proj"]["kernel"]
   assert kernel.dtype == jnp.bfloat16
   assert kernel.sharding.mesh.shape == dict(zip(("data", "fsdp", "tensor"), mesh_shape))
@@ -71,8 +80,11 @@ def test_restores_onto_another_mesh_in_bf16(saved_run, mesh_shape):
 def test_other_model_size_is_one_clear_error(saved_run):
   _, workdir, _ = saved_run
   small = medq_uni.get_config("size=small,stage=2")
-  with pytest.raises(checkpoints.CheckpointError, match=r"does not fit config.model .*"
-                     r"connector/fc1/bias: checkpoint \(64,\) vs config \(256,\)"):
+  with pytest.raises(
+    checkpoints.CheckpointError,
+    match=r"does not fit config.model .*"
+    r"connector/fc1/bias: checkpoint \(64,\) vs config \(256,\)",
+  ):
     checkpoints.restore_params(workdir, small.model)
   scope_all = medq_uni.get_config("size=tiny,stage=2,scope=all")
   with pytest.raises(checkpoints.CheckpointError, match="missing .*_moe_gen"):

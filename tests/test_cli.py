@@ -17,13 +17,16 @@ from ml_collections import config_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_POINTS = sorted(
-    os.path.basename(path)[:-3] for path in glob.glob(os.path.join(ROOT, "launch", "*.py"))
-    if 'if __name__ == "__main__":' in pathlib.Path(path).read_text())
+  os.path.basename(path)[:-3]
+  for path in glob.glob(os.path.join(ROOT, "launch", "*.py"))
+  if 'if __name__ == "__main__":' in pathlib.Path(path).read_text()
+)
 
 
 def _run(args, env=None, timeout=300):
-  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                        timeout=timeout, env=env)
+  return subprocess.run(
+    [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+  )
 
 
 def _entry(module, *args):
@@ -33,8 +36,9 @@ def _entry(module, *args):
 def _load_config(spec):
   """get_config(arg) of a config file spec "configs/x.py:arg", loaded without config_flags."""
   path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("config_under_test",
-                                                       os.path.join(ROOT, path))
+  module_spec = importlib.util.spec_from_file_location(
+    "config_under_test", os.path.join(ROOT, path)
+  )
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
@@ -60,8 +64,15 @@ def _one_line_error(result):
 
 
 def test_every_entry_point_is_found():
-  assert {"train", "bench", "precompute", "render_examples", "multihost_check",
-          "loader_shard_check", "dump_param_shardings"} <= set(ENTRY_POINTS)
+  assert {
+    "train",
+    "bench",
+    "precompute",
+    "render_examples",
+    "multihost_check",
+    "loader_shard_check",
+    "dump_param_shardings",
+  } <= set(ENTRY_POINTS)
 
 
 def _default_config(module):
@@ -77,8 +88,10 @@ def _default_config(module):
 def test_help_and_misspelt_key(module):
   config = _load_config(_default_config(module))
   misspelt = _one_line_error(_entry(module, "--config.no_such_key=1"))
-  assert (f"--config.no_such_key: config has no key 'no_such_key'; valid keys: "
-          f"{', '.join(sorted(config.keys()))}") in misspelt
+  assert (
+    f"--config.no_such_key: config has no key 'no_such_key'; valid keys: "
+    f"{', '.join(sorted(config.keys()))}"
+  ) in misspelt
 
 
 # One entry point per config family (model, data, bench): the value check is cli.run's, shared.
@@ -135,12 +148,17 @@ def test_local_devices_takes_effect_from_main():
   assert "--local_devices=3: the JAX backend was already started" in late.stderr
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["--num_processes=2"], "--num_processes=2 needs --coordinator=HOST:PORT"),
     (["--coordinator=127.0.0.1:1234"], "needs --num_processes and --process_id"),
-    (["--coordinator=127.0.0.1:1234", "--num_processes=2", "--process_id=2"],
-     "--process_id=2: expected 0 <= process_id < --num_processes=2"),
-])
+    (
+      ["--coordinator=127.0.0.1:1234", "--num_processes=2", "--process_id=2"],
+      "--process_id=2: expected 0 <= process_id < --num_processes=2",
+    ),
+  ],
+)
 def test_distributed_flag_mistakes_are_usage_errors(args, message):
   result = _probe(*args)
   assert result.returncode != 0 and message in result.stderr, result.stderr[-3000:]

@@ -18,17 +18,24 @@ def _free_port():
 
 def _run(args, **kwargs):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return subprocess.Popen([sys.executable, "-m", "launch.multihost_check", *args], cwd=ROOT,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          **kwargs)
+  return subprocess.Popen(
+    [sys.executable, "-m", "launch.multihost_check", *args],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **kwargs,
+  )
 
 
 def test_two_processes_match_one(tmp_path):
   port = _free_port()
   config = "--config=configs/medq_uni.py:size=tiny,stage=2,mesh=2x2x2"
   common = [config, f"--coordinator=127.0.0.1:{port}", "--num_processes=2", "--local_devices=4"]
-  workers = [_run([*common, f"--process_id={i}", f"--out={tmp_path / 'multi.json'}"])
-             for i in range(2)]
+  workers = [
+    _run([*common, f"--process_id={i}", f"--out={tmp_path / 'multi.json'}"]) for i in range(2)
+  ]
   single = _run([config, "--local_devices=8", f"--out={tmp_path / 'single.json'}"])
   for proc in workers + [single]:
     output, _ = proc.communicate(timeout=600)

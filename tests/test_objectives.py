@@ -1,11 +1,10 @@
 """Losses and metrics against independent oracles (scikit-image, NumPy)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-import jax
-import jax.numpy as jnp
 
 from medq_jax import objectives
 from medq_jax.metrics import psnr, ssim
@@ -15,6 +14,7 @@ from medq_jax.metrics import psnr, ssim
 def image_pair():
   from skimage.data import camera
   from skimage.transform import resize
+
   clean = resize(camera().astype(np.float32) / 255.0, (48, 48), anti_aliasing=True)
   noisy = np.clip(clean + np.random.default_rng(0).normal(0, 0.08, clean.shape), 0, 1)
   return clean.astype(np.float32), noisy.astype(np.float32)
@@ -22,15 +22,18 @@ def image_pair():
 
 def test_ssim_matches_scikit_image(image_pair):
   clean, noisy = image_pair
-  expected = structural_similarity(clean, noisy, data_range=1.0, gaussian_weights=True,
-                                   sigma=1.5, use_sample_covariance=False)
+  expected = structural_similarity(
+    clean, noisy, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+  )
   assert abs(float(ssim(clean, noisy)) - expected) < 1e-5
   assert abs(float(ssim(clean, clean)) - 1.0) < 1e-6
 
 
 def test_psnr_matches_scikit_image(image_pair):
   clean, noisy = image_pair
-  assert abs(float(psnr(noisy, clean)) - peak_signal_noise_ratio(clean, noisy, data_range=1.0)) < 1e-3
+  assert (
+    abs(float(psnr(noisy, clean)) - peak_signal_noise_ratio(clean, noisy, data_range=1.0)) < 1e-3
+  )
 
 
 def test_rectified_flow_identities():
@@ -52,7 +55,7 @@ def test_rectified_flow_identities():
 def test_timestep_shift_moves_mass_to_noise():
   t1 = objectives.sample_timesteps(jax.random.PRNGKey(0), (20000,), 1.0)
   t3 = objectives.sample_timesteps(jax.random.PRNGKey(0), (20000,), 3.0)
-  assert 0 < float(t1.min()) and float(t1.max()) < 1
+  assert float(t1.min()) > 0 and float(t1.max()) < 1
   assert abs(float(t1.mean()) - 0.5) < 0.01 and float(t3.mean()) > float(t1.mean()) + 0.1
   np.testing.assert_allclose(t3, 3 * t1 / (1 + 2 * t1), atol=1e-6)
 

@@ -20,19 +20,34 @@ def test_process_one_waits_for_data_and_tokenizer(tmp_path):
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   overrides = [
-      "--config=configs/medq_uni.py:size=tiny,stage=2,mesh=1x-1x1",
-      f"--config.data.data_dir={tmp_path / 'data'}",
-      "--config.data.max_slices_per_volume=2",
-      "--config.data.ldct.num_angles=30",
-      "--config.data.num_workers=0",
-      "--config.train.steps=0",
-      f"--workdir={tmp_path / 'run'}",
+    "--config=configs/medq_uni.py:size=tiny,stage=2,mesh=1x-1x1",
+    f"--config.data.data_dir={tmp_path / 'data'}",
+    "--config.data.max_slices_per_volume=2",
+    "--config.data.ldct.num_angles=30",
+    "--config.data.num_workers=0",
+    "--config.train.steps=0",
+    f"--workdir={tmp_path / 'run'}",
   ]
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "launch.train", *overrides, f"--process_id={i}", "--num_processes=2",
-       f"--coordinator=127.0.0.1:{port}", "--local_devices=2"],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "launch.train",
+        *overrides,
+        f"--process_id={i}",
+        "--num_processes=2",
+        f"--coordinator=127.0.0.1:{port}",
+        "--local_devices=2",
+      ],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outputs = []
   for proc in procs:
     output, _ = proc.communicate(timeout=900)

@@ -1,16 +1,15 @@
 """config.init: the trainer starts from BAGEL-format files (ema + FLUX ae) or from transformers
 Qwen2, loading straight into the parameters' shardings."""
 
+import jax
 import numpy as np
 import pytest
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-import jax
-
 from configs import medq_uni
 from medq_jax import layout as layout_lib
-from medq_jax.convert import bagel, core
 from medq_jax import sharding as sharding_lib
+from medq_jax.convert import bagel, core
 from medq_jax.train import state as state_lib
 from medq_jax.train.pretrained import load_initial_weights
 
@@ -20,7 +19,8 @@ def _sharded(config, seed):
   model, vae = state_lib.build_models(config.model)
   mesh = sharding_lib.make_mesh(config.mesh)
   params, vae_params, _, _ = state_lib.init_params_sharded(
-      model, vae, spec, config.model, mesh, config.sharding_rules, jax.random.PRNGKey(seed))
+    model, vae, spec, config.model, mesh, config.sharding_rules, jax.random.PRNGKey(seed)
+  )
   return params, vae_params
 
 
@@ -29,8 +29,13 @@ def test_bagel_files_load_into_sharded_params(tmp_path):
   source, source_vae = _sharded(config, seed=1)
   host = jax.tree_util.tree_map(np.asarray, source)
   host_vae = jax.tree_util.tree_map(np.asarray, source_vae)
-  bagel.export_bagel(config.model, host, host_vae, str(tmp_path / "ema.safetensors"),
-                     str(tmp_path / "ae.safetensors"))
+  bagel.export_bagel(
+    config.model,
+    host,
+    host_vae,
+    str(tmp_path / "ema.safetensors"),
+    str(tmp_path / "ae.safetensors"),
+  )
   fresh, fresh_vae = _sharded(config, seed=2)
   with config.unlocked():
     config.init.bagel_ema = str(tmp_path / "ema.safetensors")
@@ -46,11 +51,17 @@ def test_bagel_files_load_into_sharded_params(tmp_path):
 def test_qwen2_start_copies_und_into_gen_and_keeps_the_rest(tmp_path):
   config = medq_uni.get_config("size=tiny,scope=all,stage=2,mesh=1x-1x2")
   llm = config.model.llm
-  hf = Qwen2ForCausalLM(Qwen2Config(
-      vocab_size=llm.vocab_size, hidden_size=llm.hidden_size,
-      intermediate_size=llm.intermediate_size, num_hidden_layers=llm.num_layers,
-      num_attention_heads=llm.num_heads, num_key_value_heads=llm.num_kv_heads,
-      tie_word_embeddings=False))
+  hf = Qwen2ForCausalLM(
+    Qwen2Config(
+      vocab_size=llm.vocab_size,
+      hidden_size=llm.hidden_size,
+      intermediate_size=llm.intermediate_size,
+      num_hidden_layers=llm.num_layers,
+      num_attention_heads=llm.num_heads,
+      num_key_value_heads=llm.num_kv_heads,
+      tie_word_embeddings=False,
+    )
+  )
   hf.save_pretrained(tmp_path / "qwen2")
   fresh, fresh_vae = _sharded(config, seed=0)
   with config.unlocked():
@@ -60,19 +71,27 @@ def test_qwen2_start_copies_und_into_gen_and_keeps_the_rest(tmp_path):
   q = hf.model.layers[1].self_attn.q_proj.weight.detach().numpy().T
   np.testing.assert_allclose(np.asarray(layers["self_attn"]["q_proj"]["kernel"][1]), q)
   np.testing.assert_allclose(np.asarray(layers["self_attn"]["q_proj_moe_gen"]["kernel"][1]), q)
-  np.testing.assert_array_equal(np.asarray(params["decoder"]["norm_moe_gen"]["weight"]),
-                                np.asarray(params["decoder"]["norm"]["weight"]))
-  np.testing.assert_array_equal(np.asarray(params["connector"]["fc1"]["kernel"]),
-                                np.asarray(fresh["connector"]["fc1"]["kernel"]))
+  np.testing.assert_array_equal(
+    np.asarray(params["decoder"]["norm_moe_gen"]["weight"]),
+    np.asarray(params["decoder"]["norm"]["weight"]),
+  )
+  np.testing.assert_array_equal(
+    np.asarray(params["connector"]["fc1"]["kernel"]),
+    np.asarray(fresh["connector"]["fc1"]["kernel"]),
+  )
 
 
 def test_wrong_checkpoint_stops_naming_keys(tmp_path):
   config = medq_uni.get_config("size=tiny,scope=ffn,stage=2,mesh=1x-1x1")
   other = medq_uni.get_config("size=tiny,scope=all,stage=2,mesh=1x-1x1")
   source, source_vae = _sharded(other, seed=1)
-  bagel.export_bagel(other.model, jax.tree_util.tree_map(np.asarray, source),
-                     jax.tree_util.tree_map(np.asarray, source_vae),
-                     str(tmp_path / "ema.safetensors"), str(tmp_path / "ae.safetensors"))
+  bagel.export_bagel(
+    other.model,
+    jax.tree_util.tree_map(np.asarray, source),
+    jax.tree_util.tree_map(np.asarray, source_vae),
+    str(tmp_path / "ema.safetensors"),
+    str(tmp_path / "ae.safetensors"),
+  )
   fresh, fresh_vae = _sharded(config, seed=2)
   with config.unlocked():
     config.init.bagel_ema = str(tmp_path / "ema.safetensors")

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-
 from configs import medq_uni
+from configs.data import medq_sample
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,7 @@ def _metrics(workdir):
 
 def test_resumed_run_matches_uninterrupted_run(data_dir, tmp_path):
   from launch.train import run_training as train
+
   straight = str(tmp_path / "straight")
   final_straight = train(_config(data_dir, 3, profile_steps=(1, 2)), straight)
   traces = [f for _, _, files in os.walk(os.path.join(straight, "profile")) for f in files]
@@ -44,11 +45,13 @@ def test_resumed_run_matches_uninterrupted_run(data_dir, tmp_path):
   assert np.isfinite(final_straight["loss"]) and final_straight["loss_ce"] > 0
   assert final_straight["tflops_per_second_per_device"] > 0
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
   events = EventAccumulator(os.path.join(straight, "tensorboard"))
   events.Reload()
   assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
   assert [e.value for e in events.Scalars("train/loss")][-1] == pytest.approx(
-      final_straight["loss"], rel=1e-6)
+    final_straight["loss"], rel=1e-6
+  )
 
   resumed = str(tmp_path / "resumed")
   os.makedirs(resumed)
@@ -65,18 +68,22 @@ def test_trained_checkpoint_scores_bench_items(data_dir, tmp_path):
   """The checkpoint of a run restores as a BenchModel and predicts MedQ-Bench items written
   and read back in VLMEvalKit TSV format."""
   from data_pipeline.demo_examples import demo_examples
+  from launch.train import run_training as train
   from medq_jax.bench import model_interface
-  from medq_jax.infer.bench_model import load_from_workdir
   from medq_jax.bench.generator import generate_items, write_items
   from medq_jax.bench.items import load_mcq_items, load_reasoning_items
-  from launch.train import run_training as train
+  from medq_jax.infer.bench_model import load_from_workdir
+
   workdir = str(tmp_path / "run")
   config = _config(data_dir, 1)
   train(config, workdir)
   model = load_from_workdir(workdir, config)
   assert isinstance(model, model_interface.BenchModel)
   model.max_new_tokens = 4
-  paths = write_items(generate_items(demo_examples()[:2], seed=0), str(tmp_path / "items"))
+  paths = write_items(
+    generate_items(demo_examples(medq_sample.get_config("image_size=64,runlocal"))[:2], seed=0),
+    str(tmp_path / "items"),
+  )
   mcq = load_mcq_items(paths["qa"]).items[:3]
   rows = model_interface.predict_items(model, mcq)
   assert [r["index"] for r in rows] == [i.index for i in mcq]

@@ -94,7 +94,9 @@ def get_config(arg=None):
   # per-severity fields hold one value per severity (mild, moderate, severe).
   for task in registry.names():
     if task in config:
-      raise ValueError(f"degradation {task!r}: its name collides with the data config field "
-                       f"config.{task}; rename the degradation")
+      raise ValueError(
+        f"degradation {task!r}: its name collides with the data config field "
+        f"config.{task}; rename the degradation"
+      )
     config[task] = ml_collections.ConfigDict(registry.get(task).default_params(runlocal))
   return config

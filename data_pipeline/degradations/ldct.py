@@ -32,15 +32,22 @@ def simulate_low_dose_ct(image, photons, rng, config):
   sinogram = transform.radon(image.astype(np.float64) * scale, theta=theta, circle=False)
   counts = rng.poisson(photons * np.exp(-sinogram)).astype(np.float64)
   noisy = -np.log(np.maximum(counts, 0.5) / photons)
+
   def fbp(projections):
-    return transform.iradon(projections, theta=theta, circle=False, output_size=size,
-                            filter_name=config.filter_name)
+    return transform.iradon(
+      projections, theta=theta, circle=False, output_size=size, filter_name=config.filter_name
+    )
+
   recon = image + (fbp(noisy) - fbp(sinogram)) / scale
-  params = {"incident_photons": float(photons), "num_angles": int(config.num_angles),
-            "mu_water_per_mm": float(config.mu_water_per_mm),
-            "field_of_view_mm": float(config.field_of_view_mm),
-            "filter": config.filter_name, "method": "projection-domain noise insertion",
-            "zero_count_bins": int(np.sum(counts == 0))}
+  params = {
+    "incident_photons": float(photons),
+    "num_angles": int(config.num_angles),
+    "mu_water_per_mm": float(config.mu_water_per_mm),
+    "field_of_view_mm": float(config.field_of_view_mm),
+    "filter": config.filter_name,
+    "method": "projection-domain noise insertion",
+    "zero_count_bins": int(np.sum(counts == 0)),
+  }
   return np.clip(recon, 0.0, 1.0).astype(np.float32), params
 
 
@@ -50,25 +57,32 @@ def _simulate(image, params, rng, seed):
   return simulate_low_dose_ct(image, params.photons, rng, params)
 
 
-DEGRADATION = registry.register(registry.Degradation(
+DEGRADATION = registry.register(
+  registry.Degradation(
     name="ldct",
     modalities=("CT",),
     simulate=_simulate,
     defaults={
-        "photons": (2.0e4, 5.0e3, 1.2e3),  # Incident photons per detector bin, per severity.
-        "num_angles": 180,
-        "mu_water_per_mm": 0.0192,  # Attenuation at image value 1.0 (~water at 70 keV).
-        "field_of_view_mm": 250.0,  # Physical width of the slice.
-        "filter_name": "ramp",
+      "photons": (2.0e4, 5.0e3, 1.2e3),  # Incident photons per detector bin, per severity.
+      "num_angles": 180,
+      "mu_water_per_mm": 0.0192,  # Attenuation at image value 1.0 (~water at 70 keV).
+      "field_of_view_mm": 250.0,  # Physical width of the slice.
+      "filter_name": "ramp",
     },
     runlocal_defaults={"num_angles": 60},
     per_severity=("photons",),
-    degradation_names=("low-dose quantum noise with fine streaks", "grainy low-dose noise",
-                       "noise typical of a reduced-dose acquisition"),
-    causes=("The tube current was reduced, so fewer X-ray photons reach the detector and "
-            "filtered back-projection amplifies the quantum noise.",
-            "Fewer incident photons make the projection data noisy; reconstruction spreads "
-            "this noise into the image."),
+    degradation_names=(
+      "low-dose quantum noise with fine streaks",
+      "grainy low-dose noise",
+      "noise typical of a reduced-dose acquisition",
+    ),
+    causes=(
+      "The tube current was reduced, so fewer X-ray photons reach the detector and "
+      "filtered back-projection amplifies the quantum noise.",
+      "Fewer incident photons make the projection data noisy; reconstruction spreads "
+      "this noise into the image.",
+    ),
     bench_term="low-dose noise",
     order=10,
-))
+  )
+)

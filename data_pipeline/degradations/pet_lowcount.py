@@ -18,9 +18,11 @@ def simulate_low_count(image, dose_reduction, rng, config):
   mean = expected_counts(image, config.full_dose_counts, dose_reduction)
   counts = rng.poisson(mean)
   low = counts * (float(dose_reduction) / float(config.full_dose_counts))
-  params = {"full_dose_counts": float(config.full_dose_counts),
-            "dose_reduction": float(dose_reduction),
-            "total_counts": int(counts.sum())}
+  params = {
+    "full_dose_counts": float(config.full_dose_counts),
+    "dose_reduction": float(dose_reduction),
+    "total_counts": int(counts.sum()),
+  }
   return np.clip(low, 0.0, 1.0).astype(np.float32), params
 
 
@@ -30,21 +32,27 @@ def _simulate(image, params, rng, seed):
   return simulate_low_count(image, params.dose_reduction, rng, params)
 
 
-DEGRADATION = registry.register(registry.Degradation(
+DEGRADATION = registry.register(
+  registry.Degradation(
     name="pet_lowcount",
     modalities=("PET",),
     simulate=_simulate,
     defaults={
-        "full_dose_counts": 2000.0,  # Expected counts at activity 1.0, full dose.
-        "dose_reduction": (4.0, 20.0, 100.0),
+      "full_dose_counts": 2000.0,  # Expected counts at activity 1.0, full dose.
+      "dose_reduction": (4.0, 20.0, 100.0),
     },
     per_severity=("dose_reduction",),
-    degradation_names=("low-count statistical noise", "speckled count noise",
-                       "Poisson noise from few detected counts"),
-    causes=("The injected dose or scan time was reduced, so few coincidence events were "
-            "detected per voxel.",
-            "With a low tracer dose the Poisson statistics of the detected counts dominate the "
-            "image."),
+    degradation_names=(
+      "low-count statistical noise",
+      "speckled count noise",
+      "Poisson noise from few detected counts",
+    ),
+    causes=(
+      "The injected dose or scan time was reduced, so few coincidence events were "
+      "detected per voxel.",
+      "With a low tracer dose the Poisson statistics of the detected counts dominate the image.",
+    ),
     bench_term="low-count noise",
     order=50,
-))
+  )
+)

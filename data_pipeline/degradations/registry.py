@@ -95,22 +95,25 @@ def _check_definition(degradation: Degradation) -> None:
     raise ValueError(f"{where}: name must be a Python identifier (it is a config field)")
   for modality in degradation.modalities:
     if modality not in example_lib.MODALITIES:
-      raise ValueError(f"{where}: unknown modality {modality!r}; known: "
-                       f"{example_lib.MODALITIES}")
+      raise ValueError(f"{where}: unknown modality {modality!r}; known: {example_lib.MODALITIES}")
   for modality in degradation.causes_by_modality:
     if modality not in example_lib.MODALITIES:
       raise ValueError(f"{where}: causes_by_modality has unknown modality {modality!r}")
   for field in degradation.per_severity:
     values = degradation.defaults.get(field)
     if not isinstance(values, tuple) or len(values) != len(example_lib.SEVERITIES):
-      raise ValueError(f"{where}: per-severity field {field!r} needs a default tuple with one "
-                       f"value per severity {example_lib.SEVERITIES}, got {values!r}")
+      raise ValueError(
+        f"{where}: per-severity field {field!r} needs a default tuple with one "
+        f"value per severity {example_lib.SEVERITIES}, got {values!r}"
+      )
   for field in degradation.runlocal_defaults:
     if field not in degradation.defaults:
       raise ValueError(f"{where}: runlocal_defaults field {field!r} is not in defaults")
   if not (degradation.degradation_names and degradation.causes and degradation.bench_term):
-    raise ValueError(f"{where}: needs degradation_names, causes and bench_term for the "
-                     "descriptions and bench items")
+    raise ValueError(
+      f"{where}: needs degradation_names, causes and bench_term for the "
+      "descriptions and bench items"
+    )
 
 
 def register(degradation: Degradation) -> Degradation:
@@ -122,8 +125,10 @@ def register(degradation: Degradation) -> Degradation:
   _check_definition(degradation)
   previous = _REGISTRY.get(degradation.name)
   if previous is not None and previous.simulate.__module__ != degradation.simulate.__module__:
-    raise ValueError(f"degradation {degradation.name!r}: registered twice, by "
-                     f"{previous.simulate.__module__} and {degradation.simulate.__module__}")
+    raise ValueError(
+      f"degradation {degradation.name!r}: registered twice, by "
+      f"{previous.simulate.__module__} and {degradation.simulate.__module__}"
+    )
   _REGISTRY[degradation.name] = degradation
   return degradation
 

@@ -30,14 +30,16 @@ from medq_jax.bench.schema import BenchInputError
 SCALE = (0, 1, 2)
 
 
-def confusion_matrix(rater_a: Sequence[int], rater_b: Sequence[int],
-                     labels: Sequence[int] = SCALE) -> np.ndarray:
+def confusion_matrix(
+  rater_a: Sequence[int], rater_b: Sequence[int], labels: Sequence[int] = SCALE
+) -> np.ndarray:
   """[k, k] counts; rows are rater_a's label, columns rater_b's (scikit-learn's)."""
   return sklearn.metrics.confusion_matrix(rater_a, rater_b, labels=list(labels))
 
 
-def quadratic_weighted_kappa(rater_a: Sequence[int], rater_b: Sequence[int],
-                             labels: Sequence[int] | None = None) -> float:
+def quadratic_weighted_kappa(
+  rater_a: Sequence[int], rater_b: Sequence[int], labels: Sequence[int] | None = None
+) -> float:
   """kappa_w = 1 - sum(w O) / sum(w E), w_ij = (i-j)^2/(k-1)^2 (paper Eq. 1), by scikit-learn.
 
   ``labels`` defaults to the sorted union of observed values (as scikit-learn does).
@@ -47,9 +49,15 @@ def quadratic_weighted_kappa(rater_a: Sequence[int], rater_b: Sequence[int],
   with warnings.catch_warnings():  # undefined kappa is reported as NaN, not as a warning
     warnings.simplefilter("ignore", sklearn.exceptions.UndefinedMetricWarning)
     warnings.filterwarnings("ignore", message="A single label was found", category=UserWarning)
-    return float(sklearn.metrics.cohen_kappa_score(
-        rater_a, rater_b, labels=None if labels is None else list(labels), weights="quadratic",
-        replace_undefined_by=np.nan))
+    return float(
+      sklearn.metrics.cohen_kappa_score(
+        rater_a,
+        rater_b,
+        labels=None if labels is None else list(labels),
+        weights="quadratic",
+        replace_undefined_by=np.nan,
+      )
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +70,9 @@ class DimensionAlignment:
   recall_per_class: tuple  # human class -> share the judge matched
 
 
-def load_pairs(csv_path: str, judge_items_path: str | None = None
-               ) -> dict[str, tuple[list[int], list[int]]]:
+def load_pairs(
+  csv_path: str, judge_items_path: str | None = None
+) -> dict[str, tuple[list[int], list[int]]]:
   """{dimension: (human scores, judge scores)} from the CSV (and judge per-item file)."""
   columns, rows = read_rows(csv_path)
   missing = [c for c in ("index", "dimension", "human_score") if c not in columns]
@@ -72,8 +81,10 @@ def load_pairs(csv_path: str, judge_items_path: str | None = None
   judge_lookup: dict[tuple[str, str], float] = {}
   if "judge_score" not in columns:
     if not judge_items_path:
-      raise BenchInputError(f"{csv_path}: no 'judge_score' column; pass the judge's per-item "
-                            "scores (reasoning_items.jsonl from a scoring run)")
+      raise BenchInputError(
+        f"{csv_path}: no 'judge_score' column; pass the judge's per-item "
+        "scores (reasoning_items.jsonl from a scoring run)"
+      )
     with open(judge_items_path, encoding="utf-8") as handle:
       for line in handle:
         if line.strip():
@@ -87,8 +98,9 @@ def load_pairs(csv_path: str, judge_items_path: str | None = None
     where = f"{csv_path}: row {row['_row']} (index {row.get('index')!r})"
     index, dimension = str(row["index"]).strip(), str(row["dimension"]).strip().lower()
     if dimension not in DIMENSIONS:
-      raise BenchInputError(f"{where}, field 'dimension': unknown dimension {dimension!r}; "
-                            f"expected one of {DIMENSIONS}")
+      raise BenchInputError(
+        f"{where}, field 'dimension': unknown dimension {dimension!r}; expected one of {DIMENSIONS}"
+      )
     if (index, dimension) in seen:
       raise BenchInputError(f"{where}: duplicated (index, dimension) = ({index}, {dimension})")
     seen.add((index, dimension))
@@ -98,7 +110,9 @@ def load_pairs(csv_path: str, judge_items_path: str | None = None
     elif (index, dimension) in judge_lookup:
       judge = int(round(judge_lookup[(index, dimension)]))
     else:
-      raise BenchInputError(f"{where}: no judge score for ({index}, {dimension}) in {judge_items_path}")
+      raise BenchInputError(
+        f"{where}: no judge score for ({index}, {dimension}) in {judge_items_path}"
+      )
     pairs[dimension][0].append(human)
     pairs[dimension][1].append(judge)
   return dict(pairs)
@@ -123,18 +137,29 @@ def align(pairs: Mapping[str, tuple[Sequence[int], Sequence[int]]]) -> list[Dime
     human, judge = pairs[dimension]
     matrix = confusion_matrix(human, judge)
     totals = matrix.sum(axis=1)
-    recall = tuple(float(matrix[i, i] / totals[i]) if totals[i] else float("nan") for i in range(len(SCALE)))
-    results.append(DimensionAlignment(
-        dimension, len(human), quadratic_weighted_kappa(human, judge, labels=SCALE),
-        float(np.mean(np.asarray(human) == np.asarray(judge))), matrix, recall))
+    recall = tuple(
+      float(matrix[i, i] / totals[i]) if totals[i] else float("nan") for i in range(len(SCALE))
+    )
+    results.append(
+      DimensionAlignment(
+        dimension,
+        len(human),
+        quadratic_weighted_kappa(human, judge, labels=SCALE),
+        float(np.mean(np.asarray(human) == np.asarray(judge))),
+        matrix,
+        recall,
+      )
+    )
   return results
 
 
 def plot_confusion(result: DimensionAlignment, path: str) -> str:
   """Writes one confusion-matrix PNG (human rows vs judge columns) and returns its path."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   figure, axis = plt.subplots(figsize=(3.6, 3.2), dpi=120)
   axis.imshow(result.confusion, cmap="Blues")
   for i in range(len(SCALE)):
@@ -144,7 +169,9 @@ def plot_confusion(result: DimensionAlignment, path: str) -> str:
   axis.set_yticks(range(len(SCALE)), [str(s) for s in SCALE])
   axis.set_xlabel("judge score")
   axis.set_ylabel("human score")
-  axis.set_title(f"{result.dimension}\nacc {result.accuracy:.1%}, kappa_w {result.kappa:.3f}", fontsize=9)
+  axis.set_title(
+    f"{result.dimension}\nacc {result.accuracy:.1%}, kappa_w {result.kappa:.3f}", fontsize=9
+  )
   figure.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   figure.savefig(path)

@@ -28,17 +28,19 @@ import dataclasses
 import math
 import re
 import unicodedata
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _WHOLE_LETTER = re.compile(r"^\s*[\(\[\{<]?\s*([A-Da-d])\s*[\)\]\}>]?\s*[.:;!]?\s*$")
 _LETTER_CS = r"(?:\(\s*([A-Da-d])\s*\)|\[\s*([A-Da-d])\s*\]|([A-D])(?![A-Za-z0-9])|([a-d])(?=\s*[.)\]:;]|\s*$))"
 _ANSWER_PHRASE = re.compile(
-    r"(?i:\b(?:final\s+answer|correct\s+answer|best\s+answer|the\s+answer|answer|"
-    r"correct\s+option|correct\s+choice|best\s+option|i\s+(?:would\s+)?(?:choose|select|pick)|"
-    r"i(?:'d|\s+would)\s+go\s+with|i\s+go\s+with))"
-    r"(?i:\s*(?:is|would\s+be|should\s+be|will\s+be|=|:|-|->)?\s*(?:option|choice|letter)?\s*[:\-]?\s*)"
-    + _LETTER_CS)
+  r"(?i:\b(?:final\s+answer|correct\s+answer|best\s+answer|the\s+answer|answer|"
+  r"correct\s+option|correct\s+choice|best\s+option|i\s+(?:would\s+)?(?:choose|select|pick)|"
+  r"i(?:'d|\s+would)\s+go\s+with|i\s+go\s+with))"
+  r"(?i:\s*(?:is|would\s+be|should\s+be|will\s+be|=|:|-|->)?\s*(?:option|choice|letter)?\s*[:\-]?\s*)"
+  + _LETTER_CS
+)
 _OPTION_MENTION = re.compile(r"(?i:\b(?:option|choice)\s*[:#]?\s*)" + _LETTER_CS)
 _LEADING = re.compile(r"^\s*[\(\[]?\s*([A-D])\s*(?:([\)\]\.:,\-–—])|\s+(?=\S))")
 _STANDALONE = re.compile(r"(?<![A-Za-z0-9'])([A-D])(?![A-Za-z0-9'])")
@@ -47,6 +49,7 @@ _STANDALONE = re.compile(r"(?<![A-Za-z0-9'])([A-D])(?![A-Za-z0-9'])")
 @dataclasses.dataclass(frozen=True)
 class Extraction:
   """The chosen letter (None when unparseable) and the rule or failure reason."""
+
   letter: str | None
   rule: str
 
@@ -114,8 +117,11 @@ def _option_text_letter(text: str, options: Mapping[str, str]) -> Extraction | N
   if not found:
     return None
   if len(found) > 1:  # keep only options not contained in another found option's text
-    found = {k: v for k, v in found.items()
-             if not any(v != other and f" {v} " in f" {other} " for other in found.values())}
+    found = {
+      k: v
+      for k, v in found.items()
+      if not any(v != other and f" {v} " in f" {other} " for other in found.values())
+    }
   if len(found) == 1:
     return Extraction(next(iter(found)), "option text")
   return Extraction(None, f"ambiguous: text of options {''.join(sorted(found))}")
@@ -137,7 +143,7 @@ def extract_option(prediction: Any, options: Mapping[str, str]) -> Extraction:
   match = _LEADING.match(text)
   if match:
     letter = match.group(1)
-    rest = _simplify(text[match.end():])
+    rest = _simplify(text[match.end() :])
     option_a = _simplify(options.get("A", ""))
     if letter != "A" or match.group(2) or (option_a and rest.startswith(option_a)):
       return _checked(letter, options, "leading letter")
@@ -152,7 +158,7 @@ def extract_option(prediction: Any, options: Mapping[str, str]) -> Extraction:
       return found
   letters = set()
   for m in _STANDALONE.finditer(text):
-    if m.group(1) == "A" and re.match(r"\s+(?!(?:or|and|vs|versus|nor)\b)[a-z]", text[m.end():]):
+    if m.group(1) == "A" and re.match(r"\s+(?!(?:or|and|vs|versus|nor)\b)[a-z]", text[m.end() :]):
       continue  # the article "A", as in "A motion artifact"
     letters.add(m.group(1))
   if len(letters) == 1:
@@ -173,10 +179,12 @@ def extract_option_vlmevalkit(prediction: Any) -> str | None:
   text = str(prediction).strip().upper()
   if text in ("A", "B", "C", "D"):
     return text
-  for pattern, search in ((r"^([A-D])[.\)\s]", False),
-                          (r"(?:ANSWER\s+IS\s+|OPTION\s+)([A-D])(?:\s|$|[^A-Z])", True),
-                          (r"^([A-D])\s*[-:]", False),
-                          (r"(?:^|[^A-Z])([A-D])(?:[^A-Z]|$)", True)):
+  for pattern, search in (
+    (r"^([A-D])[.\)\s]", False),
+    (r"(?:ANSWER\s+IS\s+|OPTION\s+)([A-D])(?:\s|$|[^A-Z])", True),
+    (r"^([A-D])\s*[-:]", False),
+    (r"(?:^|[^A-Z])([A-D])(?:[^A-Z]|$)", True),
+  ):
     match = (re.search if search else re.match)(pattern, text)
     if match:
       return match.group(1)

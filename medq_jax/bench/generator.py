@@ -30,18 +30,49 @@ from medq_jax.bench.io_files import write_rows
 from medq_jax.bench.prompts import NOREF_REASONING_PROMPT, PAIRED_REASONING_PROMPT
 
 MODALITY_ISSUES = {
-    "CT": ("Low-dose noise", "Metal streak artifacts", "Ring artifacts"),
-    "MRI": ("Motion artifacts", "Undersampling artifacts", "Noise"),
-    "PET": ("Low-count noise", "Motion blur", "Attenuation-correction artifacts"),
-    "fundus": ("Blur", "Uneven illumination", "Noise"),
+  "CT": ("Low-dose noise", "Metal streak artifacts", "Ring artifacts"),
+  "MRI": ("Motion artifacts", "Undersampling artifacts", "Noise"),
+  "PET": ("Low-count noise", "Motion blur", "Attenuation-correction artifacts"),
+  "fundus": ("Blur", "Uneven illumination", "Noise"),
 }
 NO_DEGRADATION = "No obvious degradation"
-QA_COLUMNS = ("index", "image", "question", "A", "B", "C", "D", "answer", "modality", "question_type",
-              "degradation_level", "question_scope", "task", "source_id")
-DESCRIPTION_COLUMNS = ("index", "image", "question", "description", "modality", "degradation_level",
-                       "task", "source_id")
-PAIRED_COLUMNS = ("index", "image_a", "image_b", "question", "description", "modality", "granularity",
-                  "task", "source_id")
+QA_COLUMNS = (
+  "index",
+  "image",
+  "question",
+  "A",
+  "B",
+  "C",
+  "D",
+  "answer",
+  "modality",
+  "question_type",
+  "degradation_level",
+  "question_scope",
+  "task",
+  "source_id",
+)
+DESCRIPTION_COLUMNS = (
+  "index",
+  "image",
+  "question",
+  "description",
+  "modality",
+  "degradation_level",
+  "task",
+  "source_id",
+)
+PAIRED_COLUMNS = (
+  "index",
+  "image_a",
+  "image_b",
+  "question",
+  "description",
+  "modality",
+  "granularity",
+  "task",
+  "source_id",
+)
 
 
 def _coin(text: str, seed: int) -> int:
@@ -91,34 +122,66 @@ def perception_rows(example: dict, level: str, seed: int) -> list[dict[str, Any]
   quality = example["quality_label"].capitalize() if degraded else "Good"
   meta = dict(modality=modality, degradation_level=level, task=example["task"])
   return [
-      _mcq("Is this image free of visible noise and artifacts?", ("Yes", "No"),
-           "No" if degraded else "Yes", question_type="Yes-or-No", question_scope="general", **meta),
-      _mcq(f"Does this {modality} image show {term}?", ("Yes", "No"), "Yes" if degraded else "No",
-           question_type="Yes-or-No", question_scope="modality-specific", **meta),
-      _mcq(f"What is the primary quality issue in this {modality} image?", what_options,
-           issue if degraded else NO_DEGRADATION, question_type="What",
-           question_scope="modality-specific", **meta),
-      _mcq("How would you rate the overall quality of this image?", ("Good", "Usable", "Reject"), quality,
-           question_type="How", question_scope="general", **meta),
-      _mcq(f"How severe is the {term} in this {modality} image?", ("None", "Mild", "Moderate", "Severe"),
-           level.capitalize() if degraded else "None", question_type="How",
-           question_scope="modality-specific", **meta),
+    _mcq(
+      "Is this image free of visible noise and artifacts?",
+      ("Yes", "No"),
+      "No" if degraded else "Yes",
+      question_type="Yes-or-No",
+      question_scope="general",
+      **meta,
+    ),
+    _mcq(
+      f"Does this {modality} image show {term}?",
+      ("Yes", "No"),
+      "Yes" if degraded else "No",
+      question_type="Yes-or-No",
+      question_scope="modality-specific",
+      **meta,
+    ),
+    _mcq(
+      f"What is the primary quality issue in this {modality} image?",
+      what_options,
+      issue if degraded else NO_DEGRADATION,
+      question_type="What",
+      question_scope="modality-specific",
+      **meta,
+    ),
+    _mcq(
+      "How would you rate the overall quality of this image?",
+      ("Good", "Usable", "Reject"),
+      quality,
+      question_type="How",
+      question_scope="general",
+      **meta,
+    ),
+    _mcq(
+      f"How severe is the {term} in this {modality} image?",
+      ("None", "Mild", "Moderate", "Severe"),
+      level.capitalize() if degraded else "None",
+      question_type="How",
+      question_scope="modality-specific",
+      **meta,
+    ),
   ]
 
 
 def clean_description(example: dict) -> str:
-  return (f"This is a {example['modality']} image of the {example['anatomy']}. The image shows sharp "
-          "anatomical boundaries and good contrast, with no noticeable noise or artifacts. Fine structures "
-          "are clearly visible and fully support diagnostic interpretation. Overall, the quality of this "
-          "image is good.")
+  return (
+    f"This is a {example['modality']} image of the {example['anatomy']}. The image shows sharp "
+    "anatomical boundaries and good contrast, with no noticeable noise or artifacts. Fine structures "
+    "are clearly visible and fully support diagnostic interpretation. Overall, the quality of this "
+    "image is good."
+  )
 
 
 def paired_description(example: dict, degraded_first: bool) -> str:
   term, severity = _term(example), example["severity"]
   degraded, clean = ("first", "second") if degraded_first else ("second", "first")
-  return (f"The {clean} image shows sharp anatomical boundaries with no noticeable noise or artifacts. "
-          f"The {degraded} image exhibits {severity} {term} that reduces clarity and obscures fine "
-          f"structures of the {example['anatomy']}. Overall, the {clean} image has higher quality.")
+  return (
+    f"The {clean} image shows sharp anatomical boundaries with no noticeable noise or artifacts. "
+    f"The {degraded} image exhibits {severity} {term} that reduces clarity and obscures fine "
+    f"structures of the {example['anatomy']}. Overall, the {clean} image has higher quality."
+  )
 
 
 class _ImageStore:
@@ -144,32 +207,58 @@ def generate_items(examples: Iterable[dict], seed: int = 0) -> dict[str, list[di
     for key, level in (("high", "none"), ("low", example["severity"])):
       for row in perception_rows(example, level, seed):
         index = str(len(qa))
-        qa.append({"index": index, "image": qa_images.value(example[key], index),
-                   "source_id": f"{example['id']}:{key}", **row})
+        qa.append(
+          {
+            "index": index,
+            "image": qa_images.value(example[key], index),
+            "source_id": f"{example['id']}:{key}",
+            **row,
+          }
+        )
       index = str(len(description))
-      description.append({
-          "index": index, "image": description_images.value(example[key], index),
+      description.append(
+        {
+          "index": index,
+          "image": description_images.value(example[key], index),
           "question": NOREF_REASONING_PROMPT,
           "description": example["description"] if key == "low" else clean_description(example),
-          "modality": example["modality"], "degradation_level": level, "task": example["task"],
-          "source_id": f"{example['id']}:{key}"})
+          "modality": example["modality"],
+          "degradation_level": level,
+          "task": example["task"],
+          "source_id": f"{example['id']}:{key}",
+        }
+      )
     degraded_first = _coin(f"{example['id']}:pair", seed) % 2 == 0
-    first, second = (example["low"], example["high"]) if degraded_first else (example["high"], example["low"])
-    paired.append({
-        "index": str(len(paired)), "image_a": encode_png_base64(first), "image_b": encode_png_base64(second),
-        "question": PAIRED_REASONING_PROMPT, "description": paired_description(example, degraded_first),
-        "modality": example["modality"], "granularity": "coarse" if example["severity"] == "severe" else "fine",
-        "task": example["task"], "source_id": example["id"]})
+    first, second = (
+      (example["low"], example["high"]) if degraded_first else (example["high"], example["low"])
+    )
+    paired.append(
+      {
+        "index": str(len(paired)),
+        "image_a": encode_png_base64(first),
+        "image_b": encode_png_base64(second),
+        "question": PAIRED_REASONING_PROMPT,
+        "description": paired_description(example, degraded_first),
+        "modality": example["modality"],
+        "granularity": "coarse" if example["severity"] == "severe" else "fine",
+        "task": example["task"],
+        "source_id": example["id"],
+      }
+    )
   return {"qa": qa, "description": description, "paired": paired}
 
 
-FILE_NAMES = {"qa": "medqbench_QA_{split}", "description": "medqbench_description_{split}",
-              "paired": "medqbench_paired_description_{split}"}
+FILE_NAMES = {
+  "qa": "medqbench_QA_{split}",
+  "description": "medqbench_description_{split}",
+  "paired": "medqbench_paired_description_{split}",
+}
 _COLUMNS = {"qa": QA_COLUMNS, "description": DESCRIPTION_COLUMNS, "paired": PAIRED_COLUMNS}
 
 
-def write_items(rows: dict[str, list[dict]], out_dir: str, split: str = "test",
-                fmt: str = "tsv") -> dict[str, str]:
+def write_items(
+  rows: dict[str, list[dict]], out_dir: str, split: str = "test", fmt: str = "tsv"
+) -> dict[str, str]:
   """Writes the three files (``medqbench_QA_{split}.tsv`` ...); returns {kind: path}."""
   paths = {}
   for kind, kind_rows in rows.items():

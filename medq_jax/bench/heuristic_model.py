@@ -14,7 +14,17 @@ from skimage.restoration import estimate_sigma
 
 from medq_jax.bench.schema import as_gray_float
 
-_NOISY_WORDS = ("noise", "grain", "low-dose", "low dose", "low-count", "reject", "severe", "poor", "no")
+_NOISY_WORDS = (
+  "noise",
+  "grain",
+  "low-dose",
+  "low dose",
+  "low-count",
+  "reject",
+  "severe",
+  "poor",
+  "no",
+)
 _CLEAN_WORDS = ("good", "clear", "no obvious", "none", "yes", "free")
 
 
@@ -33,6 +43,7 @@ def _degradation(image: np.ndarray) -> float:
 
 class HeuristicBenchModel:
   """Scores an option by how well its words match the estimated degradation."""
+
   name = "heuristic"
 
   def option_log_likelihoods(self, image, question, options):
@@ -62,5 +73,7 @@ class HeuristicBenchModel:
   def compare(self, image_a, image_b, prompt):
     first, second = _degradation(image_a), _degradation(image_b)
     better, worse = ("first", "second") if first <= second else ("second", "first")
-    return (f"The {worse} image shows more noise and less distinct structures than the {better} image. "
-            f"Overall, the {better} image has higher quality.")
+    return (
+      f"The {worse} image shows more noise and less distinct structures than the {better} image. "
+      f"Overall, the {better} image has higher quality."
+    )

@@ -36,7 +36,9 @@ def decode_bytes(value: str) -> bytes:
   except (binascii.Error, ValueError) as error:
     raise ValueError(f"not valid base64 ({error})") from None
   if not data.startswith(_SIGNATURES):
-    raise ValueError(f"base64 decodes to {len(data)} bytes that are not a PNG/JPEG/GIF/BMP/TIFF/WEBP image")
+    raise ValueError(
+      f"base64 decodes to {len(data)} bytes that are not a PNG/JPEG/GIF/BMP/TIFF/WEBP image"
+    )
   return data
 
 

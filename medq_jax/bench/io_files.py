@@ -11,7 +11,8 @@ import csv
 import json
 import os
 import sys
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from medq_jax.bench.schema import BenchInputError
 
@@ -44,7 +45,9 @@ def read_rows(path: str) -> tuple[list[str], list[dict[str, Any]]]:
         try:
           record = json.loads(line)
         except json.JSONDecodeError as error:
-          raise BenchInputError(f"{path}: line {line_number}: not valid JSON ({error.msg})") from None
+          raise BenchInputError(
+            f"{path}: line {line_number}: not valid JSON ({error.msg})"
+          ) from None
         if not isinstance(record, dict):
           raise BenchInputError(f"{path}: line {line_number}: expected a JSON object")
         for key in record:
@@ -65,7 +68,9 @@ def read_rows(path: str) -> tuple[list[str], list[dict[str, Any]]]:
   return columns, rows
 
 
-def write_rows(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+def write_rows(
+  path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None
+) -> None:
   """Writes rows as TSV/CSV (VLMEvalKit style) or JSONL, chosen by extension."""
   fmt = table_format(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -80,7 +85,9 @@ def write_rows(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]
     return
   delimiter = "\t" if fmt == "tsv" else ","
   with open(path, "w", encoding="utf-8", newline="") as handle:
-    writer = csv.DictWriter(handle, fieldnames=list(columns), delimiter=delimiter, extrasaction="ignore")
+    writer = csv.DictWriter(
+      handle, fieldnames=list(columns), delimiter=delimiter, extrasaction="ignore"
+    )
     writer.writeheader()
     for row in rows:
       writer.writerow({k: _cell(row.get(k, "")) for k in columns})

@@ -15,14 +15,21 @@ import ast
 import dataclasses
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from medq_jax.bench import image_codec
 from medq_jax.bench.io_files import first_present, read_rows
-from medq_jax.bench.schema import (OPTION_LETTERS, UNKNOWN, BenchInputError, Exclusion, McqItem,
-                                   ReasoningItem)
+from medq_jax.bench.schema import (
+  OPTION_LETTERS,
+  UNKNOWN,
+  BenchInputError,
+  Exclusion,
+  McqItem,
+  ReasoningItem,
+)
 
 QUESTION_TYPE_COLUMNS = ("question_type", "type", "qtype", "category")
 LEVEL_COLUMNS = ("degradation_level", "level", "degradation", "severity")
@@ -34,6 +41,7 @@ MAX_LISTED_PROBLEMS = 20
 @dataclasses.dataclass
 class LoadResult:
   """Items that loaded, and the rows left out (only with ``on_error="exclude"``)."""
+
   items: list
   exclusions: list[Exclusion]
   path: str
@@ -86,7 +94,7 @@ def normalize_level(value: str) -> str:
     return "moderate"
   if key in ("severe", "heavy", "high", "strong", "2"):
     return "severe"
-  return UNKNOWN if not key else key
+  return key or UNKNOWN
 
 
 def normalize_scope(value: str) -> str:
@@ -95,7 +103,7 @@ def normalize_scope(value: str) -> str:
     return "general"
   if key.startswith("modality") or key in ("specific", "modality-specific-question"):
     return "modality-specific"
-  return UNKNOWN if not key else key
+  return key or UNKNOWN
 
 
 def normalize_granularity(value: str) -> str:
@@ -104,7 +112,7 @@ def normalize_granularity(value: str) -> str:
     return "fine"
   if key in ("coarse", "coarse-grained", "coarsegrained", "easy"):
     return "coarse"
-  return UNKNOWN if not key else key
+  return key or UNKNOWN
 
 
 def normalize_answer(value: str) -> str | None:
@@ -175,6 +183,7 @@ def load_image(ref: str) -> np.ndarray:
   """An item's image reference (base64 text or 'path:...') -> uint8 array."""
   if ref.startswith("path:"):
     from PIL import Image
+
     with Image.open(ref[5:]) as image:
       return np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
   return image_codec.decode_image(ref)
@@ -184,7 +193,9 @@ def load_image(ref: str) -> np.ndarray:
 def _require_columns(path: str, columns: Sequence[str], required: Sequence[str]) -> None:
   missing = [c for c in required if c not in columns]
   if missing:
-    raise BenchInputError(f"{path}: missing required column(s) {missing}; found columns {list(columns)}")
+    raise BenchInputError(
+      f"{path}: missing required column(s) {missing}; found columns {list(columns)}"
+    )
 
 
 def _finish(path: str, items: list, problems: list[_Problem], on_error: str) -> LoadResult:
@@ -194,7 +205,9 @@ def _finish(path: str, items: list, problems: list[_Problem], on_error: str) -> 
     if more > 0:
       lines.append(f"... and {more} more problem(s)")
     raise BenchInputError(f"{len(problems)} problem(s) in {path}:\n" + "\n".join(lines))
-  exclusions = [Exclusion(p.index or f"row{p.row}", f"bad input: {p.field}", p.text(path)) for p in problems]
+  exclusions = [
+    Exclusion(p.index or f"row{p.row}", f"bad input: {p.field}", p.text(path)) for p in problems
+  ]
   return LoadResult(items=items, exclusions=exclusions, path=path)
 
 
@@ -204,7 +217,9 @@ def _check_index(row: dict, seen: dict[str, int], problems: list[_Problem]) -> s
     problems.append(_Problem(row["_row"], "", "index", "empty index"))
     return None
   if index in seen:
-    problems.append(_Problem(row["_row"], index, "index", f"duplicated index (first seen at row {seen[index]})"))
+    problems.append(
+      _Problem(row["_row"], index, "index", f"duplicated index (first seen at row {seen[index]})")
+    )
     return None
   seen[index] = row["_row"]
   return index
@@ -232,15 +247,26 @@ def load_mcq_items(path: str, on_error: str = "raise", check_images: bool = True
       if text:
         options[letter] = text
     if len(options) < 2:
-      problems.append(_Problem(row["_row"], index, "A-D", f"needs at least two options, found {len(options)}"))
+      problems.append(
+        _Problem(row["_row"], index, "A-D", f"needs at least two options, found {len(options)}")
+      )
     raw_answer = first_present(row, ["answer"])
     answer = normalize_answer(raw_answer)
     if answer is None:
-      problems.append(_Problem(row["_row"], index, "answer",
-                               f"unknown answer {raw_answer!r} (expected A-D or 0-3)"))
+      problems.append(
+        _Problem(
+          row["_row"], index, "answer", f"unknown answer {raw_answer!r} (expected A-D or 0-3)"
+        )
+      )
     elif answer not in options:
-      problems.append(_Problem(row["_row"], index, "answer",
-                               f"answer {answer} names an empty option (options: {sorted(options)})"))
+      problems.append(
+        _Problem(
+          row["_row"],
+          index,
+          "answer",
+          f"answer {answer} names an empty option (options: {sorted(options)})",
+        )
+      )
     image = None
     try:
       if "image" in columns and first_present(row, ["image"]):
@@ -257,18 +283,27 @@ def load_mcq_items(path: str, on_error: str = "raise", check_images: bool = True
     qtype, qsource = normalize_question_type(raw_type), "column"
     if qtype == UNKNOWN:
       qtype, qsource = infer_question_type(question, options), "inferred"
-    items.append(McqItem(
-        index=index, question=question, options=options, answer=answer,
+    items.append(
+      McqItem(
+        index=index,
+        question=question,
+        options=options,
+        answer=answer,
         modality=first_present(row, ["modality"]) or UNKNOWN,
-        question_type=qtype, question_type_source=qsource,
+        question_type=qtype,
+        question_type_source=qsource,
         degradation_level=normalize_level(first_present(row, LEVEL_COLUMNS)),
         scope=normalize_scope(first_present(row, SCOPE_COLUMNS)),
-        image=image, source=path))
+        image=image,
+        source=path,
+      )
+    )
   return _finish(path, items, problems, on_error)
 
 
-def load_reasoning_items(path: str, kind: str, on_error: str = "raise",
-                         check_images: bool = True) -> LoadResult:
+def load_reasoning_items(
+  path: str, kind: str, on_error: str = "raise", check_images: bool = True
+) -> LoadResult:
   """Reads a description file; ``kind`` is "noref" or "paired"."""
   if kind not in ("noref", "paired"):
     raise ValueError(f"kind must be 'noref' or 'paired', got {kind!r}")
@@ -276,9 +311,12 @@ def load_reasoning_items(path: str, kind: str, on_error: str = "raise",
   _require_columns(path, columns, ("index", "description"))
   if kind == "noref" and "image" not in columns and "image_path" not in columns:
     raise BenchInputError(f"{path}: missing required column 'image' (or 'image_path')")
-  if kind == "paired" and not ({"image_a", "image_b"} <= set(columns) or "image_path" in columns
-                               or "image" in columns):
-    raise BenchInputError(f"{path}: paired items need columns 'image_a' and 'image_b', or 'image_path'")
+  if kind == "paired" and not (
+    {"image_a", "image_b"} <= set(columns) or "image_path" in columns or "image" in columns
+  ):
+    raise BenchInputError(
+      f"{path}: paired items need columns 'image_a' and 'image_b', or 'image_path'"
+    )
   images = _ImageTable(rows, path)
   items, problems, seen = [], [], {}
   for row in rows:
@@ -294,13 +332,19 @@ def load_reasoning_items(path: str, kind: str, on_error: str = "raise",
     except ValueError as error:
       problems.append(_Problem(row["_row"], index, "image", str(error)))
       continue
-    items.append(ReasoningItem(
-        index=index, kind=kind, description=description,
+    items.append(
+      ReasoningItem(
+        index=index,
+        kind=kind,
+        description=description,
         question=first_present(row, ["question"]),
         modality=first_present(row, ["modality"]) or UNKNOWN,
         granularity=normalize_granularity(first_present(row, GRANULARITY_COLUMNS)),
         degradation_level=normalize_level(first_present(row, LEVEL_COLUMNS)),
-        images=tuple(refs), source=path))
+        images=tuple(refs),
+        source=path,
+      )
+    )
   return _finish(path, items, problems, on_error)
 
 

@@ -14,13 +14,13 @@ import logging
 from collections.abc import Sequence
 
 from data_pipeline.chat_client import (
-    ChatAuthError,
-    ChatClient,
-    ChatConfig,
-    ChatError,
-    ChatReplyError,
-    ReplyCache,
-    map_concurrently,
+  ChatAuthError,
+  ChatClient,
+  ChatConfig,
+  ChatError,
+  ChatReplyError,
+  ReplyCache,
+  map_concurrently,
 )
 from medq_jax.bench.judge_types import JudgeRequest, JudgeResponse, parse_judge_score
 from medq_jax.bench.prompts import split_roles
@@ -32,8 +32,16 @@ MESSAGE_STYLES = ("single", "split")  # single: the template as one user message
 class ApiJudge:
   """Scores judge requests through a `ChatClient`, up to `concurrency` requests at a time."""
 
-  def __init__(self, chat: ChatClient, *, concurrency: int = 4, message_style: str = "single",
-               score_attempts: int = 3, temperature: float = 0.0, max_tokens: int = 16):
+  def __init__(
+    self,
+    chat: ChatClient,
+    *,
+    concurrency: int = 4,
+    message_style: str = "single",
+    score_attempts: int = 3,
+    temperature: float = 0.0,
+    max_tokens: int = 16,
+  ):
     if message_style not in MESSAGE_STYLES:
       raise ValueError(f"message_style must be one of {MESSAGE_STYLES}, got {message_style!r}")
     if score_attempts < 1:
@@ -44,13 +52,17 @@ class ApiJudge:
     self.score_attempts = score_attempts
     self.params = {"temperature": temperature, "max_tokens": max_tokens}
     self.name = f"api:{chat.config.model}"
-    self.description = (f"LLM judge '{chat.config.model}' via an OpenAI-compatible API "
-                        f"(paper protocol, appendix A.3 prompts)")
+    self.description = (
+      f"LLM judge '{chat.config.model}' via an OpenAI-compatible API "
+      f"(paper protocol, appendix A.3 prompts)"
+    )
 
   def __repr__(self) -> str:
-    return (f"ApiJudge(model={self.chat.config.model!r}, endpoint={self.chat.config.endpoint!r}, "
-            f"concurrency={self.concurrency}, message_style={self.message_style!r}, "
-            f"api_key=<redacted>)")
+    return (
+      f"ApiJudge(model={self.chat.config.model!r}, endpoint={self.chat.config.endpoint!r}, "
+      f"concurrency={self.concurrency}, message_style={self.message_style!r}, "
+      f"api_key=<redacted>)"
+    )
 
   @property
   def requests_sent(self) -> int:
@@ -84,8 +96,13 @@ class ApiJudge:
       score = parse_judge_score(text, request.allowed_scores)
       if score is not None:
         return JudgeResponse(request, score, text, cached=all_cached)
-    return JudgeResponse(request, None, last_text, cached=all_cached,
-                         error=f"{problem} after {self.score_attempts} attempt(s)")
+    return JudgeResponse(
+      request,
+      None,
+      last_text,
+      cached=all_cached,
+      error=f"{problem} after {self.score_attempts} attempt(s)",
+    )
 
   def _messages(self, prompt: str) -> list[dict[str, str]]:
     if self.message_style == "split":
@@ -93,11 +110,13 @@ class ApiJudge:
     return [{"role": "user", "content": prompt}]
 
 
-def make_api_judge(*, concurrency: int, timeout_s: float, max_retries: int, message_style: str,
-                   cache_path: str) -> ApiJudge:
+def make_api_judge(
+  *, concurrency: int, timeout_s: float, max_retries: int, message_style: str, cache_path: str
+) -> ApiJudge:
   """The judge an entry point uses: endpoint and model from the environment, replies cached."""
   config = ChatConfig.from_env("judge", timeout_s=timeout_s, max_retries=max_retries)
-  judge = ApiJudge(ChatClient(config, ReplyCache(cache_path)), concurrency=concurrency,
-                   message_style=message_style)
+  judge = ApiJudge(
+    ChatClient(config, ReplyCache(cache_path)), concurrency=concurrency, message_style=message_style
+  )
   logger.info("judge: %r, cache %s", judge, cache_path)  # the repr leaves the key out
   return judge

@@ -22,41 +22,57 @@ the paper's GPT-4o judge, and every report that uses it says so.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from medq_jax.bench.judge_types import JudgeRequest, JudgeResponse, parse_judge_score
 
 NAME = "offline-rule-judge-v1"
-DESCRIPTION = ("offline deterministic rule-based judge (degradation terms, severity and final label "
-               "against the reference); NOT an LLM judge, scores are not comparable to the paper's "
-               "GPT-4o judge")
+DESCRIPTION = (
+  "offline deterministic rule-based judge (degradation terms, severity and final label "
+  "against the reference); NOT an LLM judge, scores are not comparable to the paper's "
+  "GPT-4o judge"
+)
 
 TERMS = {
-    "noise": r"nois\w*|grain\w*|mottl\w*|speckle|low[- ]dose|low[- ]count|snr",
-    "blur": r"blur\w*|out of focus|unsharp|smear\w*|loss of sharpness",
-    "motion": r"motion|ghost\w*",
-    "undersampling": r"undersampl\w*|under-sampl\w*|alias\w*|wrap[- ]around|accelerat\w*",
-    "streak": r"streak\w*|metal\w*|beam hardening|sparse[- ]view|limited[- ]angle",
-    "ring": r"ring artifact\w*|ring-like",
-    "contrast": r"(?:low|poor|reduced|weak|decreased) contrast",
-    "illumination": r"illumination|underexpos\w*|overexpos\w*|too dark|uneven brightness",
-    "resolution": r"low resolution|poor resolution|reduced resolution|pixelat\w*",
+  "noise": r"nois\w*|grain\w*|mottl\w*|speckle|low[- ]dose|low[- ]count|snr",
+  "blur": r"blur\w*|out of focus|unsharp|smear\w*|loss of sharpness",
+  "motion": r"motion|ghost\w*",
+  "undersampling": r"undersampl\w*|under-sampl\w*|alias\w*|wrap[- ]around|accelerat\w*",
+  "streak": r"streak\w*|metal\w*|beam hardening|sparse[- ]view|limited[- ]angle",
+  "ring": r"ring artifact\w*|ring-like",
+  "contrast": r"(?:low|poor|reduced|weak|decreased) contrast",
+  "illumination": r"illumination|underexpos\w*|overexpos\w*|too dark|uneven brightness",
+  "resolution": r"low resolution|poor resolution|reduced resolution|pixelat\w*",
 }
-_NEGATION = re.compile(r"\b(?:no|not|without|free of|absence of|absent|lack of|lacks|minimal|"
-                       r"negligible|none|nor|neither)\b[^.;,]{0,40}$")
+_NEGATION = re.compile(
+  r"\b(?:no|not|without|free of|absence of|absent|lack of|lacks|minimal|"
+  r"negligible|none|nor|neither)\b[^.;,]{0,40}$"
+)
 _NEG_SUFFIX = re.compile(r"^[- ]?(?:free|less)\b")
-SEVERITY = {"mild": r"mild\w*|slight\w*|minor|subtle|faint|small amount",
-            "moderate": r"moderate\w*|noticeable|some",
-            "severe": r"sever\w*|significant\w*|prominent|heav\w*|marked\w*|strong\w*|substantial\w*|"
-                      r"extensive\w*|pronounced|obscur\w*|major"}
+SEVERITY = {
+  "mild": r"mild\w*|slight\w*|minor|subtle|faint|small amount",
+  "moderate": r"moderate\w*|noticeable|some",
+  "severe": r"sever\w*|significant\w*|prominent|heav\w*|marked\w*|strong\w*|substantial\w*|"
+  r"extensive\w*|pronounced|obscur\w*|major",
+}
 _SEVERITY_RANK = {"none": 0, "mild": 1, "moderate": 1, "severe": 2}
 LABELS = {"reject": 0, "usable": 1, "good": 2}
-_LABEL_WORDS = {"reject": "reject", "rejected": "reject", "unusable": "reject", "poor": "reject",
-                "non-diagnostic": "reject", "usable": "usable", "acceptable": "usable",
-                "good": "good", "excellent": "good"}
+_LABEL_WORDS = {
+  "reject": "reject",
+  "rejected": "reject",
+  "unusable": "reject",
+  "poor": "reject",
+  "non-diagnostic": "reject",
+  "usable": "usable",
+  "acceptable": "usable",
+  "good": "good",
+  "excellent": "good",
+}
 _FIRST = r"first|left|image 1|image a|image #1|former|1st"
 _SECOND = r"second|right|image 2|image b|image #2|latter|2nd"
-_COMPARATIVE = re.compile(r"\b(?:higher|better|superior|more suitable|preferable|clearer|sharper)\b")
+_COMPARATIVE = re.compile(
+  r"\b(?:higher|better|superior|more suitable|preferable|clearer|sharper)\b"
+)
 
 
 def _sentences(text: str) -> list[str]:
@@ -69,8 +85,9 @@ def term_polarity(text: str) -> dict[str, bool]:
   for sentence in _sentences(text):
     for group, pattern in TERMS.items():
       for match in re.finditer(rf"\b(?:{pattern})", sentence):
-        negated = bool(_NEGATION.search(sentence[:match.start()]) or
-                       _NEG_SUFFIX.match(sentence[match.end():]))
+        negated = bool(
+          _NEGATION.search(sentence[: match.start()]) or _NEG_SUFFIX.match(sentence[match.end() :])
+        )
         found[group] = found.get(group, False) or not negated
   return found
 
@@ -93,7 +110,7 @@ def severity(text: str) -> str:
 
 def _affirms_artifact(sentence: str) -> bool:
   for match in re.finditer(r"\bartifact", sentence):
-    if not _NEGATION.search(sentence[:match.start()]):
+    if not _NEGATION.search(sentence[: match.start()]):
       return True
   return False
 
@@ -104,8 +121,9 @@ def final_label(text: str) -> str | None:
   match = re.findall(r"quality of this image is\W*(good|usable|reject)", lowered)
   if match:
     return match[-1]
-  words = re.findall(r"\b(non-diagnostic|unusable|rejected|reject|usable|acceptable|excellent|good|poor)\b",
-                     lowered)
+  words = re.findall(
+    r"\b(non-diagnostic|unusable|rejected|reject|usable|acceptable|excellent|good|poor)\b", lowered
+  )
   return _LABEL_WORDS[words[-1]] if words else None
 
 
@@ -115,8 +133,10 @@ def preferred_image(text: str) -> str | None:
     comparative = _COMPARATIVE.search(sentence)
     if not comparative:
       continue
-    mentions = [(m.start(), "first" if m.group(1) else "second")
-                for m in re.finditer(rf"\b(?:({_FIRST})|({_SECOND}))\b", sentence)]
+    mentions = [
+      (m.start(), "first" if m.group(1) else "second")
+      for m in re.finditer(rf"\b(?:({_FIRST})|({_SECOND}))\b", sentence)
+    ]
     before = [who for start, who in mentions if start < comparative.start()]
     after = [who for start, who in mentions if start >= comparative.start()]
     if before:
@@ -160,10 +180,13 @@ def score_request(request: JudgeRequest) -> int:
       facts.append(("conclusion", ref_conclusion))
     if not facts:
       return 0
-    covered = sum(1 for kind, value in facts
-                  if (kind == "term" and out_terms.get(value)) or
-                  (kind == "severity" and _SEVERITY_RANK[severity(output)] == _SEVERITY_RANK[value]) or
-                  (kind == "conclusion" and out_conclusion == value))
+    covered = sum(
+      1
+      for kind, value in facts
+      if (kind == "term" and out_terms.get(value))
+      or (kind == "severity" and _SEVERITY_RANK[severity(output)] == _SEVERITY_RANK[value])
+      or (kind == "conclusion" and out_conclusion == value)
+    )
     share = covered / len(facts)
     return 2 if share >= 0.75 else (1 if share > 0 else 0)
   if request.dimension == "preciseness":
@@ -172,7 +195,11 @@ def score_request(request: JudgeRequest) -> int:
       ref_severity = severity(reference) if any(ref_terms.values()) else "none"
       if abs(_SEVERITY_RANK[severity(output)] - _SEVERITY_RANK[ref_severity]) == 2:
         contradictions += 1
-      if out_conclusion and ref_conclusion and abs(LABELS[out_conclusion] - LABELS[ref_conclusion]) == 2:
+      if (
+        out_conclusion
+        and ref_conclusion
+        and abs(LABELS[out_conclusion] - LABELS[ref_conclusion]) == 2
+      ):
         contradictions += 1
     elif out_conclusion and ref_conclusion and out_conclusion != ref_conclusion:
       contradictions += 1
@@ -184,13 +211,16 @@ def score_request(request: JudgeRequest) -> int:
       problems = _problems_per_image(output)
       other = "second" if out_conclusion == "first" else "first"
       return 2 if problems[out_conclusion] <= problems[other] else 1
-    expected = {"none": "good", "mild": "usable", "moderate": "usable", "severe": "reject"}[severity(output)]
+    expected = {"none": "good", "mild": "usable", "moderate": "usable", "severe": "reject"}[
+      severity(output)
+    ]
     return _level_score(abs(LABELS[expected] - LABELS[out_conclusion]))
   raise ValueError(f"unknown dimension {request.dimension!r}")
 
 
 class OfflineJudge:
   """Rule-based judge with the `Judge` interface; replies look like an LLM's ('Score: N')."""
+
   name = NAME
   description = DESCRIPTION
 
@@ -198,5 +228,7 @@ class OfflineJudge:
     responses = []
     for request in requests:
       text = f"Score: {score_request(request)}"
-      responses.append(JudgeResponse(request, parse_judge_score(text, request.allowed_scores), text))
+      responses.append(
+        JudgeResponse(request, parse_judge_score(text, request.allowed_scores), text)
+      )
     return responses

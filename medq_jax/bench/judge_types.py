@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from medq_jax.bench.prompts import judge_prompt
 
@@ -16,12 +17,13 @@ _BARE = re.compile(r"\s*([0-9](?:\.\d+)?)\s*\.?\s*")
 @dataclasses.dataclass(frozen=True)
 class JudgeRequest:
   """One (item, dimension, round) to be scored."""
+
   item_index: str
-  kind: str            # "noref" or "paired"
-  dimension: str       # one of prompts.DIMENSIONS
+  kind: str  # "noref" or "paired"
+  dimension: str  # one of prompts.DIMENSIONS
   round: int
-  prediction: str      # the model's description ([MLLM DESC])
-  reference: str       # the golden description ([GOLDEN DESC])
+  prediction: str  # the model's description ([MLLM DESC])
+  reference: str  # the golden description ([GOLDEN DESC])
 
   @property
   def prompt(self) -> str:
@@ -38,6 +40,7 @@ class JudgeRequest:
 @dataclasses.dataclass(frozen=True)
 class JudgeResponse:
   """The judge's raw reply and parsed score (None with ``error`` when it failed)."""
+
   request: JudgeRequest
   score: float | None
   text: str | None = None
@@ -47,11 +50,11 @@ class JudgeResponse:
 
 class Judge(Protocol):
   """A judge scores many requests; ``name`` and ``description`` go into every report."""
+
   name: str
   description: str
 
-  def judge_all(self, requests: Sequence[JudgeRequest]) -> list[JudgeResponse]:
-    ...
+  def judge_all(self, requests: Sequence[JudgeRequest]) -> list[JudgeResponse]: ...
 
 
 def parse_judge_score(text: str | None, allowed: Sequence[float] = (0.0, 1.0, 2.0)) -> float | None:

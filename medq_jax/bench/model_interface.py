@@ -33,7 +33,9 @@ class BenchModel(Protocol):
   image: uint8 or float array [H, W] or [H, W, C].
   """
 
-  def option_log_likelihoods(self, image: np.ndarray, question: str, options: list[str]) -> np.ndarray:
+  def option_log_likelihoods(
+    self, image: np.ndarray, question: str, options: list[str]
+  ) -> np.ndarray:
     """[n_options] log P(option text | image, question), in the order given."""
     ...
 
@@ -56,14 +58,19 @@ def choose_option(log_likelihoods: np.ndarray, letters: Sequence[str]) -> str:
   return letters[int(np.argmax(scores))]
 
 
-def predict_mcq(model: BenchModel, item: McqItem, image: np.ndarray | None = None) -> dict[str, Any]:
+def predict_mcq(
+  model: BenchModel, item: McqItem, image: np.ndarray | None = None
+) -> dict[str, Any]:
   """One perception item -> predictions row with the chosen letter and the scores."""
   image = load_image(item.image) if image is None else image
   letters = list(item.options)
   question = perception_prompt(item.question, item.options)
   scores = model.option_log_likelihoods(image, question, [item.options[k] for k in letters])
-  return {"index": item.index, "prediction": choose_option(scores, letters),
-          "option_log_likelihoods": [float(s) for s in np.asarray(scores).reshape(-1)]}
+  return {
+    "index": item.index,
+    "prediction": choose_option(scores, letters),
+    "option_log_likelihoods": [float(s) for s in np.asarray(scores).reshape(-1)],
+  }
 
 
 def predict_reasoning(model: BenchModel, item: ReasoningItem) -> dict[str, Any]:
@@ -80,6 +87,7 @@ def predict_items(model: BenchModel, items: Sequence) -> list[dict[str, Any]]:
   """Predictions rows for a list of McqItem or ReasoningItem."""
   rows = []
   for item in items:
-    rows.append(predict_mcq(model, item) if isinstance(item, McqItem) else predict_reasoning(model, item))
+    rows.append(
+      predict_mcq(model, item) if isinstance(item, McqItem) else predict_reasoning(model, item)
+    )
   return rows
-

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from medq_jax.bench.extraction import extract_option, extract_option_vlmevalkit
-from medq_jax.bench.schema import (DEGRADATION_LEVELS, QUESTION_TYPES, SCOPES, UNKNOWN, Exclusion,
-                                   McqItem)
+from medq_jax.bench.schema import (
+  DEGRADATION_LEVELS,
+  QUESTION_TYPES,
+  SCOPES,
+  UNKNOWN,
+  Exclusion,
+  McqItem,
+)
 from medq_jax.bench.stats import bootstrap_mean_ci
 
 BREAKDOWNS = ("question_type", "modality", "degradation_level", "scope")
@@ -27,6 +34,7 @@ _ORDER = {"question_type": QUESTION_TYPES, "degradation_level": DEGRADATION_LEVE
 @dataclasses.dataclass(frozen=True)
 class McqOutcome:
   """Scoring of one item. ``letter`` is None when unparseable or missing."""
+
   index: str
   answer: str
   letter: str | None
@@ -44,6 +52,7 @@ class McqOutcome:
 @dataclasses.dataclass(frozen=True)
 class GroupAccuracy:
   """Accuracy of one group with its bootstrap CI and random-guess baseline (fractions)."""
+
   group: str
   value: str
   n: int
@@ -65,14 +74,24 @@ def score_item(item: McqItem, prediction: Any, missing: bool = False) -> McqOutc
     letter, rule = extraction.letter, extraction.rule
   reference_letter = None if missing else extract_option_vlmevalkit(prediction)
   return McqOutcome(
-      index=item.index, answer=item.answer, letter=letter, rule=rule,
-      correct=letter == item.answer, correct_vlmevalkit=reference_letter == item.answer,
-      n_options=item.n_options, question_type=item.question_type, modality=item.modality,
-      degradation_level=item.degradation_level, scope=item.scope, missing=missing)
+    index=item.index,
+    answer=item.answer,
+    letter=letter,
+    rule=rule,
+    correct=letter == item.answer,
+    correct_vlmevalkit=reference_letter == item.answer,
+    n_options=item.n_options,
+    question_type=item.question_type,
+    modality=item.modality,
+    degradation_level=item.degradation_level,
+    scope=item.scope,
+    missing=missing,
+  )
 
 
-def score_items(items: Sequence[McqItem], predictions: Mapping[str, Any],
-                missing_as_wrong: bool = True) -> tuple[list[McqOutcome], list[Exclusion]]:
+def score_items(
+  items: Sequence[McqItem], predictions: Mapping[str, Any], missing_as_wrong: bool = True
+) -> tuple[list[McqOutcome], list[Exclusion]]:
   """Scores every item. Items absent from ``predictions`` count as wrong (and are listed)
   unless ``missing_as_wrong`` is False, in which case they are excluded (and listed)."""
   outcomes, exclusions = [], []
@@ -91,16 +110,24 @@ def score_items(items: Sequence[McqItem], predictions: Mapping[str, Any],
   return outcomes, exclusions
 
 
-def group_accuracy(outcomes: Sequence[McqOutcome], group: str, value: str,
-                   n_resamples: int = 1000, seed: int = 0) -> GroupAccuracy:
+def group_accuracy(
+  outcomes: Sequence[McqOutcome], group: str, value: str, n_resamples: int = 1000, seed: int = 0
+) -> GroupAccuracy:
   correct = np.array([o.correct for o in outcomes], dtype=np.float64)
   ci = bootstrap_mean_ci(correct, n_resamples=n_resamples, seed=seed)
   guess = float(np.mean([1.0 / o.n_options for o in outcomes])) if outcomes else float("nan")
   return GroupAccuracy(
-      group=group, value=value, n=len(outcomes), correct=int(correct.sum()), accuracy=ci.mean,
-      ci_low=ci.low, ci_high=ci.high, random_guess=guess,
-      unparseable=sum(o.letter is None and not o.missing for o in outcomes),
-      missing=sum(o.missing for o in outcomes))
+    group=group,
+    value=value,
+    n=len(outcomes),
+    correct=int(correct.sum()),
+    accuracy=ci.mean,
+    ci_low=ci.low,
+    ci_high=ci.high,
+    random_guess=guess,
+    unparseable=sum(o.letter is None and not o.missing for o in outcomes),
+    missing=sum(o.missing for o in outcomes),
+  )
 
 
 def _ordered_values(group: str, values: Iterable[str]) -> list[str]:
@@ -110,8 +137,9 @@ def _ordered_values(group: str, values: Iterable[str]) -> list[str]:
   return known + rest + ([UNKNOWN] if UNKNOWN in present else [])
 
 
-def breakdown(outcomes: Sequence[McqOutcome], n_resamples: int = 1000,
-              seed: int = 0) -> list[GroupAccuracy]:
+def breakdown(
+  outcomes: Sequence[McqOutcome], n_resamples: int = 1000, seed: int = 0
+) -> list[GroupAccuracy]:
   """Overall, then per question type, modality, degradation level and scope."""
   rows = [group_accuracy(outcomes, "overall", "all", n_resamples, seed)]
   for group in BREAKDOWNS:

@@ -4,17 +4,17 @@ scope bars, and the four reasoning dimensions side by side."""
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from medq_jax.bench.perception import GroupAccuracy  # noqa: E402
-from medq_jax.bench.prompts import DIMENSION_TITLES, DIMENSIONS  # noqa: E402
-from medq_jax.bench.reasoning import ReasoningSummary  # noqa: E402
+from medq_jax.bench.perception import GroupAccuracy
+from medq_jax.bench.prompts import DIMENSION_TITLES, DIMENSIONS
+from medq_jax.bench.reasoning import ReasoningSummary
 
 
 def _save(figure, path: str) -> str:
@@ -32,13 +32,24 @@ def accuracy_bars(rows: Sequence[GroupAccuracy], group: str, path: str, title: s
     return None
   x = np.arange(len(selected))
   accuracy = np.array([100 * r.accuracy for r in selected])
-  errors = np.array([[100 * (r.accuracy - r.ci_low) for r in selected],
-                     [100 * (r.ci_high - r.accuracy) for r in selected]])
+  errors = np.array(
+    [
+      [100 * (r.accuracy - r.ci_low) for r in selected],
+      [100 * (r.ci_high - r.accuracy) for r in selected],
+    ]
+  )
   figure, axis = plt.subplots(figsize=(1.2 * len(selected) + 2.5, 3.4), dpi=120)
   axis.bar(x, accuracy, yerr=np.nan_to_num(errors), capsize=4, color="#4C72B0", label="accuracy")
-  axis.scatter(x, [100 * r.random_guess for r in selected], marker="_", s=600, color="#C44E52",
-               label="random guess", zorder=3)
-  for xi, acc, r in zip(x, accuracy, selected):
+  axis.scatter(
+    x,
+    [100 * r.random_guess for r in selected],
+    marker="_",
+    s=600,
+    color="#C44E52",
+    label="random guess",
+    zorder=3,
+  )
+  for xi, r in zip(x, selected):
     axis.text(xi, 2, f"n={r.n}", ha="center", fontsize=7, color="white")
   axis.set_xticks(x, [r.value for r in selected], rotation=20)
   axis.set_ylim(0, 100)
@@ -57,10 +68,20 @@ def dimension_bars(summaries: Sequence[ReasoningSummary], path: str, title: str)
   figure, axis = plt.subplots(figsize=(6.0, 3.4), dpi=120)
   for position, summary in enumerate(summaries):
     means = [summary.means[d] for d in DIMENSIONS]
-    errors = np.array([[summary.means[d] - summary.ci[d][0] for d in DIMENSIONS],
-                       [summary.ci[d][1] - summary.means[d] for d in DIMENSIONS]])
-    axis.bar(x + (position - (len(summaries) - 1) / 2) * width, means, width, yerr=np.nan_to_num(errors),
-             capsize=3, label=f"{summary.group} (n={summary.n_items}, overall {summary.overall:.2f}/8)")
+    errors = np.array(
+      [
+        [summary.means[d] - summary.ci[d][0] for d in DIMENSIONS],
+        [summary.ci[d][1] - summary.means[d] for d in DIMENSIONS],
+      ]
+    )
+    axis.bar(
+      x + (position - (len(summaries) - 1) / 2) * width,
+      means,
+      width,
+      yerr=np.nan_to_num(errors),
+      capsize=3,
+      label=f"{summary.group} (n={summary.n_items}, overall {summary.overall:.2f}/8)",
+    )
   axis.set_xticks(x, [DIMENSION_TITLES[d] for d in DIMENSIONS])
   axis.set_ylim(0, 2.1)
   axis.set_ylabel("score (0-2)")

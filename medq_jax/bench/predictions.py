@@ -9,7 +9,8 @@ are both returned so reports can count them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from medq_jax.bench.io_files import read_rows, write_rows
 from medq_jax.bench.schema import BenchInputError, Exclusion
@@ -18,9 +19,10 @@ from medq_jax.bench.schema import BenchInputError, Exclusion
 @dataclasses.dataclass
 class PredictionJoin:
   """``by_index``: prediction text per item index (None when the item has none)."""
+
   by_index: dict[str, Any]
-  missing: list[str]          # item indices without a prediction row
-  unmatched: list[str]        # prediction indices that name no item
+  missing: list[str]  # item indices without a prediction row
+  unmatched: list[str]  # prediction indices that name no item
   exclusions: list[Exclusion]
 
 
@@ -39,8 +41,10 @@ def read_predictions(path: str, on_error: str = "raise") -> tuple[dict[str, Any]
       problems.append(f"{path}: row {row['_row']}, field 'index': empty index")
       continue
     if index in first_row:
-      problems.append(f"{path}: row {row['_row']} (index {index!r}), field 'index': duplicated index "
-                      f"(first seen at row {first_row[index]})")
+      problems.append(
+        f"{path}: row {row['_row']} (index {index!r}), field 'index': duplicated index "
+        f"(first seen at row {first_row[index]})"
+      )
       exclusions.append(Exclusion(index, "duplicated prediction index", problems[-1]))
       predictions.pop(index, None)
       continue
@@ -58,8 +62,9 @@ def join_predictions(items: Sequence, predictions: dict[str, Any]) -> Prediction
   by_index = {index: predictions.get(index) for index in item_indices}
   missing = [index for index in item_indices if index not in predictions]
   unmatched = sorted(index for index in predictions if index not in known)
-  exclusions = [Exclusion(index, "missing prediction", "no row in the predictions file")
-                for index in missing]
+  exclusions = [
+    Exclusion(index, "missing prediction", "no row in the predictions file") for index in missing
+  ]
   exclusions += [Exclusion(index, "prediction for unknown index", "ignored") for index in unmatched]
   return PredictionJoin(by_index, missing, unmatched, exclusions)
 
@@ -68,5 +73,7 @@ def write_predictions(path: str, rows: Sequence[dict[str, Any]]) -> None:
   """Writes {index, prediction, ...} rows; a prediction is a letter or free text."""
   for position, row in enumerate(rows):
     if "index" not in row or "prediction" not in row:
-      raise ValueError(f"prediction row {position} needs 'index' and 'prediction', got {sorted(row)}")
+      raise ValueError(
+        f"prediction row {position} needs 'index' and 'prediction', got {sorted(row)}"
+      )
   write_rows(path, rows)

@@ -8,110 +8,127 @@ scorer we substitute the texts inside the brackets: ``[<model output>]``.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 DIMENSIONS = ("completeness", "preciseness", "consistency", "quality_accuracy")
-DIMENSION_TITLES = {"completeness": "Comp.", "preciseness": "Prec.", "consistency": "Cons.",
-                    "quality_accuracy": "Qual."}
+DIMENSION_TITLES = {
+  "completeness": "Comp.",
+  "preciseness": "Prec.",
+  "consistency": "Cons.",
+  "quality_accuracy": "Qual.",
+}
 
 # ----------------------------------------------------------------------------- model prompts
 PERCEPTION_PREAMBLE = (
-    "You are an expert in medical image quality assessment.\n"
-    "Please carefully observe this medical image and answer the following question:")
+  "You are an expert in medical image quality assessment.\n"
+  "Please carefully observe this medical image and answer the following question:"
+)
 
 # The reference scorer's answer-format instruction (VLMEvalKit MedqbenchMCQDataset).
-PERCEPTION_ANSWER_INSTRUCTION = "Answer directly only with the option **letter** from the given choices."
+PERCEPTION_ANSWER_INSTRUCTION = (
+  "Answer directly only with the option **letter** from the given choices."
+)
 
 NOREF_REASONING_PROMPT = (
-    "As a medical image quality assessment expert, provide a concise description focusing on "
-    "low-level appearance of the image in details. Conclude with \"Overall, the quality of this "
-    "image is [good/usable/reject]\". Please provide a comprehensive but concise assessment in "
-    "3-5 sentences.")
+  "As a medical image quality assessment expert, provide a concise description focusing on "
+  'low-level appearance of the image in details. Conclude with "Overall, the quality of this '
+  'image is [good/usable/reject]". Please provide a comprehensive but concise assessment in '
+  "3-5 sentences."
+)
 
 PAIRED_REASONING_PROMPT = (
-    "As a medical image quality assessment expert, provide a concise description comparing two "
-    "images focusing on low-level appearance. Conclude with which image has higher quality. "
-    "Please provide comprehensive but concise assessment in 3-5 sentences.")
+  "As a medical image quality assessment expert, provide a concise description comparing two "
+  "images focusing on low-level appearance. Conclude with which image has higher quality. "
+  "Please provide comprehensive but concise assessment in 3-5 sentences."
+)
 
 # ----------------------------------------------------------------------------- judge prompts
 _SYSTEM = "#System: You are a helpful assistant.\n"
 _FORMAT = "Please only provide the result in the following format: Score:"
 
 _COMPLETENESS = (
-    _SYSTEM +
-    "#User: Evaluate whether the description [MLLM DESC] completely includes the low-level visual "
-    "information in the reference description [GOLDEN DESC]. Please rate score 2 for completely or "
-    "almost completely including reference information, 0 for not including at all, 1 for including "
-    "part of the information or similar description.\n" + _FORMAT)
+  _SYSTEM
+  + "#User: Evaluate whether the description [MLLM DESC] completely includes the low-level visual "
+  "information in the reference description [GOLDEN DESC]. Please rate score 2 for completely or "
+  "almost completely including reference information, 0 for not including at all, 1 for including "
+  "part of the information or similar description.\n" + _FORMAT
+)
 
 _PRECISENESS = (
-    _SYSTEM +
-    "#User: The precision metric evaluates whether the low-level description is consistent with the "
-    "reference and reasonably aligned with the final quality judgment. Minor wording differences or "
-    "small omissions that do not change the overall meaning should still be considered consistent.\n"
-    "Only penalize clear contradictions with the reference, such as describing blur for clear, noisy "
-    "for clean, motion-free for motion artifacts, noise-free for low-dose noise, etc.\n"
-    "Evaluate whether output [MLLM DESC] reasonably reflects reference [GOLDEN DESC].\n"
-    "Please rate score 2 for overall consistency and no major contradictions with the quality "
-    "conclusion, 1 for partial consistency or very few minor contradictions, and 0 for obvious "
-    "contradictions or misalignment with the quality conclusion.\n" + _FORMAT)
+  _SYSTEM
+  + "#User: The precision metric evaluates whether the low-level description is consistent with the "
+  "reference and reasonably aligned with the final quality judgment. Minor wording differences or "
+  "small omissions that do not change the overall meaning should still be considered consistent.\n"
+  "Only penalize clear contradictions with the reference, such as describing blur for clear, noisy "
+  "for clean, motion-free for motion artifacts, noise-free for low-dose noise, etc.\n"
+  "Evaluate whether output [MLLM DESC] reasonably reflects reference [GOLDEN DESC].\n"
+  "Please rate score 2 for overall consistency and no major contradictions with the quality "
+  "conclusion, 1 for partial consistency or very few minor contradictions, and 0 for obvious "
+  "contradictions or misalignment with the quality conclusion.\n" + _FORMAT
+)
 
 NOREF_JUDGE_PROMPTS: Mapping[str, str] = {
-    "completeness": _COMPLETENESS,
-    "preciseness": _PRECISENESS,
-    "consistency": (
-        _SYSTEM +
-        "#User: Evaluate the internal consistency between the reasoning path (description of image "
-        "problems) and the final quality judgment in [MLLM DESC]. The reasoning should logically "
-        "support the final quality conclusion. For example, if many serious problems are described, "
-        "the final quality should be \"reject\"; if minor problems are described, it should be "
-        "\"usable\"; if no or very few problems are described, it should be \"good\".\n"
-        "Compare with the reference [GOLDEN DESC] to understand the expected reasoning-conclusion "
-        "relationship.\n"
-        "Please rate score 2 for highly consistent reasoning and conclusion, 1 for partially "
-        "consistent with minor logical gaps, and 0 for major inconsistency between described problems "
-        "and quality judgment.\n" + _FORMAT),
-    "quality_accuracy": (
-        _SYSTEM +
-        "#User: Evaluate the accuracy of the final quality judgment in [MLLM DESC] compared to the "
-        "reference [GOLDEN DESC].\n"
-        "The quality levels have a progressive relationship: reject < usable < good. Consider the "
-        "distance between predicted and reference quality:\n"
-        "Please rate score 2 for exactly matching the reference quality level, 1 for adjacent level "
-        "difference (e.g., usable vs good, or reject vs usable), and 0 for distant level difference "
-        "(reject vs good) or completely incorrect quality assessment.\n" + _FORMAT),
+  "completeness": _COMPLETENESS,
+  "preciseness": _PRECISENESS,
+  "consistency": (
+    _SYSTEM
+    + "#User: Evaluate the internal consistency between the reasoning path (description of image "
+    "problems) and the final quality judgment in [MLLM DESC]. The reasoning should logically "
+    "support the final quality conclusion. For example, if many serious problems are described, "
+    'the final quality should be "reject"; if minor problems are described, it should be '
+    '"usable"; if no or very few problems are described, it should be "good".\n'
+    "Compare with the reference [GOLDEN DESC] to understand the expected reasoning-conclusion "
+    "relationship.\n"
+    "Please rate score 2 for highly consistent reasoning and conclusion, 1 for partially "
+    "consistent with minor logical gaps, and 0 for major inconsistency between described problems "
+    "and quality judgment.\n" + _FORMAT
+  ),
+  "quality_accuracy": (
+    _SYSTEM
+    + "#User: Evaluate the accuracy of the final quality judgment in [MLLM DESC] compared to the "
+    "reference [GOLDEN DESC].\n"
+    "The quality levels have a progressive relationship: reject < usable < good. Consider the "
+    "distance between predicted and reference quality:\n"
+    "Please rate score 2 for exactly matching the reference quality level, 1 for adjacent level "
+    "difference (e.g., usable vs good, or reject vs usable), and 0 for distant level difference "
+    "(reject vs good) or completely incorrect quality assessment.\n" + _FORMAT
+  ),
 }
 
 PAIRED_JUDGE_PROMPTS: Mapping[str, str] = {
-    "completeness": _COMPLETENESS,
-    "preciseness": _PRECISENESS,
-    "consistency": (
-        _SYSTEM +
-        "#User: Evaluate the internal consistency between the reasoning path (comparative description "
-        "of image problems) and the final quality comparison judgment in [MLLM DESC]. The reasoning "
-        "should logically support the final comparison conclusion.\n"
-        "Compare with the reference [GOLDEN DESC] to understand the expected reasoning-conclusion "
-        "relationship for image comparison.\n"
-        "Please rate score 2 for highly consistent reasoning and comparison conclusion, 1 for "
-        "partially consistent with minor logical gaps, and 0 for major inconsistency between described "
-        "comparative problems and quality comparison judgment.\n" + _FORMAT),
-    "quality_accuracy": (
-        _SYSTEM +
-        "#User: Evaluate the accuracy of the final quality comparison judgment in [MLLM DESC] "
-        "compared to the reference [GOLDEN DESC].\n"
-        "The comparison should correctly identify which image has higher quality based on the "
-        "described visual characteristics.\n"
-        "Please rate score 2 for exactly matching the reference quality comparison, and 0 for "
-        "completely incorrect quality comparison (opposite conclusion) or unreasonable assessment.\n"
-        + _FORMAT),
+  "completeness": _COMPLETENESS,
+  "preciseness": _PRECISENESS,
+  "consistency": (
+    _SYSTEM
+    + "#User: Evaluate the internal consistency between the reasoning path (comparative description "
+    "of image problems) and the final quality comparison judgment in [MLLM DESC]. The reasoning "
+    "should logically support the final comparison conclusion.\n"
+    "Compare with the reference [GOLDEN DESC] to understand the expected reasoning-conclusion "
+    "relationship for image comparison.\n"
+    "Please rate score 2 for highly consistent reasoning and comparison conclusion, 1 for "
+    "partially consistent with minor logical gaps, and 0 for major inconsistency between described "
+    "comparative problems and quality comparison judgment.\n" + _FORMAT
+  ),
+  "quality_accuracy": (
+    _SYSTEM
+    + "#User: Evaluate the accuracy of the final quality comparison judgment in [MLLM DESC] "
+    "compared to the reference [GOLDEN DESC].\n"
+    "The comparison should correctly identify which image has higher quality based on the "
+    "described visual characteristics.\n"
+    "Please rate score 2 for exactly matching the reference quality comparison, and 0 for "
+    "completely incorrect quality comparison (opposite conclusion) or unreasonable assessment.\n"
+    + _FORMAT
+  ),
 }
 
 
 def perception_prompt(question: str, options: Mapping[str, str]) -> str:
   """The paper's single-image perception template with the reference's option layout."""
   option_text = "\n".join(f"{letter}. {text}" for letter, text in options.items())
-  return (f"{PERCEPTION_PREAMBLE}\n\n{question}\n\nOptions:\n{option_text}\n\n"
-          f"{PERCEPTION_ANSWER_INSTRUCTION}")
+  return (
+    f"{PERCEPTION_PREAMBLE}\n\n{question}\n\nOptions:\n{option_text}\n\n"
+    f"{PERCEPTION_ANSWER_INSTRUCTION}"
+  )
 
 
 def judge_prompt(kind: str, dimension: str, mllm_desc: str, golden_desc: str) -> str:
@@ -122,14 +139,19 @@ def judge_prompt(kind: str, dimension: str, mllm_desc: str, golden_desc: str) ->
   # One pass, so a description containing "[GOLDEN DESC]" cannot be substituted twice.
   template = templates[dimension]
   head, tail = template.split("[MLLM DESC]", 1)
-  return (head.replace("[GOLDEN DESC]", f"[{golden_desc}]") + f"[{mllm_desc}]" +
-          tail.replace("[GOLDEN DESC]", f"[{golden_desc}]"))
+  return (
+    head.replace("[GOLDEN DESC]", f"[{golden_desc}]")
+    + f"[{mllm_desc}]"
+    + tail.replace("[GOLDEN DESC]", f"[{golden_desc}]")
+  )
 
 
 def split_roles(prompt: str) -> list[dict[str, str]]:
   """'#System: ...\\n#User: ...' -> chat messages with system and user roles."""
   if prompt.startswith("#System:") and "\n#User:" in prompt:
     system, user = prompt.split("\n#User:", 1)
-    return [{"role": "system", "content": system[len("#System:"):].strip()},
-            {"role": "user", "content": user.strip()}]
+    return [
+      {"role": "system", "content": system[len("#System:") :].strip()},
+      {"role": "user", "content": user.strip()},
+    ]
   return [{"role": "user", "content": prompt}]

@@ -14,7 +14,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from medq_jax.bench.stats import bootstrap_mean_ci
 @dataclasses.dataclass(frozen=True)
 class ItemScores:
   """Scores of one item: {dimension: mean over valid rounds, or None}."""
+
   index: str
   kind: str
   granularity: str
@@ -40,6 +42,7 @@ class ItemScores:
 @dataclasses.dataclass(frozen=True)
 class ReasoningSummary:
   """One row of a reasoning table: mean (and CI) per dimension, Overall = sum of means."""
+
   kind: str
   group: str
   n_items: int
@@ -50,8 +53,9 @@ class ReasoningSummary:
   quality_accuracy_rate: float | None  # paired only: share of items with quality score 2
 
 
-def build_requests(items: Sequence[ReasoningItem], predictions: Mapping[str, Any],
-                   rounds: int = 1) -> tuple[list[JudgeRequest], list[Exclusion]]:
+def build_requests(
+  items: Sequence[ReasoningItem], predictions: Mapping[str, Any], rounds: int = 1
+) -> tuple[list[JudgeRequest], list[Exclusion]]:
   """One request per (item with a prediction, dimension, round)."""
   requests, exclusions = [], []
   for item in items:
@@ -62,15 +66,21 @@ def build_requests(items: Sequence[ReasoningItem], predictions: Mapping[str, Any
       continue
     for dimension in DIMENSIONS:
       for round_index in range(rounds):
-        requests.append(JudgeRequest(item.index, item.kind, dimension, round_index,
-                                     str(prediction), item.description))
+        requests.append(
+          JudgeRequest(
+            item.index, item.kind, dimension, round_index, str(prediction), item.description
+          )
+        )
   return requests, exclusions
 
 
-def collect_item_scores(items: Sequence[ReasoningItem], responses: Sequence[JudgeResponse]
-                        ) -> tuple[list[ItemScores], list[Exclusion]]:
+def collect_item_scores(
+  items: Sequence[ReasoningItem], responses: Sequence[JudgeResponse]
+) -> tuple[list[ItemScores], list[Exclusion]]:
   """Per-item dimension scores from judge responses (pure)."""
-  by_item: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+  by_item: dict[str, dict[str, list[float]]] = collections.defaultdict(
+    lambda: collections.defaultdict(list)
+  )
   failures: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
   judged = set()
   for response in responses:
@@ -94,31 +104,51 @@ def collect_item_scores(items: Sequence[ReasoningItem], responses: Sequence[Judg
       else:
         scores[dimension] = None
         errors = failures.get((item.index, dimension), ["no response"])
-        exclusions.append(Exclusion(item.index, f"judge gave no valid {dimension} score (excluded)",
-                                    errors[-1]))
-    results.append(ItemScores(item.index, item.kind, item.granularity, item.modality, scores,
-                              rounds, empty_prediction=empty))
+        exclusions.append(
+          Exclusion(item.index, f"judge gave no valid {dimension} score (excluded)", errors[-1])
+        )
+    results.append(
+      ItemScores(
+        item.index,
+        item.kind,
+        item.granularity,
+        item.modality,
+        scores,
+        rounds,
+        empty_prediction=empty,
+      )
+    )
   return results, exclusions
 
 
-def summarize(scores: Sequence[ItemScores], kind: str, group: str, n_resamples: int = 1000,
-              seed: int = 0) -> ReasoningSummary:
+def summarize(
+  scores: Sequence[ItemScores], kind: str, group: str, n_resamples: int = 1000, seed: int = 0
+) -> ReasoningSummary:
   """Dimension means with bootstrap CIs over items; Overall = sum of the four means."""
   means, ci, n_scored = {}, {}, {}
   for dimension in DIMENSIONS:
     values = [s.scores[dimension] for s in scores if s.scores[dimension] is not None]
     interval = bootstrap_mean_ci(values, n_resamples=n_resamples, seed=seed)
-    means[dimension], ci[dimension], n_scored[dimension] = interval.mean, (interval.low, interval.high), interval.n
-  overall = float(sum(means.values())) if all(not math.isnan(m) for m in means.values()) else float("nan")
+    means[dimension], ci[dimension], n_scored[dimension] = (
+      interval.mean,
+      (interval.low, interval.high),
+      interval.n,
+    )
+  overall = (
+    float(sum(means.values())) if all(not math.isnan(m) for m in means.values()) else float("nan")
+  )
   rate = None
   if kind == "paired":
-    quality = [s.scores["quality_accuracy"] for s in scores if s.scores["quality_accuracy"] is not None]
+    quality = [
+      s.scores["quality_accuracy"] for s in scores if s.scores["quality_accuracy"] is not None
+    ]
     rate = float(np.mean([q == 2.0 for q in quality])) if quality else float("nan")
   return ReasoningSummary(kind, group, len(scores), means, ci, n_scored, overall, rate)
 
 
-def summaries(scores: Sequence[ItemScores], kind: str, n_resamples: int = 1000,
-              seed: int = 0) -> list[ReasoningSummary]:
+def summaries(
+  scores: Sequence[ItemScores], kind: str, n_resamples: int = 1000, seed: int = 0
+) -> list[ReasoningSummary]:
   """Overall row, then (paired) fine- and coarse-grained rows."""
   rows = [summarize(scores, kind, "overall", n_resamples, seed)]
   if kind == "paired":
@@ -129,16 +159,20 @@ def summaries(scores: Sequence[ItemScores], kind: str, n_resamples: int = 1000,
   return rows
 
 
-def modality_summaries(scores: Sequence[ItemScores], kind: str, n_resamples: int = 1000,
-                       seed: int = 0) -> list[ReasoningSummary]:
+def modality_summaries(
+  scores: Sequence[ItemScores], kind: str, n_resamples: int = 1000, seed: int = 0
+) -> list[ReasoningSummary]:
   by_modality = collections.defaultdict(list)
   for score in scores:
     by_modality[score.modality].append(score)
-  return [summarize(by_modality[m], kind, f"modality={m}", n_resamples, seed) for m in sorted(by_modality)]
+  return [
+    summarize(by_modality[m], kind, f"modality={m}", n_resamples, seed) for m in sorted(by_modality)
+  ]
 
 
-def score_reasoning(items: Sequence[ReasoningItem], predictions: Mapping[str, Any], judge: Judge,
-                    rounds: int = 1) -> tuple[list[ItemScores], list[Exclusion], list[JudgeResponse]]:
+def score_reasoning(
+  items: Sequence[ReasoningItem], predictions: Mapping[str, Any], judge: Judge, rounds: int = 1
+) -> tuple[list[ItemScores], list[Exclusion], list[JudgeResponse]]:
   """Builds requests, asks the judge, collects per-item scores and every exclusion."""
   requests, exclusions = build_requests(items, predictions, rounds)
   responses = judge.judge_all(requests)

@@ -57,40 +57,75 @@ def write_report(results: BenchResults, out_dir: str) -> dict[str, str]:
   paired = results.tracks.get("paired")
   noref_overall = noref.reasoning_summaries[0] if noref else None
 
-  md = [f"# MedQ-Bench report: {results.model}", "",
-        f"Generated {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}.", ""]
+  md = [
+    f"# MedQ-Bench report: {results.model}",
+    "",
+    f"Generated {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}.",
+    "",
+  ]
   if results.judge_name:
     md += [f"**Judge:** `{results.judge_name}`: {results.judge_description}.", ""]
   for track in results.tracks.values():
-    md.append(f"- {track.track}: {track.n_items} items from `{track.items_path}`, predictions "
-              f"`{track.predictions_path}`")
+    md.append(
+      f"- {track.track}: {track.n_items} items from `{track.items_path}`, predictions "
+      f"`{track.predictions_path}`"
+    )
   md.append("")
 
-  table1 = tables.table1(results.model, perception.perception_rows if perception else None, noref_overall)
+  table1 = tables.table1(
+    results.model, perception.perception_rows if perception else None, noref_overall
+  )
   written["table1"] = write_csv(os.path.join(out_dir, "tables", "table1.csv"), table1)
-  md += ["## Table 1: perception by question type and no-reference reasoning", "",
-         tables.markdown(table1), ""]
+  md += [
+    "## Table 1: perception by question type and no-reference reasoning",
+    "",
+    tables.markdown(table1),
+    "",
+  ]
 
   if perception:
     rows = perception.perception_rows
     breakdown = tables.perception_breakdown_table(rows)
     modality = tables.modality_table(results.model, rows)
-    written["perception_breakdown"] = write_csv(os.path.join(out_dir, "tables", "perception_breakdown.csv"), breakdown)
-    written["perception_by_modality"] = write_csv(os.path.join(out_dir, "tables", "perception_by_modality.csv"), modality)
+    written["perception_breakdown"] = write_csv(
+      os.path.join(out_dir, "tables", "perception_breakdown.csv"), breakdown
+    )
+    written["perception_by_modality"] = write_csv(
+      os.path.join(out_dir, "tables", "perception_by_modality.csv"), modality
+    )
     reasons = unparseable_reasons(perception.perception_outcomes)
-    md += ["## Perception accuracy per modality", "", tables.markdown(modality), "",
-           "## Perception breakdowns (95% bootstrap CI)", "", tables.markdown(breakdown), "",
-           f"Accuracy with the reference scorer's (VLMEvalKit) extraction rules: "
-           f"{tables.pct(vlmevalkit_accuracy(perception.perception_outcomes))}.", ""]
+    md += [
+      "## Perception accuracy per modality",
+      "",
+      tables.markdown(modality),
+      "",
+      "## Perception breakdowns (95% bootstrap CI)",
+      "",
+      tables.markdown(breakdown),
+      "",
+      f"Accuracy with the reference scorer's (VLMEvalKit) extraction rules: "
+      f"{tables.pct(vlmevalkit_accuracy(perception.perception_outcomes))}.",
+      "",
+    ]
     if reasons:
       md += ["Answers that could not be read (counted wrong):", ""]
       md += [f"- {reason}: {count}" for reason, count in reasons.items()] + [""]
-    _write_jsonl(os.path.join(out_dir, "items", "perception_items.jsonl"),
-                 (dataclasses.asdict(o) for o in perception.perception_outcomes))
-    for group, name in (("modality", "perception_by_modality"), ("degradation_level", "perception_by_level"),
-                        ("scope", "perception_by_scope"), ("question_type", "perception_by_question_type")):
-      path = plots.accuracy_bars(rows, group, os.path.join(out_dir, "plots", f"{name}.png"),
-                                 f"{results.model}: perception accuracy by {group.replace('_', ' ')}")
+    _write_jsonl(
+      os.path.join(out_dir, "items", "perception_items.jsonl"),
+      (dataclasses.asdict(o) for o in perception.perception_outcomes),
+    )
+    for group, name in (
+      ("modality", "perception_by_modality"),
+      ("degradation_level", "perception_by_level"),
+      ("scope", "perception_by_scope"),
+      ("question_type", "perception_by_question_type"),
+    ):
+      path = plots.accuracy_bars(
+        rows,
+        group,
+        os.path.join(out_dir, "plots", f"{name}.png"),
+        f"{results.model}: perception accuracy by {group.replace('_', ' ')}",
+      )
       if path:
         written[f"plot_{name}"] = path
 
@@ -98,39 +133,70 @@ def write_report(results: BenchResults, out_dir: str) -> dict[str, str]:
     if not track:
       continue
     table = tables.reasoning_table(track.reasoning_summaries)
-    written[f"reasoning_{track.track}"] = write_csv(os.path.join(out_dir, "tables", f"reasoning_{track.track}.csv"), table)
+    written[f"reasoning_{track.track}"] = write_csv(
+      os.path.join(out_dir, "tables", f"reasoning_{track.track}.csv"), table
+    )
     by_modality = tables.reasoning_table(track.reasoning_modality)
-    write_csv(os.path.join(out_dir, "tables", f"reasoning_{track.track}_by_modality.csv"), by_modality)
-    md += [f"## {title} (judge `{results.judge_name}`; mean [95% CI] (n scored); Overall = sum, 0-8)", "",
-           tables.markdown(table), "", "By modality:", "", tables.markdown(by_modality), "",
-           f"Judge requests: {track.judge_requests} ({track.judge_cached} answered from cache).", ""]
-    _write_jsonl(os.path.join(out_dir, "items", f"{track.track}_items.jsonl"),
-                 (dataclasses.asdict(s) for s in track.reasoning_scores))
-    path = plots.dimension_bars(track.reasoning_summaries,
-                                os.path.join(out_dir, "plots", f"reasoning_{track.track}_dimensions.png"),
-                                f"{results.model}: {title.lower()} ({results.judge_name})")
+    write_csv(
+      os.path.join(out_dir, "tables", f"reasoning_{track.track}_by_modality.csv"), by_modality
+    )
+    md += [
+      f"## {title} (judge `{results.judge_name}`; mean [95% CI] (n scored); Overall = sum, 0-8)",
+      "",
+      tables.markdown(table),
+      "",
+      "By modality:",
+      "",
+      tables.markdown(by_modality),
+      "",
+      f"Judge requests: {track.judge_requests} ({track.judge_cached} answered from cache).",
+      "",
+    ]
+    _write_jsonl(
+      os.path.join(out_dir, "items", f"{track.track}_items.jsonl"),
+      (dataclasses.asdict(s) for s in track.reasoning_scores),
+    )
+    path = plots.dimension_bars(
+      track.reasoning_summaries,
+      os.path.join(out_dir, "plots", f"reasoning_{track.track}_dimensions.png"),
+      f"{results.model}: {title.lower()} ({results.judge_name})",
+    )
     if path:
       written[f"plot_reasoning_{track.track}"] = path
 
   exclusions = results.exclusions
   counts = tables.exclusions_table(exclusions)
-  md += ["## Excluded or counted-wrong items", "",
-         tables.markdown(counts) if exclusions else "None: every item was scored.", ""]
-  written["exclusions"] = write_csv(os.path.join(out_dir, "exclusions.csv"),
-                                    (["index", "reason", "detail"], [[e.index, e.reason, e.detail] for e in exclusions]))
+  md += [
+    "## Excluded or counted-wrong items",
+    "",
+    tables.markdown(counts) if exclusions else "None: every item was scored.",
+    "",
+  ]
+  written["exclusions"] = write_csv(
+    os.path.join(out_dir, "exclusions.csv"),
+    (["index", "reason", "detail"], [[e.index, e.reason, e.detail] for e in exclusions]),
+  )
   md += ["## Files", ""] + [f"- `{os.path.relpath(p, out_dir)}`" for p in written.values()] + [""]
 
   payload = {
-      "model": results.model, "judge": {"name": results.judge_name, "description": results.judge_description},
-      "settings": results.settings,
-      "table1": dict(zip(*[table1[0], table1[1][-1]])),
-      "perception": [dataclasses.asdict(r) for r in perception.perception_rows] if perception else None,
-      "perception_vlmevalkit_accuracy": vlmevalkit_accuracy(perception.perception_outcomes) if perception else None,
-      "perception_unparseable": unparseable_reasons(perception.perception_outcomes) if perception else None,
-      "reasoning": {t.track: [dataclasses.asdict(s) for s in t.reasoning_summaries]
-                    for t in (noref, paired) if t},
-      "exclusions": {"count": len(exclusions), "by_reason": dict(counts[1])},
-      "files": {k: os.path.relpath(v, out_dir) for k, v in written.items()},
+    "model": results.model,
+    "judge": {"name": results.judge_name, "description": results.judge_description},
+    "settings": results.settings,
+    "table1": dict(zip(*[table1[0], table1[1][-1]])),
+    "perception": [dataclasses.asdict(r) for r in perception.perception_rows]
+    if perception
+    else None,
+    "perception_vlmevalkit_accuracy": vlmevalkit_accuracy(perception.perception_outcomes)
+    if perception
+    else None,
+    "perception_unparseable": unparseable_reasons(perception.perception_outcomes)
+    if perception
+    else None,
+    "reasoning": {
+      t.track: [dataclasses.asdict(s) for s in t.reasoning_summaries] for t in (noref, paired) if t
+    },
+    "exclusions": {"count": len(exclusions), "by_reason": dict(counts[1])},
+    "files": {k: os.path.relpath(v, out_dir) for k, v in written.items()},
   }
   written["json"] = os.path.join(out_dir, "report.json")
   with open(written["json"], "w", encoding="utf-8") as handle:

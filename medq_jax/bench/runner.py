@@ -22,6 +22,7 @@ from medq_jax.bench.schema import Exclusion
 @dataclasses.dataclass
 class TrackResult:
   """One track (perception, noref or paired) of a run."""
+
   track: str
   items_path: str
   predictions_path: str
@@ -49,8 +50,14 @@ class BenchResults:
     return [e for t in self.tracks.values() for e in t.exclusions]
 
 
-def _predictions(items, predictions_path: str | None, model: BenchModel | None, out_dir: str,
-                 track: str, on_error: str) -> tuple[dict, list[Exclusion], str]:
+def _predictions(
+  items,
+  predictions_path: str | None,
+  model: BenchModel | None,
+  out_dir: str,
+  track: str,
+  on_error: str,
+) -> tuple[dict, list[Exclusion], str]:
   if model is not None:
     rows = predict_items(model, items)
     path = os.path.join(out_dir, f"predictions_{track}.jsonl")
@@ -62,50 +69,101 @@ def _predictions(items, predictions_path: str | None, model: BenchModel | None, 
   return predictions, exclusions, predictions_path
 
 
-def score_perception(items_path: str, predictions_path: str | None = None, model: BenchModel | None = None,
-                     out_dir: str = ".", on_error: str = "raise", n_resamples: int = 1000,
-                     seed: int = 0, missing_as_wrong: bool = True) -> TrackResult:
+def score_perception(
+  items_path: str,
+  predictions_path: str | None = None,
+  model: BenchModel | None = None,
+  out_dir: str = ".",
+  on_error: str = "raise",
+  n_resamples: int = 1000,
+  seed: int = 0,
+  missing_as_wrong: bool = True,
+) -> TrackResult:
   loaded = load_mcq_items(items_path, on_error=on_error, check_images=True)
-  predictions, exclusions, used = _predictions(loaded.items, predictions_path, model, out_dir,
-                                               "perception", on_error)
+  predictions, exclusions, used = _predictions(
+    loaded.items, predictions_path, model, out_dir, "perception", on_error
+  )
   join = join_predictions(loaded.items, predictions)
-  outcomes, more = perception.score_items(loaded.items, predictions, missing_as_wrong=missing_as_wrong)
+  outcomes, more = perception.score_items(
+    loaded.items, predictions, missing_as_wrong=missing_as_wrong
+  )
   unmatched = [e for e in join.exclusions if e.reason == "prediction for unknown index"]
-  return TrackResult("perception", items_path, used, len(loaded.items),
-                     loaded.exclusions + exclusions + more + unmatched,
-                     perception_outcomes=outcomes,
-                     perception_rows=perception.breakdown(outcomes, n_resamples, seed))
+  return TrackResult(
+    "perception",
+    items_path,
+    used,
+    len(loaded.items),
+    loaded.exclusions + exclusions + more + unmatched,
+    perception_outcomes=outcomes,
+    perception_rows=perception.breakdown(outcomes, n_resamples, seed),
+  )
 
 
-def score_reasoning_track(items_path: str, kind: str, judge: Judge, predictions_path: str | None = None,
-                          model: BenchModel | None = None, out_dir: str = ".", rounds: int = 1,
-                          on_error: str = "raise", n_resamples: int = 1000, seed: int = 0) -> TrackResult:
+def score_reasoning_track(
+  items_path: str,
+  kind: str,
+  judge: Judge,
+  predictions_path: str | None = None,
+  model: BenchModel | None = None,
+  out_dir: str = ".",
+  rounds: int = 1,
+  on_error: str = "raise",
+  n_resamples: int = 1000,
+  seed: int = 0,
+) -> TrackResult:
   loaded = load_reasoning_items(items_path, kind, on_error=on_error, check_images=True)
-  predictions, exclusions, used = _predictions(loaded.items, predictions_path, model, out_dir, kind, on_error)
+  predictions, exclusions, used = _predictions(
+    loaded.items, predictions_path, model, out_dir, kind, on_error
+  )
   join = join_predictions(loaded.items, predictions)
   scores, more, responses = reasoning.score_reasoning(loaded.items, predictions, judge, rounds)
   unmatched = [e for e in join.exclusions if e.reason == "prediction for unknown index"]
-  return TrackResult(kind, items_path, used, len(loaded.items), loaded.exclusions + exclusions + more + unmatched,
-                     reasoning_scores=scores,
-                     reasoning_summaries=reasoning.summaries(scores, kind, n_resamples, seed),
-                     reasoning_modality=reasoning.modality_summaries(scores, kind, n_resamples, seed),
-                     judge_requests=len(responses), judge_cached=sum(r.cached for r in responses))
+  return TrackResult(
+    kind,
+    items_path,
+    used,
+    len(loaded.items),
+    loaded.exclusions + exclusions + more + unmatched,
+    reasoning_scores=scores,
+    reasoning_summaries=reasoning.summaries(scores, kind, n_resamples, seed),
+    reasoning_modality=reasoning.modality_summaries(scores, kind, n_resamples, seed),
+    judge_requests=len(responses),
+    judge_cached=sum(r.cached for r in responses),
+  )
 
 
-def run(model_name: str, judge: Judge | None, qa: tuple[str, str | None] | None = None,
-        noref: tuple[str, str | None] | None = None, paired: tuple[str, str | None] | None = None,
-        model: BenchModel | None = None, out_dir: str = ".", rounds: int = 1, on_error: str = "raise",
-        n_resamples: int = 1000, seed: int = 0) -> BenchResults:
+def run(
+  model_name: str,
+  judge: Judge | None,
+  qa: tuple[str, str | None] | None = None,
+  noref: tuple[str, str | None] | None = None,
+  paired: tuple[str, str | None] | None = None,
+  model: BenchModel | None = None,
+  out_dir: str = ".",
+  rounds: int = 1,
+  on_error: str = "raise",
+  n_resamples: int = 1000,
+  seed: int = 0,
+) -> BenchResults:
   """Scores whichever tracks are given as (items path, predictions path or None)."""
   tracks = {}
   if qa:
-    tracks["perception"] = score_perception(qa[0], qa[1], model, out_dir, on_error, n_resamples, seed)
+    tracks["perception"] = score_perception(
+      qa[0], qa[1], model, out_dir, on_error, n_resamples, seed
+    )
   for kind, spec in (("noref", noref), ("paired", paired)):
     if spec:
       if judge is None:
         raise ValueError(f"{kind} reasoning needs a judge (offline or api)")
-      tracks[kind] = score_reasoning_track(spec[0], kind, judge, spec[1], model, out_dir, rounds,
-                                           on_error, n_resamples, seed)
-  settings = {"judge_rounds": rounds, "bootstrap_resamples": n_resamples, "seed": seed, "on_error": on_error}
-  return BenchResults(model_name, getattr(judge, "name", None), getattr(judge, "description", None),
-                      tracks, settings)
+      tracks[kind] = score_reasoning_track(
+        spec[0], kind, judge, spec[1], model, out_dir, rounds, on_error, n_resamples, seed
+      )
+  settings = {
+    "judge_rounds": rounds,
+    "bootstrap_resamples": n_resamples,
+    "seed": seed,
+    "on_error": on_error,
+  }
+  return BenchResults(
+    model_name, getattr(judge, "name", None), getattr(judge, "description", None), tracks, settings
+  )

@@ -34,6 +34,7 @@ class McqItem:
   have two). ``image`` is a lazily decoded image: either an array [H, W] or
   [H, W, C], or ``None`` when the caller did not ask for pixels.
   """
+
   index: str
   question: str
   options: dict[str, str]
@@ -58,6 +59,7 @@ class ReasoningItem:
   ``kind`` is "noref" or "paired"; ``description`` is the golden text;
   ``granularity`` is "fine"/"coarse" for paired items when known.
   """
+
   index: str
   kind: str
   description: str
@@ -72,6 +74,7 @@ class ReasoningItem:
 @dataclasses.dataclass(frozen=True)
 class Exclusion:
   """One item left out of (or counted as wrong in) a score, and why."""
+
   index: str
   reason: str
   detail: str = ""

@@ -10,14 +10,16 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class MeanCI:
   """Mean of n values with a percentile-bootstrap interval [low, high]."""
+
   mean: float
   low: float
   high: float
   n: int
 
 
-def bootstrap_mean_ci(values, n_resamples: int = 1000, confidence: float = 0.95,
-                      seed: int = 0) -> MeanCI:
+def bootstrap_mean_ci(
+  values, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> MeanCI:
   """Percentile bootstrap of the mean: resample items with replacement.
 
   values: [n] numbers (e.g. 0/1 correctness or 0-2 judge scores). Deterministic for a

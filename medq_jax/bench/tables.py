@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from medq_jax.bench.perception import GroupAccuracy
 from medq_jax.bench.prompts import DIMENSION_TITLES, DIMENSIONS
@@ -22,21 +22,40 @@ Table = tuple[list[str], list[list]]
 
 
 def pct(value: float) -> str:
-  return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
+  return (
+    "-"
+    if value is None or (isinstance(value, float) and math.isnan(value))
+    else f"{100 * value:.2f}%"
+  )
 
 
 def num(value: float, digits: int = 3) -> str:
-  return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+  return (
+    "-"
+    if value is None or (isinstance(value, float) and math.isnan(value))
+    else f"{value:.{digits}f}"
+  )
 
 
 def _lookup(rows: Sequence[GroupAccuracy], group: str, value: str) -> GroupAccuracy | None:
   return next((r for r in rows if r.group == group and r.value == value), None)
 
 
-def table1(model: str, perception: Sequence[GroupAccuracy] | None,
-           noref: ReasoningSummary | None) -> Table:
-  columns = ["Model", "Yes-or-No", "What", "How", "Overall (perception)", "Comp.", "Prec.", "Cons.",
-             "Qual.", "Overall (reasoning)"]
+def table1(
+  model: str, perception: Sequence[GroupAccuracy] | None, noref: ReasoningSummary | None
+) -> Table:
+  columns = [
+    "Model",
+    "Yes-or-No",
+    "What",
+    "How",
+    "Overall (perception)",
+    "Comp.",
+    "Prec.",
+    "Cons.",
+    "Qual.",
+    "Overall (reasoning)",
+  ]
   rows = []
   if perception:
     guess = ["random guess"]
@@ -59,14 +78,38 @@ def table1(model: str, perception: Sequence[GroupAccuracy] | None,
 
 
 def perception_breakdown_table(rows: Sequence[GroupAccuracy]) -> Table:
-  columns = ["group", "value", "n", "correct", "accuracy", "95% CI", "random guess", "unparseable", "missing"]
-  return columns, [[r.group, r.value, r.n, r.correct, pct(r.accuracy), f"[{pct(r.ci_low)}, {pct(r.ci_high)}]",
-                    pct(r.random_guess), r.unparseable, r.missing] for r in rows]
+  columns = [
+    "group",
+    "value",
+    "n",
+    "correct",
+    "accuracy",
+    "95% CI",
+    "random guess",
+    "unparseable",
+    "missing",
+  ]
+  return columns, [
+    [
+      r.group,
+      r.value,
+      r.n,
+      r.correct,
+      pct(r.accuracy),
+      f"[{pct(r.ci_low)}, {pct(r.ci_high)}]",
+      pct(r.random_guess),
+      r.unparseable,
+      r.missing,
+    ]
+    for r in rows
+  ]
 
 
 def modality_table(model: str, rows: Sequence[GroupAccuracy]) -> Table:
   modalities = [r for r in rows if r.group == "modality"]
-  return ["Model"] + [r.value for r in modalities], [[model] + [pct(r.accuracy) for r in modalities]]
+  return ["Model"] + [r.value for r in modalities], [
+    [model] + [pct(r.accuracy) for r in modalities]
+  ]
 
 
 def reasoning_table(summaries: Sequence[ReasoningSummary]) -> Table:
@@ -95,8 +138,17 @@ def exclusions_table(exclusions: Sequence[Exclusion]) -> Table:
 
 def restoration_rows_table(rows) -> Table:
   columns = ["task", "count", "PSNR mean", "PSNR std", "SSIM mean", "SSIM std"]
-  return columns, [[r.task, r.count, num(r.psnr_mean, 2), num(r.psnr_std, 2), num(r.ssim_mean, 4),
-                    num(r.ssim_std, 4)] for r in rows]
+  return columns, [
+    [
+      r.task,
+      r.count,
+      num(r.psnr_mean, 2),
+      num(r.psnr_std, 2),
+      num(r.ssim_mean, 4),
+      num(r.ssim_std, 4),
+    ]
+    for r in rows
+  ]
 
 
 def markdown(table: Table) -> str:

@@ -17,7 +17,8 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,7 @@ class KeyRule:
 def _template_regex(template: str) -> re.Pattern:
   parts, last = [], 0
   for match in _PLACEHOLDER.finditer(template):
-    parts.append(re.escape(template[last:match.start()]))
+    parts.append(re.escape(template[last : match.start()]))
     parts.append(f"(?P<{match.group(1)}>\\d+)")
     last = match.end()
   parts.append(re.escape(template[last:]))
@@ -136,7 +137,7 @@ def iter_safetensors(paths: str | Sequence[str]) -> Iterator[tuple[str, Array]]:
     if not os.path.exists(path):
       raise FileNotFoundError(f"{path}: checkpoint file does not exist")
     with safe_open(path, framework="pt") as handle:
-      for key in handle.keys():
+      for key in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
         tensor = handle.get_tensor(key)
         if tensor.dtype.is_floating_point:
           tensor = tensor.float()
@@ -149,7 +150,9 @@ def _expand_paths(paths: str | Sequence[str]) -> list[str]:
   expanded = []
   for path in paths:
     if os.path.isdir(path):
-      expanded += sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
+      expanded += sorted(
+        os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors")
+      )
     elif path.endswith(".index.json"):
       with open(path) as f:
         weight_map = json.load(f)["weight_map"]
@@ -165,12 +168,12 @@ def _shape_of(leaf: Any) -> tuple[int, ...]:
 
 
 def load_params(
-    target: Mapping[str, Any],
-    tensors: Iterable[tuple[str, Array]],
-    rules: Sequence[KeyRule],
-    *,
-    ignore: Sequence[str] = (),
-    dtype: Any = np.float32,
+  target: Mapping[str, Any],
+  tensors: Iterable[tuple[str, Array]],
+  rules: Sequence[KeyRule],
+  *,
+  ignore: Sequence[str] = (),
+  dtype: Any = np.float32,
 ) -> dict[str, Any]:
   """Fills a parameter tree shaped like `target` from streamed checkpoint tensors.
 
@@ -245,9 +248,11 @@ def _raise_if_problems(unexpected, missing, mismatched, limit: int = 25):
   if not (unexpected or missing or mismatched):
     return
   lines = []
-  for title, items in (("unexpected checkpoint keys", unexpected),
-                       ("model parameters missing from the checkpoint", missing),
-                       ("shape mismatches", mismatched)):
+  for title, items in (
+    ("unexpected checkpoint keys", unexpected),
+    ("model parameters missing from the checkpoint", missing),
+    ("shape mismatches", mismatched),
+  ):
     if items:
       lines.append(f"{len(items)} {title}:")
       lines += [f"  {item}" for item in items[:limit]]
@@ -256,7 +261,9 @@ def _raise_if_problems(unexpected, missing, mismatched, limit: int = 25):
   raise ConversionError("\n".join(lines))
 
 
-def export_params(params: Mapping[str, Any], rules: Sequence[KeyRule]) -> Iterator[tuple[str, Array]]:
+def export_params(
+  params: Mapping[str, Any], rules: Sequence[KeyRule]
+) -> Iterator[tuple[str, Array]]:
   """Yields (checkpoint key, ndarray) for every parameter, inverting `load_params`.
 
   Raises ConversionError naming the Flax path when no rule covers a parameter.
@@ -277,7 +284,7 @@ def export_params(params: Mapping[str, Any], rules: Sequence[KeyRule]) -> Iterat
 
 
 def save_safetensors(
-    tensors: Iterable[tuple[str, Array]], path: str, *, max_shard_bytes: int = 4 << 30
+  tensors: Iterable[tuple[str, Array]], path: str, *, max_shard_bytes: int = 4 << 30
 ) -> list[str]:
   """Writes streamed tensors to one file, or to shards plus an HF-style index when large.
 

@@ -19,7 +19,6 @@ Example::
 
 from __future__ import annotations
 
-
 from medq_jax.convert.core import KeyRule, conv_from_flax, conv_to_flax
 
 _RESNET_CONVS = ("conv1", "conv2", "nin_shortcut")
@@ -32,12 +31,17 @@ def _join(prefix: str) -> str:
 
 
 def _conv_rules(source: str, target: str) -> list[KeyRule]:
-  return [KeyRule(f"{source}.weight", f"{target}/kernel", conv_to_flax, conv_from_flax),
-          KeyRule(f"{source}.bias", f"{target}/bias")]
+  return [
+    KeyRule(f"{source}.weight", f"{target}/kernel", conv_to_flax, conv_from_flax),
+    KeyRule(f"{source}.bias", f"{target}/bias"),
+  ]
 
 
 def _norm_rules(source: str, target: str) -> list[KeyRule]:
-  return [KeyRule(f"{source}.weight", f"{target}/scale"), KeyRule(f"{source}.bias", f"{target}/bias")]
+  return [
+    KeyRule(f"{source}.weight", f"{target}/scale"),
+    KeyRule(f"{source}.bias", f"{target}/bias"),
+  ]
 
 
 def _resnet_rules(source: str, target: str) -> list[KeyRule]:
@@ -73,9 +77,14 @@ def flux_vae_rules(source_prefix: str = "", target_prefix: str = "") -> list[Key
     rules += _mid_rules(f"{s}.mid", f"{t}/mid")
     rules += _norm_rules(f"{s}.norm_out", f"{t}/norm_out")
     rules += _conv_rules(f"{s}.conv_out", f"{t}/conv_out")
-  rules += _resnet_rules(f"{src}encoder.down.{{i}}.block.{{j}}", f"{dst}encoder/down_{{i}}/block_{{j}}")
-  rules += _conv_rules(f"{src}encoder.down.{{i}}.downsample.conv", f"{dst}encoder/down_{{i}}/downsample/conv")
+  rules += _resnet_rules(
+    f"{src}encoder.down.{{i}}.block.{{j}}", f"{dst}encoder/down_{{i}}/block_{{j}}"
+  )
+  rules += _conv_rules(
+    f"{src}encoder.down.{{i}}.downsample.conv", f"{dst}encoder/down_{{i}}/downsample/conv"
+  )
   rules += _resnet_rules(f"{src}decoder.up.{{i}}.block.{{j}}", f"{dst}decoder/up_{{i}}/block_{{j}}")
-  rules += _conv_rules(f"{src}decoder.up.{{i}}.upsample.conv", f"{dst}decoder/up_{{i}}/upsample/conv")
+  rules += _conv_rules(
+    f"{src}decoder.up.{{i}}.upsample.conv", f"{dst}decoder/up_{{i}}/upsample/conv"
+  )
   return rules
-

@@ -8,12 +8,12 @@ from medq_jax.convert.core import KeyRule, linear_from_flax, linear_to_flax
 from medq_jax.types import GEN_SUFFIX as GEN
 
 
-
 def _layer_rules(src: str, dst: str, suffix: str, *, attention: bool, qk_norm: bool):
   """Rules for one expert's per-layer weights (`suffix` '' for und, '_moe_gen' for gen)."""
   rules = []
-  linear = lambda s, d: KeyRule(f"{src}{s}.weight", f"{dst}{d}/kernel", linear_to_flax,
-                                linear_from_flax, stack="i")
+  linear = lambda s, d: KeyRule(
+    f"{src}{s}.weight", f"{dst}{d}/kernel", linear_to_flax, linear_from_flax, stack="i"
+  )
   vector = lambda s, d: KeyRule(f"{src}{s}", f"{dst}{d}", stack="i")
   if attention:
     for proj in ("q_proj", "k_proj", "v_proj"):
@@ -30,8 +30,15 @@ def _layer_rules(src: str, dst: str, suffix: str, *, attention: bool, qk_norm: b
   return rules
 
 
-def decoder_rules(model_prefix: str, lm_head_key: str, expert_scope: str, qk_norm: bool,
-                  *, with_gen_expert: bool = True, target_prefix: str = "") -> list[KeyRule]:
+def decoder_rules(
+  model_prefix: str,
+  lm_head_key: str,
+  expert_scope: str,
+  qk_norm: bool,
+  *,
+  with_gen_expert: bool = True,
+  target_prefix: str = "",
+) -> list[KeyRule]:
   """Rules mapping a Qwen2-style decoder into `MedQUni` params.
 
   Args:
@@ -47,14 +54,15 @@ def decoder_rules(model_prefix: str, lm_head_key: str, expert_scope: str, qk_nor
   src_layer = f"{model_prefix}layers.{{i}}."
   dst_layer = f"{dst}decoder/layers/"
   rules = [
-      KeyRule(f"{model_prefix}embed_tokens.weight", f"{dst}embed_tokens/embedding"),
-      KeyRule(f"{model_prefix}norm.weight", f"{dst}decoder/norm/weight"),
-      KeyRule(lm_head_key, f"{dst}lm_head/kernel", linear_to_flax, linear_from_flax),
+    KeyRule(f"{model_prefix}embed_tokens.weight", f"{dst}embed_tokens/embedding"),
+    KeyRule(f"{model_prefix}norm.weight", f"{dst}decoder/norm/weight"),
+    KeyRule(lm_head_key, f"{dst}lm_head/kernel", linear_to_flax, linear_from_flax),
   ]
   rules += _layer_rules(src_layer, dst_layer, "", attention=True, qk_norm=qk_norm)
   if with_gen_expert:
-    rules += _layer_rules(src_layer, dst_layer, GEN, attention=expert_scope == "all",
-                          qk_norm=qk_norm)
+    rules += _layer_rules(
+      src_layer, dst_layer, GEN, attention=expert_scope == "all", qk_norm=qk_norm
+    )
     if expert_scope == "all":
       rules.append(KeyRule(f"{model_prefix}norm{GEN}.weight", f"{dst}decoder/norm{GEN}/weight"))
   return rules
@@ -76,7 +84,7 @@ def gen_twins(paths) -> dict[str, str]:
   for path in paths:
     parts = path.split("/")
     for index, part in enumerate(parts[:-1]):
-      twin = "/".join(parts[:index] + [part + GEN] + parts[index + 1:])
+      twin = "/".join(parts[:index] + [part + GEN] + parts[index + 1 :])
       if twin in paths:
         twins[path] = twin
   return twins
@@ -86,6 +94,7 @@ def copy_und_to_gen(params: dict) -> dict:
   """Fills every `*_moe_gen` parameter with a copy of its und twin (BAGEL's initialisation of the
   generation expert from a pretrained LLM). Returns a new nested dict."""
   from medq_jax.convert.core import flatten, unflatten
+
   flat = dict(flatten(params))
   for und, gen in gen_twins(flat).items():
     flat[gen] = flat[und]

@@ -24,19 +24,33 @@ Inside a whole-model rule set use `siglip_rules(prefix, "vit")` with
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
 
-from medq_jax.convert.core import (ConversionError, KeyRule, _expand_paths, iter_safetensors,
-                                   linear_from_flax, linear_to_flax, load_params)
+from medq_jax.convert.core import (
+  ConversionError,
+  KeyRule,
+  _expand_paths,
+  iter_safetensors,
+  linear_from_flax,
+  linear_to_flax,
+  load_params,
+)
 
 BAGEL_PREFIX = "vit_model.vision_model."
 TRANSFORMERS_PREFIX = "vision_model."
 
-_LAYER_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-                  "mlp.fc1", "mlp.fc2")
+_LAYER_LINEARS = (
+  "self_attn.q_proj",
+  "self_attn.k_proj",
+  "self_attn.v_proj",
+  "self_attn.out_proj",
+  "mlp.fc1",
+  "mlp.fc2",
+)
 _LAYER_NORMS = ("layer_norm1", "layer_norm2")
 
 
@@ -45,7 +59,9 @@ def patch_embedding_to_flax(weight: np.ndarray) -> np.ndarray:
   if weight.ndim == 4:
     weight = weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
   elif weight.ndim != 2:
-    raise ValueError(f"patch_embedding.weight: expected [D, C, p, p] or [D, p*p*C], got {weight.shape}")
+    raise ValueError(
+      f"patch_embedding.weight: expected [D, C, p, p] or [D, p*p*C], got {weight.shape}"
+    )
   return np.ascontiguousarray(weight.T)
 
 
@@ -59,8 +75,12 @@ def patch_embedding_from_flax(num_channels: int, layout: str):
     embed, features = linear.shape
     patch = int(round((features // num_channels) ** 0.5))
     if patch * patch * num_channels != features:
-      raise ValueError(f"patch_embedding kernel {kernel.shape}: {features} is not p*p*{num_channels}")
-    return np.ascontiguousarray(linear.reshape(embed, patch, patch, num_channels).transpose(0, 3, 1, 2))
+      raise ValueError(
+        f"patch_embedding kernel {kernel.shape}: {features} is not p*p*{num_channels}"
+      )
+    return np.ascontiguousarray(
+      linear.reshape(embed, patch, patch, num_channels).transpose(0, 3, 1, 2)
+    )
 
   return convert
 
@@ -70,12 +90,12 @@ def _join(prefix: str) -> str:
 
 
 def siglip_rules(
-    source_prefix: str = TRANSFORMERS_PREFIX,
-    target_prefix: str = "",
-    *,
-    patch_embedding_layout: str | None = None,
-    num_channels: int = 3,
-    scan_layers: bool = True,
+  source_prefix: str = TRANSFORMERS_PREFIX,
+  target_prefix: str = "",
+  *,
+  patch_embedding_layout: str | None = None,
+  num_channels: int = 3,
+  scan_layers: bool = True,
 ) -> list[KeyRule]:
   """Key rules for a SigLIP vision tower.
 
@@ -93,24 +113,38 @@ def siglip_rules(
   if patch_embedding_layout is None:
     patch_embedding_layout = "linear" if source_prefix.startswith("vit_model.") else "conv"
   if patch_embedding_layout not in ("conv", "linear"):
-    raise ValueError(f"patch_embedding_layout: expected 'conv' or 'linear', got {patch_embedding_layout!r}")
+    raise ValueError(
+      f"patch_embedding_layout: expected 'conv' or 'linear', got {patch_embedding_layout!r}"
+    )
   src, dst = source_prefix, _join(target_prefix)
   rules = [
-      KeyRule(f"{src}embeddings.patch_embedding.weight", f"{dst}embeddings/patch_embedding/kernel",
-              patch_embedding_to_flax, patch_embedding_from_flax(num_channels, patch_embedding_layout)),
-      KeyRule(f"{src}embeddings.patch_embedding.bias", f"{dst}embeddings/patch_embedding/bias"),
-      KeyRule(f"{src}embeddings.position_embedding.weight",
-              f"{dst}embeddings/position_embedding/embedding"),
-      KeyRule(f"{src}post_layernorm.weight", f"{dst}post_layernorm/scale"),
-      KeyRule(f"{src}post_layernorm.bias", f"{dst}post_layernorm/bias"),
+    KeyRule(
+      f"{src}embeddings.patch_embedding.weight",
+      f"{dst}embeddings/patch_embedding/kernel",
+      patch_embedding_to_flax,
+      patch_embedding_from_flax(num_channels, patch_embedding_layout),
+    ),
+    KeyRule(f"{src}embeddings.patch_embedding.bias", f"{dst}embeddings/patch_embedding/bias"),
+    KeyRule(
+      f"{src}embeddings.position_embedding.weight", f"{dst}embeddings/position_embedding/embedding"
+    ),
+    KeyRule(f"{src}post_layernorm.weight", f"{dst}post_layernorm/scale"),
+    KeyRule(f"{src}post_layernorm.bias", f"{dst}post_layernorm/bias"),
   ]
   layer_src = f"{src}encoder.layers.{{i}}."
   layer_dst = f"{dst}encoder/layers/" if scan_layers else f"{dst}encoder/layers_{{i}}/"
   stack = "i" if scan_layers else None
   for name in _LAYER_LINEARS:
     path = name.replace(".", "/")
-    rules.append(KeyRule(f"{layer_src}{name}.weight", f"{layer_dst}{path}/kernel",
-                         linear_to_flax, linear_from_flax, stack=stack))
+    rules.append(
+      KeyRule(
+        f"{layer_src}{name}.weight",
+        f"{layer_dst}{path}/kernel",
+        linear_to_flax,
+        linear_from_flax,
+        stack=stack,
+      )
+    )
     rules.append(KeyRule(f"{layer_src}{name}.bias", f"{layer_dst}{path}/bias", stack=stack))
   for name in _LAYER_NORMS:
     rules.append(KeyRule(f"{layer_src}{name}.weight", f"{layer_dst}{name}/scale", stack=stack))
@@ -118,8 +152,9 @@ def siglip_rules(
   return rules
 
 
-def siglip_ignore_patterns(source_prefix: str = TRANSFORMERS_PREFIX, *, outside_prefix: bool = False
-                           ) -> tuple[str, ...]:
+def siglip_ignore_patterns(
+  source_prefix: str = TRANSFORMERS_PREFIX, *, outside_prefix: bool = False
+) -> tuple[str, ...]:
   """Regexes for `load_params(ignore=...)`.
 
   Always skips the pooling head (BAGEL drops it) and the ``position_ids`` buffer. With
@@ -139,17 +174,19 @@ def detect_siglip_prefix(keys: Iterable[str]) -> str:
   suffix = "embeddings.patch_embedding.weight"
   found = sorted({k[: -len(suffix)] for k in keys if k.endswith(suffix)})
   if len(found) != 1:
-    raise ConversionError(f"expected exactly one '*{suffix}' key to locate the SigLIP tower, found {found}")
+    raise ConversionError(
+      f"expected exactly one '*{suffix}' key to locate the SigLIP tower, found {found}"
+    )
   return found[0]
 
 
 def load_siglip(
-    target: Mapping[str, Any],
-    paths: str | Sequence[str],
-    *,
-    source_prefix: str | None = None,
-    scan_layers: bool = True,
-    num_channels: int = 3,
+  target: Mapping[str, Any],
+  paths: str | Sequence[str],
+  *,
+  source_prefix: str | None = None,
+  scan_layers: bool = True,
+  num_channels: int = 3,
 ) -> dict[str, Any]:
   """Loads a `SiglipVisionEncoder` param tree (shaped like `target`) from safetensors files.
 
@@ -178,7 +215,8 @@ def config_from_siglip(hf_config: Mapping[str, Any]) -> ml_collections.ConfigDic
   """
   if hf_config.get("rope", False):
     raise ValueError("SiglipVisionConfig.rope=True (2-D rotary ViT) is not supported")
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       hidden_size=int(hf_config["hidden_size"]),
       intermediate_size=int(hf_config["intermediate_size"]),
       num_layers=int(hf_config["num_hidden_layers"]),
@@ -187,4 +225,5 @@ def config_from_siglip(hf_config: Mapping[str, Any]) -> ml_collections.ConfigDic
       image_size=int(hf_config["image_size"]),
       num_channels=int(hf_config.get("num_channels", 3)),
       layer_norm_eps=float(hf_config.get("layer_norm_eps", 1e-6)),
-  ))
+    )
+  )

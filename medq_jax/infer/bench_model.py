@@ -12,7 +12,8 @@ inference engine.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,25 +58,40 @@ class MedQUniBenchModel:
     row = layout_lib.RowBuilder()
     row.text([self.special["im_start"], *self._encode(prompt), self.special["im_end"]], loss=False)
     for index in range(len(images)):
-      row.vit_image(self.spec.num_vit_tokens, self.special["vision_start"],
-                    self.special["vision_end"], first_index=index * self.spec.num_vit_tokens)
+      row.vit_image(
+        self.spec.num_vit_tokens,
+        self.special["vision_start"],
+        self.special["vision_end"],
+        first_index=index * self.spec.num_vit_tokens,
+      )
     return row
 
   def _batch(self, rows: list[dict], images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     batch = layout_lib.collate(rows)
     size, patch, grid = self.spec.vit_image_size, self.spec.vit_patch_size, self.spec.vit_grid_side
-    patches, ids = zip(*(layout_lib.image_to_vit_patches(
-        layout_lib.to_rgb(grey01(image), size, "image", "bench"), patch, grid) for image in images))
+    patches, ids = zip(
+      *(
+        layout_lib.image_to_vit_patches(
+          layout_lib.to_rgb(grey01(image), size, "image", "bench"), patch, grid
+        )
+        for image in images
+      )
+    )
     count = len(rows)
-    batch["vit_patches"] = np.broadcast_to(np.stack(patches), (count,) + np.stack(patches).shape).copy()
-    batch["vit_position_ids"] = np.broadcast_to(np.stack(ids), (count,) + np.stack(ids).shape).copy()
+    batch["vit_patches"] = np.broadcast_to(
+      np.stack(patches), (count,) + np.stack(patches).shape
+    ).copy()
+    batch["vit_position_ids"] = np.broadcast_to(
+      np.stack(ids), (count,) + np.stack(ids).shape
+    ).copy()
     batch["vit_valid"] = np.ones(batch["vit_position_ids"].shape, np.bool_)
     batch.update(layout_lib.empty_gen_stream(count, latent_dim(self.config.model)))
     return batch
 
   # --------------------------------------------------------------------------- protocol
-  def option_log_likelihoods(self, image: np.ndarray, question: str,
-                             options: list[str]) -> np.ndarray:
+  def option_log_likelihoods(
+    self, image: np.ndarray, question: str, options: list[str]
+  ) -> np.ndarray:
     """[n_options] sum of log P(option tokens, <|im_end|> | image, question)."""
     rows = []
     for option in options:
@@ -103,9 +119,14 @@ class MedQUniBenchModel:
       if next_id == self.special["im_end"]:
         break
       generated.append(next_id)
-      for key, value in (("token_ids", next_id), ("kind", KIND_TEXT),
-                         ("positions", position), ("split_ids", split),
-                         ("split_modes", SPLIT_CAUSAL), ("sample_ids", 0)):
+      for key, value in (
+        ("token_ids", next_id),
+        ("kind", KIND_TEXT),
+        ("positions", position),
+        ("split_ids", split),
+        ("split_modes", SPLIT_CAUSAL),
+        ("sample_ids", 0),
+      ):
         batch[f"und_{key}"][0, cursor] = value
       cursor += 1
       position += 1

@@ -38,14 +38,17 @@ def ssim(x: jax.Array, y: jax.Array, data_range: float = 1.0, per_image: bool = 
   y = y.reshape((-1,) + y.shape[-2:]).astype(jnp.float32)
   kernel = _gaussian_kernel_1d()
   if min(x.shape[-2:]) < kernel.size:
-    raise ValueError(f"ssim: images {x.shape[-2:]} are smaller than the {kernel.size}x{kernel.size} "
-                     "window")
+    raise ValueError(
+      f"ssim: images {x.shape[-2:]} are smaller than the {kernel.size}x{kernel.size} window"
+    )
   c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
   mu_x, mu_y = _filter(x, kernel), _filter(y, kernel)
-  sxx = _filter(x * x, kernel) - mu_x ** 2
-  syy = _filter(y * y, kernel) - mu_y ** 2
+  sxx = _filter(x * x, kernel) - mu_x**2
+  syy = _filter(y * y, kernel) - mu_y**2
   sxy = _filter(x * y, kernel) - mu_x * mu_y
-  ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+  ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / (
+    (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
+  )
   # skimage filters with reflect padding and then crops (win_size - 1) // 2 pixels per side:
   # exactly the 'valid' region computed here.
   values = ssim_map.mean(axis=(-2, -1))
@@ -55,4 +58,4 @@ def ssim(x: jax.Array, y: jax.Array, data_range: float = 1.0, per_image: bool = 
 def psnr(x: jax.Array, y: jax.Array, data_range: float = 1.0) -> jax.Array:
   """PSNR in dB per image over the last two axes: 10 log10(range^2 / MSE)."""
   mse = jnp.mean((x.astype(jnp.float32) - y.astype(jnp.float32)) ** 2, axis=(-2, -1))
-  return 10.0 * jnp.log10(data_range ** 2 / mse)
+  return 10.0 * jnp.log10(data_range**2 / mse)

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from medq_jax.types import PAD_SAMPLE, SPLIT_CAUSAL, SPLIT_NOISE
 
 
-
 class TokenIds(NamedTuple):
   """Per-token mask ids, each [B, L] int32."""
 
@@ -31,7 +30,7 @@ class TokenIds(NamedTuple):
   order: jax.Array
 
   @staticmethod
-  def concat(a: "TokenIds", b: "TokenIds") -> "TokenIds":
+  def concat(a: TokenIds, b: TokenIds) -> TokenIds:
     return TokenIds(*(jnp.concatenate([x, y], axis=1) for x, y in zip(a, b)))
 
 
@@ -47,8 +46,9 @@ def allowed_mask(q: TokenIds, kv: TokenIds) -> jax.Array:
   into_noise = (kv.mode[:, None, :] == SPLIT_NOISE) & ~same_split
   allowed = same_sample & (earlier_split | within) & ~into_noise
   is_pad = (q.sample[:, :, None] == PAD_SAMPLE) | (kv.sample[:, None, :] == PAD_SAMPLE)
-  return jnp.where(is_pad, same_sample & same_split & (kv.order[:, None, :] == q.order[:, :, None]),
-                   allowed)
+  return jnp.where(
+    is_pad, same_sample & same_split & (kv.order[:, None, :] == q.order[:, :, None]), allowed
+  )
 
 
 def xla_attention(q, k, v, mask):
@@ -91,6 +91,8 @@ def attention(q, k, v, q_ids: TokenIds, kv_ids: TokenIds, impl: str = "xla"):
     return cudnn_attention(q, k, v, mask)
   if impl == "splash":
     raise NotImplementedError(
-        "model.attention_impl='splash' (TPU Pallas kernel) is not wired yet; use 'xla'")
-  raise ValueError(f"model.attention_impl: unknown implementation {impl!r} "
-                   "(expected 'xla', 'cudnn' or 'splash')")
+      "model.attention_impl='splash' (TPU Pallas kernel) is not wired yet; use 'xla'"
+    )
+  raise ValueError(
+    f"model.attention_impl: unknown implementation {impl!r} (expected 'xla', 'cudnn' or 'splash')"
+  )

@@ -16,14 +16,19 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
 from medq_jax.models import attention as attention_lib
+from medq_jax.models.layers import (
+  RMSNorm,
+  apply_rope,
+  constrain,
+  logical_dense,
+  remat_layer,
+  rope_tables,
+)
 from medq_jax.types import GEN_SUFFIX as GEN
-from medq_jax.models.layers import (RMSNorm, apply_rope, constrain, logical_dense, remat_layer,
-                                    rope_tables)
 
 Dtype = Any
 
@@ -40,8 +45,9 @@ class ExpertMLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    dense = lambda f, axes, name: logical_dense(f, axes, use_bias=False, dtype=self.dtype,
-                                                param_dtype=self.param_dtype, name=name)
+    dense = lambda f, axes, name: logical_dense(
+      f, axes, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+    )
     gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)
     up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)
     hidden = constrain(nn.silu(gate) * up, ("act_batch", "act_len", "act_mlp"))
@@ -64,12 +70,23 @@ class JointSelfAttention(nn.Module):
   def _project(self, x, suffix: str):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    q = logical_dense(cfg.num_heads * cfg.head_dim, ("embed", "heads"), use_bias=True,
-                      name="q_proj" + suffix, **kw)(x)
-    k = logical_dense(cfg.num_kv_heads * cfg.head_dim, ("embed", "kv_heads"), use_bias=True,
-                      name="k_proj" + suffix, **kw)(x)
-    v = logical_dense(cfg.num_kv_heads * cfg.head_dim, ("embed", "kv_heads"), use_bias=True,
-                      name="v_proj" + suffix, **kw)(x)
+    q = logical_dense(
+      cfg.num_heads * cfg.head_dim, ("embed", "heads"), use_bias=True, name="q_proj" + suffix, **kw
+    )(x)
+    k = logical_dense(
+      cfg.num_kv_heads * cfg.head_dim,
+      ("embed", "kv_heads"),
+      use_bias=True,
+      name="k_proj" + suffix,
+      **kw,
+    )(x)
+    v = logical_dense(
+      cfg.num_kv_heads * cfg.head_dim,
+      ("embed", "kv_heads"),
+      use_bias=True,
+      name="v_proj" + suffix,
+      **kw,
+    )(x)
     batch, length = x.shape[:2]
     q = q.reshape(batch, length, cfg.num_heads, cfg.head_dim)
     k = k.reshape(batch, length, cfg.num_kv_heads, cfg.head_dim)
@@ -82,15 +99,21 @@ class JointSelfAttention(nn.Module):
   def _out(self, o, suffix: str):
     cfg = self.config
     o = o.reshape(*o.shape[:2], cfg.num_heads * cfg.head_dim)
-    return logical_dense(cfg.hidden_size, ("heads", "embed"), use_bias=False, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name="o_proj" + suffix)(o)
+    return logical_dense(
+      cfg.hidden_size,
+      ("heads", "embed"),
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="o_proj" + suffix,
+    )(o)
 
   @nn.compact
   def __call__(self, x, ids: attention_lib.TokenIds, rope):
     split = self.expert_scope == "all" and self.und_len < x.shape[1]
     if split:
-      (qu, ku, vu) = self._project(x[:, :self.und_len], "")
-      (qg, kg, vg) = self._project(x[:, self.und_len:], GEN)
+      (qu, ku, vu) = self._project(x[:, : self.und_len], "")
+      (qg, kg, vg) = self._project(x[:, self.und_len :], GEN)
       q, k, v = (jnp.concatenate(pair, axis=1) for pair in ((qu, qg), (ku, kg), (vu, vg)))
     else:
       q, k, v = self._project(x, "")
@@ -100,8 +123,9 @@ class JointSelfAttention(nn.Module):
     k = constrain(k, ("act_batch", "act_len", "act_kv_heads", "act_head_dim"))
     out = attention_lib.attention(q, k, v, ids, ids, self.attention_impl)
     if split:
-      return jnp.concatenate([self._out(out[:, :self.und_len], ""),
-                              self._out(out[:, self.und_len:], GEN)], axis=1)
+      return jnp.concatenate(
+        [self._out(out[:, : self.und_len], ""), self._out(out[:, self.und_len :], GEN)], axis=1
+      )
     return self._out(out, "")
 
 
@@ -120,8 +144,9 @@ class MoTDecoderLayer(nn.Module):
   param_dtype: Dtype
 
   def _norm(self, name):
-    return RMSNorm(self.config.rms_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
-                   name=name)
+    return RMSNorm(
+      self.config.rms_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+    )
 
   def _per_expert(self, x, und_fn, gen_fn):
     """und_fn on the und slice, gen_fn on the gen slice, rejoined (no gen tokens: und only)."""
@@ -129,7 +154,7 @@ class MoTDecoderLayer(nn.Module):
       return und_fn(x)
     if self.und_len == 0:
       return gen_fn(x)
-    return jnp.concatenate([und_fn(x[:, :self.und_len]), gen_fn(x[:, self.und_len:])], axis=1)
+    return jnp.concatenate([und_fn(x[:, : self.und_len]), gen_fn(x[:, self.und_len :])], axis=1)
 
   def _norm_both(self, name, h):
     if self.expert_scope == "ffn":
@@ -139,15 +164,22 @@ class MoTDecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, h, ids, rope):
     x = self._norm_both("input_layernorm", h)
-    h = h + JointSelfAttention(self.config, self.expert_scope, self.attention_impl, self.und_len,
-                               self.dtype, self.param_dtype, name="self_attn")(x, ids, rope)
+    h = h + JointSelfAttention(
+      self.config,
+      self.expert_scope,
+      self.attention_impl,
+      self.und_len,
+      self.dtype,
+      self.param_dtype,
+      name="self_attn",
+    )(x, ids, rope)
     x = self._norm_both("post_attention_layernorm", h)
     und_mlp = ExpertMLP(self.config, self.dtype, self.param_dtype, name="mlp")
     gen_mlp = ExpertMLP(self.config, self.dtype, self.param_dtype, name="mlp" + GEN)
     if 0 < self.und_len < h.shape[1]:
       # Add each expert's output into its slice of the residual in place (no concat copy).
-      h = h.at[:, :self.und_len].add(und_mlp(x[:, :self.und_len]))
-      h = h.at[:, self.und_len:].add(gen_mlp(x[:, self.und_len:]))
+      h = h.at[:, : self.und_len].add(und_mlp(x[:, : self.und_len]))
+      h = h.at[:, self.und_len :].add(gen_mlp(x[:, self.und_len :]))
     else:
       h = h + self._per_expert(x, und_mlp, gen_mlp)
     return constrain(h, _STREAM_AXES), None
@@ -176,12 +208,18 @@ class MoTDecoder(nn.Module):
     layer_cls = remat_layer(MoTDecoderLayer, self.remat_policy, self.scan_layers)
     und_len = und_h.shape[1]
     args = (cfg, self.expert_scope, self.attention_impl, und_len, self.dtype, self.param_dtype)
-    h = constrain(jnp.concatenate([und_h.astype(self.dtype), gen_h.astype(self.dtype)], axis=1),
-                  _STREAM_AXES)
+    h = constrain(
+      jnp.concatenate([und_h.astype(self.dtype), gen_h.astype(self.dtype)], axis=1), _STREAM_AXES
+    )
     if self.scan_layers:
-      stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
+      stack = nn.scan(
+        layer_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+      )
       h, _ = stack(*args, name="layers")(h, ids, rope)
     else:
       for index in range(cfg.num_layers):
@@ -191,5 +229,7 @@ class MoTDecoder(nn.Module):
       if self.expert_scope == "all":  # create the gen norm's params even without gen tokens
         RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm" + GEN)(h[:, :0])
       return h[:, :und_len], h[:, und_len:]
-    return (RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(h[:, :und_len]),
-            RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm" + GEN)(h[:, und_len:]))
+    return (
+      RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(h[:, :und_len]),
+      RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm" + GEN)(h[:, und_len:]),
+    )

@@ -4,7 +4,8 @@ logical axis names, and fixed sin-cos position tables.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -19,14 +20,27 @@ def dtype_of(name: str | Dtype) -> Dtype:
   return jnp.dtype(name) if isinstance(name, str) else name
 
 
-def logical_dense(features: int, axes: tuple[str, str], *, use_bias: bool, dtype: Dtype,
-                  param_dtype: Dtype, name: str, zero_init: bool = False) -> nn.Dense:
+def logical_dense(
+  features: int,
+  axes: tuple[str, str],
+  *,
+  use_bias: bool,
+  dtype: Dtype,
+  param_dtype: Dtype,
+  name: str,
+  zero_init: bool = False,
+) -> nn.Dense:
   """nn.Dense whose kernel [in, out] and bias [out] carry logical axis names."""
   kernel_init = nn.initializers.zeros if zero_init else nn.initializers.normal(0.02)
   return nn.Dense(
-      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
+    features,
+    use_bias=use_bias,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    name=name,
+    kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+  )
 
 
 class RMSNorm(nn.Module):
@@ -39,9 +53,12 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    weight = self.param("weight", nn.with_logical_partitioning(nn.initializers.ones,
-                                                               (self.axis_name,)),
-                        (x.shape[-1],), self.param_dtype)
+    weight = self.param(
+      "weight",
+      nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+      (x.shape[-1],),
+      self.param_dtype,
+    )
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return (x32 * weight.astype(jnp.float32)).astype(self.dtype)
@@ -88,18 +105,19 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
 # The one table of rematerialisation policies (`config.model.remat_policy`), shared by every
 # scanned layer stack (decoder and ViT), so a policy valid for one is valid for all.
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "dots_saveable": jax.checkpoint_policies.dots_saveable,
 }
 
 
 def remat_layer(layer_cls: type[nn.Module], policy: str, scan_layers: bool) -> type[nn.Module]:
   """`layer_cls` wrapped in `nn.remat` with the named policy ('none' returns it unchanged)."""
   if policy not in REMAT_POLICIES:
-    raise ValueError(f"model.remat_policy: unknown policy {policy!r}; known: "
-                     f"{sorted(REMAT_POLICIES)}")
+    raise ValueError(
+      f"model.remat_policy: unknown policy {policy!r}; known: {sorted(REMAT_POLICIES)}"
+    )
   if policy == "none":
     return layer_cls
   return nn.remat(layer_cls, policy=REMAT_POLICIES[policy], prevent_cse=not scan_layers)

@@ -9,7 +9,8 @@ trainable parameter tree holds only what training updates.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -28,8 +29,12 @@ Batch = Mapping[str, jax.Array]
 
 def stream_ids(batch: Batch, prefix: str) -> TokenIds:
   """The mask ids of one stream ('und' or 'gen') from a layout batch."""
-  return TokenIds(sample=batch[f"{prefix}_sample_ids"], split=batch[f"{prefix}_split_ids"],
-                  mode=batch[f"{prefix}_split_modes"], order=batch[f"{prefix}_positions"])
+  return TokenIds(
+    sample=batch[f"{prefix}_sample_ids"],
+    split=batch[f"{prefix}_split_ids"],
+    mode=batch[f"{prefix}_split_modes"],
+    order=batch[f"{prefix}_positions"],
+  )
 
 
 class MedQUni(nn.Module):
@@ -44,25 +49,39 @@ class MedQUni(nn.Module):
     self.param_dtype = dtype_of(cfg.param_dtype)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.embed_tokens = nn.Embed(
-        llm.vocab_size, llm.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                    ("vocab", "embed")))
-    self.vit = SiglipVisionEncoder(cfg.vit, scan_layers=cfg.scan_layers,
-                                   remat_policy=cfg.remat_policy, **kw)
+      llm.vocab_size,
+      llm.hidden_size,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+    )
+    self.vit = SiglipVisionEncoder(
+      cfg.vit, scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy, **kw
+    )
     self.connector = MLPConnector(llm.hidden_size, **kw)
     vit_grid = cfg.vit.image_size // cfg.vit.patch_size
     self.vit_pos_embed = FixedPositionEmbedding(vit_grid, llm.hidden_size)
-    self.vae2llm = logical_dense(llm.hidden_size, ("latent", "embed"), use_bias=True,
-                                 name="vae2llm", **kw)
+    self.vae2llm = logical_dense(
+      llm.hidden_size, ("latent", "embed"), use_bias=True, name="vae2llm", **kw
+    )
     self.time_embedder = TimestepEmbedder(llm.hidden_size, cfg.timestep_freq_dim, **kw)
     self.latent_pos_embed = FixedPositionEmbedding(cfg.max_latent_size, llm.hidden_size)
-    self.decoder = MoTDecoder(llm, cfg.expert_scope, cfg.attention_impl, self.dtype,
-                              self.param_dtype, cfg.scan_layers, cfg.remat_policy)
-    self.lm_head = logical_dense(llm.vocab_size, ("embed", "vocab"), use_bias=False,
-                                 name="lm_head", **kw)
+    self.decoder = MoTDecoder(
+      llm,
+      cfg.expert_scope,
+      cfg.attention_impl,
+      self.dtype,
+      self.param_dtype,
+      cfg.scan_layers,
+      cfg.remat_policy,
+    )
+    self.lm_head = logical_dense(
+      llm.vocab_size, ("embed", "vocab"), use_bias=False, name="lm_head", **kw
+    )
     # Zero-initialised as in BAGEL, so a fresh gen expert starts from a zero velocity.
-    self.llm2vae = logical_dense(latent_dim(cfg), ("embed", "latent"), use_bias=True,
-                                 name="llm2vae", zero_init=True, **kw)
+    self.llm2vae = logical_dense(
+      latent_dim(cfg), ("embed", "latent"), use_bias=True, name="llm2vae", zero_init=True, **kw
+    )
 
   def embed_und(self, batch: Batch) -> jax.Array:
     """und stream embeddings [B, Lu, D]: token embeddings, with ViT tokens in their slots.
@@ -71,8 +90,11 @@ class MedQUni(nn.Module):
     indexes the flattened n_images * Nv ViT tokens.
     """
     text = self.embed_tokens(batch["und_token_ids"])
-    patches, position_ids, valid = (batch["vit_patches"], batch["vit_position_ids"],
-                                    batch["vit_valid"])
+    patches, position_ids, valid = (
+      batch["vit_patches"],
+      batch["vit_position_ids"],
+      batch["vit_valid"],
+    )
     if patches.ndim == 4:  # [B, n_images, Nv, F]: encode each image alone, then flatten
       rows, images, tokens = patches.shape[:3]
       fold = lambda x: x.reshape((rows * images,) + x.shape[2:])
@@ -89,15 +111,24 @@ class MedQUni(nn.Module):
   def embed_gen(self, batch: Batch) -> jax.Array:
     """gen stream embeddings [B, Lg, D] from (noised) latent tokens, timesteps and positions."""
     latents = batch["gen_latents"].astype(self.dtype)
-    return (self.vae2llm(latents) + self.time_embedder(batch["gen_timesteps"])
-            + self.latent_pos_embed(batch["gen_latent_pos"]).astype(self.dtype))
+    return (
+      self.vae2llm(latents)
+      + self.time_embedder(batch["gen_timesteps"])
+      + self.latent_pos_embed(batch["gen_latent_pos"]).astype(self.dtype)
+    )
 
   def hidden_states(self, batch: Batch):
     """Runs the decoder; returns final-normed (und_h [B, Lu, D], gen_h [B, Lg, D])."""
     und_h = constrain(self.embed_und(batch), ("act_batch", "act_len", "act_embed"))
     gen_h = constrain(self.embed_gen(batch), ("act_batch", "act_len", "act_embed"))
-    return self.decoder(und_h, gen_h, stream_ids(batch, "und"), stream_ids(batch, "gen"),
-                        batch["und_positions"], batch["gen_positions"])
+    return self.decoder(
+      und_h,
+      gen_h,
+      stream_ids(batch, "und"),
+      stream_ids(batch, "gen"),
+      batch["und_positions"],
+      batch["gen_positions"],
+    )
 
   def __call__(self, batch: Batch):
     """Returns {'logits': [B, Lu, vocab] float32, 'velocity': [B, Lg, p*p*z] float32}."""
@@ -114,8 +145,9 @@ def init_batch(model_config: ml_collections.ConfigDict) -> dict[str, jnp.ndarray
   same parameters as a full-size batch (Flax draws initialisers by module path and shape).
   """
   patch = model_config.vit.patch_size
-  sizes = dict(Lu=4, Lg=4, Nv=4, F=model_config.vit.num_channels * patch**2, S=8,
-               D=latent_dim(model_config))
+  sizes = dict(
+    Lu=4, Lg=4, Nv=4, F=model_config.vit.num_channels * patch**2, S=8, D=latent_dim(model_config)
+  )
   shapes = field_shapes(sizes, {**BATCH_FIELDS, **MODEL_INPUT_FIELDS})
   return {name: jnp.zeros((1,) + shape, dtype) for name, (shape, dtype) in shapes.items()}
 
@@ -124,8 +156,9 @@ def abstract_params(model_config: ml_collections.ConfigDict) -> Any:
   """Boxed abstract MedQUni parameters (ShapeDtypeStructs with logical axis names); allocates
   nothing. `nn.unbox` gives the plain tree."""
   model = MedQUni(model_config)
-  return jax.eval_shape(lambda rng: model.init(rng, init_batch(model_config))["params"],
-                        jax.random.key(0))
+  return jax.eval_shape(
+    lambda rng: model.init(rng, init_batch(model_config))["params"], jax.random.key(0)
+  )
 
 
 def param_count(params: Any) -> int:

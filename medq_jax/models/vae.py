@@ -38,32 +38,40 @@ def downsample_factor(config: ml_collections.ConfigDict) -> int:
   return 2 ** (len(config.ch_mult) - 1)
 
 
-def _conv(features: int, kernel: int, name: str, dtype: Dtype, param_dtype: Dtype, *, stride: int = 1,
-          padding: Any = None):
+def _conv(
+  features: int,
+  kernel: int,
+  name: str,
+  dtype: Dtype,
+  param_dtype: Dtype,
+  *,
+  stride: int = 1,
+  padding: Any = None,
+):
   pad = kernel // 2 if padding is None else padding
   return nn.Conv(
-      features,
-      (kernel, kernel),
-      strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)) if isinstance(pad, int) else pad,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), CONV_AXES),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), CHANNEL_AXES),
-      name=name,
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=((pad, pad), (pad, pad)) if isinstance(pad, int) else pad,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), CONV_AXES),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), CHANNEL_AXES),
+    name=name,
   )
 
 
 def _group_norm(groups: int, name: str, dtype: Dtype, param_dtype: Dtype):
   return nn.GroupNorm(
-      num_groups=groups,
-      epsilon=1e-6,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      use_fast_variance=False,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), CHANNEL_AXES),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), CHANNEL_AXES),
-      name=name,
+    num_groups=groups,
+    epsilon=1e-6,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    use_fast_variance=False,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), CHANNEL_AXES),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), CHANNEL_AXES),
+    name=name,
   )
 
 
@@ -99,8 +107,10 @@ class AttnBlock(nn.Module):
     args = (self.dtype, self.param_dtype)
     batch, height, width, channels = x.shape
     h = _group_norm(self.norm_groups, "norm", *args)(x)
-    q, k, v = (_conv(channels, 1, name, *args)(h).reshape(batch, height * width, 1, channels)
-               for name in ("q", "k", "v"))
+    q, k, v = (
+      _conv(channels, 1, name, *args)(h).reshape(batch, height * width, 1, channels)
+      for name in ("q", "k", "v")
+    )
     h = jax.nn.dot_product_attention(q, k, v).reshape(batch, height, width, channels)
     return x + _conv(channels, 1, "proj_out", *args)(h)
 
@@ -160,8 +170,9 @@ class ResLevel(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     block_cls = nn.remat(ResnetBlock) if self.remat_blocks else ResnetBlock
     for index in range(self.num_blocks):
-      x = block_cls(self.out_channels, self.norm_groups, self.dtype, self.param_dtype,
-                    name=f"block_{index}")(x)
+      x = block_cls(
+        self.out_channels, self.norm_groups, self.dtype, self.param_dtype, name=f"block_{index}"
+      )(x)
     if self.resample == "downsample":
       x = Downsample(self.dtype, self.param_dtype, name="downsample")(x)
     elif self.resample == "upsample":
@@ -184,8 +195,15 @@ class Encoder(nn.Module):
     h = _conv(cfg.ch, 3, "conv_in", *args)(x.astype(self.dtype))
     last = len(cfg.ch_mult) - 1
     for level, mult in enumerate(cfg.ch_mult):
-      h = ResLevel(cfg.ch * mult, cfg.num_res_blocks, "downsample" if level != last else None,
-                   cfg.norm_groups, *args, self.remat_blocks, name=f"down_{level}")(h)
+      h = ResLevel(
+        cfg.ch * mult,
+        cfg.num_res_blocks,
+        "downsample" if level != last else None,
+        cfg.norm_groups,
+        *args,
+        self.remat_blocks,
+        name=f"down_{level}",
+      )(h)
     h = MidBlock(cfg.norm_groups, *args, name="mid")(h)
     h = nn.swish(_group_norm(cfg.norm_groups, "norm_out", *args)(h))
     return _conv(2 * cfg.z_channels, 3, "conv_out", *args)(h)
@@ -206,9 +224,15 @@ class Decoder(nn.Module):
     h = _conv(cfg.ch * cfg.ch_mult[-1], 3, "conv_in", *args)(z.astype(self.dtype))
     h = MidBlock(cfg.norm_groups, *args, name="mid")(h)
     for level in reversed(range(len(cfg.ch_mult))):
-      h = ResLevel(cfg.ch * cfg.ch_mult[level], cfg.num_res_blocks + 1,
-                   "upsample" if level != 0 else None, cfg.norm_groups, *args, self.remat_blocks,
-                   name=f"up_{level}")(h)
+      h = ResLevel(
+        cfg.ch * cfg.ch_mult[level],
+        cfg.num_res_blocks + 1,
+        "upsample" if level != 0 else None,
+        cfg.norm_groups,
+        *args,
+        self.remat_blocks,
+        name=f"up_{level}",
+      )(h)
     h = nn.swish(_group_norm(cfg.norm_groups, "norm_out", *args)(h))
     return _conv(cfg.out_channels, 3, "conv_out", *args)(h)
 
@@ -238,7 +262,9 @@ class FluxAutoEncoder(nn.Module):
 
   def _check_spatial(self, x: jax.Array, what: str, factor: int):
     if x.ndim != 4 or x.shape[1] % factor or x.shape[2] % factor:
-      raise ValueError(f"{what}: expected [B, H, W, C] with H, W multiples of {factor}, got {x.shape}")
+      raise ValueError(
+        f"{what}: expected [B, H, W, C] with H, W multiples of {factor}, got {x.shape}"
+      )
 
   def encode_moments(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     """images [B, H, W, in_channels] in [-1, 1] -> (mean, logvar), each [B, H/f, W/f, z], unscaled."""
@@ -262,7 +288,9 @@ class FluxAutoEncoder(nn.Module):
   def decode(self, latents: jax.Array) -> jax.Array:
     """latents [B, h, w, z] (scaled as `encode` returns them) -> images [B, h*f, w*f, 3]."""
     if latents.ndim != 4 or latents.shape[-1] != self.config.z_channels:
-      raise ValueError(f"latents: expected [B, h, w, {self.config.z_channels}], got {latents.shape}")
+      raise ValueError(
+        f"latents: expected [B, h, w, {self.config.z_channels}], got {latents.shape}"
+      )
     z = latents / self.config.scale_factor + self.config.shift_factor
     return self.decoder(z)
 
@@ -293,7 +321,8 @@ def unpatchify_latents(tokens: jax.Array, h: int, w: int, p: int = 2) -> jax.Arr
   rows, cols = h // p, w // p
   if length != rows * cols or features % (p * p):
     raise ValueError(
-        f"unpatchify_latents: tokens {tokens.shape} do not fit a {h}x{w} latent with p={p}")
+      f"unpatchify_latents: tokens {tokens.shape} do not fit a {h}x{w} latent with p={p}"
+    )
   channels = features // (p * p)
   x = tokens.reshape(batch, rows, cols, p, p, channels)
   x = jnp.transpose(x, (0, 1, 3, 2, 4, 5))

@@ -47,27 +47,29 @@ ACT_AXES = ("act_batch", "act_len", "act_embed")
 def _dense(features: int, axes: tuple[str, str], name: str, dtype: Dtype, param_dtype: Dtype):
   """nn.Dense (kernel [in, out], with bias) whose params carry logical axis names."""
   return nn.Dense(
-      features,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
-      name=name,
+    features,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
+    name=name,
   )
 
 
 def _layer_norm(eps: float, name: str, dtype: Dtype, param_dtype: Dtype):
   return nn.LayerNorm(
-      epsilon=eps,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-      name=name,
+    epsilon=eps,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+    name=name,
   )
 
 
-def image_to_patches(images: jax.Array, patch_size: int, grid_side: int) -> tuple[jax.Array, jax.Array]:
+def image_to_patches(
+  images: jax.Array, patch_size: int, grid_side: int
+) -> tuple[jax.Array, jax.Array]:
   """Cuts NHWC images into flattened patches and their NaViT position ids.
 
   Args:
@@ -82,11 +84,14 @@ def image_to_patches(images: jax.Array, patch_size: int, grid_side: int) -> tupl
   batch, height, width, channels = images.shape
   p = patch_size
   if height % p or width % p:
-    raise ValueError(f"image_to_patches: image size {height}x{width} is not a multiple of patch_size={p}")
+    raise ValueError(
+      f"image_to_patches: image size {height}x{width} is not a multiple of patch_size={p}"
+    )
   rows, cols = height // p, width // p
   if rows > grid_side or cols > grid_side:
     raise ValueError(
-        f"image_to_patches: {rows}x{cols} patches exceed the {grid_side}x{grid_side} position grid")
+      f"image_to_patches: {rows}x{cols} patches exceed the {grid_side}x{grid_side} position grid"
+    )
   patches = images.reshape(batch, rows, p, cols, p, channels)
   patches = jnp.transpose(patches, (0, 1, 3, 2, 4, 5)).reshape(batch, rows * cols, p * p * channels)
   ids = (np.arange(rows)[:, None] * grid_side + np.arange(cols)[None, :]).reshape(-1)
@@ -116,7 +121,9 @@ class SiglipAttention(nn.Module):
     mask = None if key_mask is None else key_mask[:, None, None, :]
     out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [B, N, H, hd]
     out = out.reshape(batch, length, cfg.hidden_size)
-    return _dense(embed, ("vit_heads_x_dim", "vit_embed"), "out_proj", self.dtype, self.param_dtype)(out)
+    return _dense(
+      embed, ("vit_heads_x_dim", "vit_embed"), "out_proj", self.dtype, self.param_dtype
+    )(out)
 
 
 class SiglipMLP(nn.Module):
@@ -129,7 +136,9 @@ class SiglipMLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
-    h = _dense(cfg.intermediate_size, ("vit_embed", "vit_mlp"), "fc1", self.dtype, self.param_dtype)(x)
+    h = _dense(
+      cfg.intermediate_size, ("vit_embed", "vit_mlp"), "fc1", self.dtype, self.param_dtype
+    )(x)
     h = nn.gelu(h, approximate=True)
     return _dense(cfg.hidden_size, ("vit_mlp", "vit_embed"), "fc2", self.dtype, self.param_dtype)(h)
 
@@ -167,12 +176,12 @@ class SiglipEncoder(nn.Module):
     args = (self.config, self.dtype, self.param_dtype)
     if self.scan_layers:
       stack = nn.scan(
-          layer_cls,
-          variable_axes={"params": 0},
-          split_rngs={"params": True},
-          in_axes=(nn.broadcast,),
-          length=self.config.num_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"},
+        layer_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast,),
+        length=self.config.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
       )
       x, _ = stack(*args, name="layers")(x, key_mask)
     else:
@@ -192,15 +201,18 @@ class SiglipEmbeddings(nn.Module):
   def __call__(self, patches: jax.Array, position_ids: jax.Array) -> jax.Array:
     cfg = self.config
     grid_side = cfg.image_size // cfg.patch_size
-    x = _dense(cfg.hidden_size, ("vit_patch", "vit_embed"), "patch_embedding", self.dtype,
-               self.param_dtype)(patches)
+    x = _dense(
+      cfg.hidden_size, ("vit_patch", "vit_embed"), "patch_embedding", self.dtype, self.param_dtype
+    )(patches)
     positions = nn.Embed(
-        grid_side**2,
-        cfg.hidden_size,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vit_pos", "vit_embed")),
-        name="position_embedding",
+      grid_side**2,
+      cfg.hidden_size,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      embedding_init=nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), ("vit_pos", "vit_embed")
+      ),
+      name="position_embedding",
     )(position_ids)
     return x + positions
 
@@ -227,7 +239,9 @@ class SiglipVisionEncoder(nn.Module):
     return self.config.image_size // self.config.patch_size
 
   @nn.compact
-  def __call__(self, patches: jax.Array, position_ids: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, patches: jax.Array, position_ids: jax.Array, valid: jax.Array | None = None
+  ) -> jax.Array:
     """Encodes patch sequences.
 
     Args:
@@ -241,10 +255,13 @@ class SiglipVisionEncoder(nn.Module):
     cfg = self.config
     expected = cfg.num_channels * cfg.patch_size**2
     if patches.shape[-1] != expected:
-      raise ValueError(f"patches: expected last dim num_channels*patch_size**2={expected}, got {patches.shape}")
+      raise ValueError(
+        f"patches: expected last dim num_channels*patch_size**2={expected}, got {patches.shape}"
+      )
     embeddings = SiglipEmbeddings(cfg, self.dtype, self.param_dtype, name="embeddings")
     x = embeddings(patches, position_ids)
     x = nn.with_logical_constraint(x, ACT_AXES)
-    x = SiglipEncoder(cfg, self.dtype, self.param_dtype, self.scan_layers, self.remat_policy,
-                      name="encoder")(x, valid)
+    x = SiglipEncoder(
+      cfg, self.dtype, self.param_dtype, self.scan_layers, self.remat_policy, name="encoder"
+    )(x, valid)
     return _layer_norm(cfg.layer_norm_eps, "post_layernorm", self.dtype, self.param_dtype)(x)

@@ -14,17 +14,23 @@ from medq_jax import checkpoints
 
 
 def make_manager(directory: str, keep: int = 3, save_every: int = 100) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
-                                         enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=checkpoints.ITEM_NAMES)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=True
+  )
+  return ocp.CheckpointManager(
+    os.path.abspath(directory), options=options, item_names=checkpoints.ITEM_NAMES
+  )
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, force: bool = False):
   """Saves (async) the sharded state and the data iterator position at `step`."""
-  return manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)),
-      force=force)
+  return manager.save(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)
+    ),
+    force=force,
+  )
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator):
@@ -35,13 +41,18 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
   step = manager.latest_step()
   if step is None:
     return None, 0
-  restored = manager.restore(step, args=ocp.args.Composite(
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state),
-      data=grain.checkpoint.CheckpointRestore(data_iterator)))
+      data=grain.checkpoint.CheckpointRestore(data_iterator),
+    ),
+  )
   return restored.state, step
 
 
 def abstract_like(tree):
   """ShapeDtypeStructs with the shardings of `tree` (restore target on the same mesh)."""
   return jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
+  )

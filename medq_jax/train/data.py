@@ -19,22 +19,31 @@ def per_host_batch_size(global_batch_size: int) -> int:
   """Rows each JAX process loads; the global batch must split evenly over processes."""
   count = jax.process_count()
   if global_batch_size % count:
-    raise ValueError(f"train.batch_size={global_batch_size} is not divisible by {count} "
-                     "processes")
+    raise ValueError(f"train.batch_size={global_batch_size} is not divisible by {count} processes")
   return global_batch_size // count
 
 
-def make_train_loader(config, tokenizer_dir: str, spec: layout_lib.LayoutSpec,
-                      split: str = "train", worker_count: int | None = None):
+def make_train_loader(
+  config,
+  tokenizer_dir: str,
+  spec: layout_lib.LayoutSpec,
+  split: str = "train",
+  worker_count: int | None = None,
+):
   """The Grain IterDataset of host-local packed batches (dicts of numpy arrays [B, ...])."""
   return data_loader.make_loader(
-      config.data, split, batch_size=per_host_batch_size(config.train.batch_size),
-      worker_count=worker_count, transform=layout_lib.PackExamples(tokenizer_dir, spec),
-      transform_errors=(layout_lib.LayoutError,))
+    config.data,
+    split,
+    batch_size=per_host_batch_size(config.train.batch_size),
+    worker_count=worker_count,
+    transform=layout_lib.PackExamples(tokenizer_dir, spec),
+    transform_errors=(layout_lib.LayoutError,),
+  )
 
 
-def make_train_iterator(config, tokenizer_dir: str, spec: layout_lib.LayoutSpec,
-                        split: str = "train"):
+def make_train_iterator(
+  config, tokenizer_dir: str, spec: layout_lib.LayoutSpec, split: str = "train"
+):
   """A checkpointable iterator over `make_train_loader`'s batches (what the loop consumes)."""
   return iter(make_train_loader(config, tokenizer_dir, spec, split))
 

@@ -15,14 +15,14 @@ import jax
 import numpy as np
 
 from medq_jax import checkpoints
+from medq_jax import sharding as sharding_lib
 from medq_jax.models.medq_uni import param_count
 from medq_jax.train import checkpoint as checkpoint_lib
 from medq_jax.train import data as data_lib
 from medq_jax.train import pretrained
-from medq_jax.train.metrics_writer import MetricsWriter
-from medq_jax import sharding as sharding_lib
 from medq_jax.train import state as state_lib
 from medq_jax.train import step as step_lib
+from medq_jax.train.metrics_writer import MetricsWriter
 
 
 def _log_memory(compiled) -> None:
@@ -31,9 +31,12 @@ def _log_memory(compiled) -> None:
   except Exception:  # not every backend reports it
     return
   if memory is not None:
-    logging.info("train step memory: args %.1f MiB, temps %.1f MiB, output %.1f MiB",
-                 memory.argument_size_in_bytes / 2**20, memory.temp_size_in_bytes / 2**20,
-                 memory.output_size_in_bytes / 2**20)
+    logging.info(
+      "train step memory: args %.1f MiB, temps %.1f MiB, output %.1f MiB",
+      memory.argument_size_in_bytes / 2**20,
+      memory.temp_size_in_bytes / 2**20,
+      memory.output_size_in_bytes / 2**20,
+    )
 
 
 def _step_flops(compiled) -> float:
@@ -56,33 +59,47 @@ def train(config, workdir: str, tokenizer_dir: str) -> dict:
   init_rng, loop_rng = jax.random.split(jax.random.key(config.train.seed))
   setup = state_lib.build_setup(config, init_rng)
   spec, mesh, optimizer = setup.spec, setup.mesh, setup.optimizer
-  params, vae_params = pretrained.load_initial_weights(config.init, config.model, setup.params,
-                                                      setup.vae_params)
-  logging.info("MedQUni parameters: %.2fM (VAE %.2fM), mesh %s", param_count(params) / 1e6,
-               param_count(vae_params) / 1e6, dict(mesh.shape))
+  params, vae_params = pretrained.load_initial_weights(
+    config.init, config.model, setup.params, setup.vae_params
+  )
+  logging.info(
+    "MedQUni parameters: %.2fM (VAE %.2fM), mesh %s",
+    param_count(params) / 1e6,
+    param_count(vae_params) / 1e6,
+    dict(mesh.shape),
+  )
   state = jax.jit(lambda p: state_lib.create_train_state(p, optimizer))(params)
   state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-  step_fn = step_lib.make_train_step(setup.model, setup.vae, optimizer, config.model,
-                                     config.train)
+  step_fn = step_lib.make_train_step(setup.model, setup.vae, optimizer, config.model, config.train)
 
   iterator = data_lib.make_train_iterator(config, tokenizer_dir, spec)
-  manager = checkpoint_lib.make_manager(checkpoints.checkpoint_dir(workdir),
-                                        save_every=config.train.checkpoint_every)
+  manager = checkpoint_lib.make_manager(
+    checkpoints.checkpoint_dir(workdir), save_every=config.train.checkpoint_every
+  )
   restored, start_step = checkpoint_lib.restore_latest(
-      manager, checkpoint_lib.abstract_like(state), iterator)
+    manager, checkpoint_lib.abstract_like(state), iterator
+  )
   if restored is not None:
     state = restored
     logging.info("resumed from step %d", start_step)
   if start_step >= config.train.steps:
-    logging.info("nothing to do: the checkpoint is at step %d >= train.steps=%d (raise "
-                 "--config.train.steps to continue)", start_step, config.train.steps)
+    logging.info(
+      "nothing to do: the checkpoint is at step %d >= train.steps=%d (raise "
+      "--config.train.steps to continue)",
+      start_step,
+      config.train.steps,
+    )
     manager.close()
     return {"step": start_step}
 
   first = data_lib.as_numpy_batch(next(iterator))
   with sharding_lib.mesh_context(mesh, config.sharding_rules):
-    jitted = jax.jit(step_fn, in_shardings=(state_shardings, setup.vae_shardings, None, None),
-                     out_shardings=(state_shardings, None), donate_argnums=(0,))
+    jitted = jax.jit(
+      step_fn,
+      in_shardings=(state_shardings, setup.vae_shardings, None, None),
+      out_shardings=(state_shardings, None),
+      donate_argnums=(0,),
+    )
     global_first = sharding_lib.global_batch(first, mesh)
     start = time.perf_counter()
     compiled = jitted.lower(state, vae_params, global_first, loop_rng).compile()
@@ -103,8 +120,11 @@ def train(config, workdir: str, tokenizer_dir: str) -> dict:
     if (step + 1) % config.train.log_every == 0 or step + 1 == config.train.steps:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       seconds = time.perf_counter() - tick
-      metrics.update(step_seconds=seconds, examples_per_second=config.train.batch_size / seconds,
-                     tflops_per_second_per_device=flops / seconds / 1e12)
+      metrics.update(
+        step_seconds=seconds,
+        examples_per_second=config.train.batch_size / seconds,
+        tflops_per_second_per_device=flops / seconds / 1e12,
+      )
       if peak:
         metrics["mfu"] = flops / seconds / peak
       if not np.isfinite(metrics["loss"]):
@@ -114,8 +134,7 @@ def train(config, workdir: str, tokenizer_dir: str) -> dict:
     if step + 1 == profile_stop and profile_stop > profile_start:
       jax.block_until_ready(state)
       jax.profiler.stop_trace()
-    checkpoint_lib.save(manager, step + 1, state, iterator,
-                        force=step + 1 == config.train.steps)
+    checkpoint_lib.save(manager, step + 1, state, iterator, force=step + 1 == config.train.steps)
     if step + 1 < config.train.steps:
       batch = sharding_lib.global_batch(data_lib.as_numpy_batch(next(iterator)), mesh)
   writer.close()

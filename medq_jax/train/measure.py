@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import jax
 
-from medq_jax.types import latent_dim
 from medq_jax import layout as layout_lib
 from medq_jax import sharding as sharding_lib
 from medq_jax.train import state as state_lib
 from medq_jax.train import step as step_lib
 from medq_jax.train.timing import compile_seconds, median_seconds
+from medq_jax.types import latent_dim
 
 
 def train_step_seconds(config, iters: int = 5) -> tuple[float, float]:
@@ -21,8 +21,9 @@ def train_step_seconds(config, iters: int = 5) -> tuple[float, float]:
   setup = state_lib.build_setup(config, jax.random.PRNGKey(0))
   spec, mesh, vae_params = setup.spec, setup.mesh, setup.vae_params
   train_state = state_lib.create_train_state(setup.params, setup.optimizer)
-  step = step_lib.make_train_step(setup.model, setup.vae, setup.optimizer, config.model,
-                                  config.train)
+  step = step_lib.make_train_step(
+    setup.model, setup.vae, setup.optimizer, config.model, config.train
+  )
   batch = layout_lib.zeros_batch(spec, config.train.batch_size, latent_dim(config.model))
   for key in ("gen_latents", "gen_timesteps"):
     batch.pop(key)

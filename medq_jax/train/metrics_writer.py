@@ -20,11 +20,13 @@ class MetricsWriter:
     self._tb = None
     if self.enabled and tensorboard:
       from torch.utils.tensorboard import SummaryWriter
+
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
-    logging.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                                               if k != "step"))
+    logging.info(
+      "step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step")
+    )
     if not self.enabled:
       return
     with open(self.jsonl_path, "a") as f:

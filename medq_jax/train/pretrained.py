@@ -38,18 +38,26 @@ def load_initial_weights(init_config, model_config, params: Any, vae_params: Any
   loaded: dict[str, Any] = {}
   if init_config.bagel_ema:
     logging.info("initialising MedQUni from %s", init_config.bagel_ema)
-    loaded = core.flatten(core.load_params(
-        _shapes(params), core.iter_safetensors(init_config.bagel_ema),
+    loaded = core.flatten(
+      core.load_params(
+        _shapes(params),
+        core.iter_safetensors(init_config.bagel_ema),
         bagel.bagel_rules(model_config),
-        ignore=bagel.BAGEL_IGNORE + bagel.siglip_ignore_patterns(bagel.BAGEL_PREFIX)))
+        ignore=bagel.BAGEL_IGNORE + bagel.siglip_ignore_patterns(bagel.BAGEL_PREFIX),
+      )
+    )
   elif init_config.qwen2 or init_config.siglip:
     logging.info("initialising from qwen2=%r siglip=%r", init_config.qwen2, init_config.siglip)
-    loaded = bagel.load_pretrained_parts(model_config, _shapes(params),
-                                         init_config.qwen2 or None, init_config.siglip or None)
+    loaded = bagel.load_pretrained_parts(
+      model_config, _shapes(params), init_config.qwen2 or None, init_config.siglip or None
+    )
   params = _place(params, loaded)
   if init_config.flux_ae:
     logging.info("loading the frozen VAE from %s", init_config.flux_ae)
-    vae_loaded = core.flatten(core.load_params(
-        _shapes(vae_params), core.iter_safetensors(init_config.flux_ae), flux_vae_rules()))
+    vae_loaded = core.flatten(
+      core.load_params(
+        _shapes(vae_params), core.iter_safetensors(init_config.flux_ae), flux_vae_rules()
+      )
+    )
     vae_params = _place(vae_params, vae_loaded)
   return params, vae_params

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import optax
 
 from medq_jax import layout as layout_lib
+from medq_jax import sharding as sharding_lib
 from medq_jax.models.medq_uni import MedQUni, init_batch
 from medq_jax.models.vae import FluxAutoEncoder
-from medq_jax import sharding as sharding_lib
 
 
 @flax.struct.dataclass
@@ -38,10 +38,12 @@ def path_name(path) -> str:
 def trainable_labels(params: Any, stage: int, stage1_regex: str) -> Any:
   """'train' / 'freeze' per parameter: stage 1 trains only the gen (Med-IR) expert."""
   pattern = re.compile(stage1_regex)
+
   def label(path, _):
     if stage == 2:
       return "train"
     return "train" if pattern.search(path_name(path)) else "freeze"
+
   return jax.tree_util.tree_map_with_path(label, params)
 
 
@@ -49,10 +51,15 @@ def make_optimizer(train_config, params: Any) -> optax.GradientTransformation:
   """AdamW with linear warmup + cosine decay (paper: cosine from 2e-5), global-norm clipping,
   and frozen parameters (stage 1) set to zero updates."""
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, train_config.learning_rate, max(train_config.warmup_steps, 1),
-      max(train_config.steps, train_config.warmup_steps + 1))
-  adamw = optax.chain(optax.clip_by_global_norm(train_config.grad_clip_norm),
-                      optax.adamw(schedule, weight_decay=train_config.weight_decay))
+    0.0,
+    train_config.learning_rate,
+    max(train_config.warmup_steps, 1),
+    max(train_config.steps, train_config.warmup_steps + 1),
+  )
+  adamw = optax.chain(
+    optax.clip_by_global_norm(train_config.grad_clip_norm),
+    optax.adamw(schedule, weight_decay=train_config.weight_decay),
+  )
   labels = trainable_labels(params, train_config.stage, train_config.stage1_trainable)
   return optax.multi_transform({"train": adamw, "freeze": optax.set_to_zero()}, labels)
 
@@ -113,6 +120,16 @@ def build_setup(config, rng) -> TrainSetup:
   model, vae = build_models(config.model)
   mesh = sharding_lib.make_mesh(config.mesh)
   params, vae_params, param_shardings, vae_shardings = init_params_sharded(
-      model, vae, spec, config.model, mesh, config.sharding_rules, rng)
-  return TrainSetup(spec, model, vae, mesh, params, vae_params, param_shardings, vae_shardings,
-                    make_optimizer(config.train, params))
+    model, vae, spec, config.model, mesh, config.sharding_rules, rng
+  )
+  return TrainSetup(
+    spec,
+    model,
+    vae,
+    mesh,
+    params,
+    vae_params,
+    param_shardings,
+    vae_shardings,
+    make_optimizer(config.train, params),
+  )

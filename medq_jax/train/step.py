@@ -9,7 +9,8 @@ with pixel terms on x0_hat = x_t - t v_hat decoded through the frozen VAE.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,9 @@ def make_loss_fn(model, vae, model_config, train_config) -> Callable:
     flat = images.reshape((batch * num_images,) + images.shape[2:])
     latents = vae.apply({"params": vae_params}, flat, method=vae.encode)
     tokens = patchify_latents(latents, p)
-    return jax.lax.stop_gradient(tokens.reshape(batch, num_images * tokens.shape[1], -1)), latents.shape[1:3]
+    return jax.lax.stop_gradient(
+      tokens.reshape(batch, num_images * tokens.shape[1], -1)
+    ), latents.shape[1:3]
 
   def decode_tokens(vae_params, tokens, latent_hw):
     latents = unpatchify_latents(tokens, latent_hw[0], latent_hw[1], p)
@@ -49,8 +52,7 @@ def make_loss_fn(model, vae, model_config, train_config) -> Callable:
     noised = batch["gen_noised"]
     t_tok = jnp.where(noised, t_row[:, None], 0.0)
     x_t = jnp.where(noised[..., None], objectives.noise_latents(x0, eps, t_tok), x0)
-    outputs = model.apply({"params": params},
-                          {**batch, "gen_latents": x_t, "gen_timesteps": t_tok})
+    outputs = model.apply({"params": params}, {**batch, "gen_latents": x_t, "gen_timesteps": t_tok})
     velocity = outputs["velocity"]
     rf = objectives.rectified_flow_loss(velocity, x0, eps, batch["gen_loss_mask"])
 
@@ -64,11 +66,13 @@ def make_loss_fn(model, vae, model_config, train_config) -> Callable:
       target = _grey01(batch["vae_images"][:, -1])
       row_weight = (t_row <= train_config.pixel_loss_max_t).astype(jnp.float32)
       l1, one_minus_ssim = objectives.pixel_losses(restored, target, row_weight)
-      l_ir = objectives.restoration_loss(rf, l1, one_minus_ssim, train_config.alpha_l1,
-                                         train_config.beta_ssim)
+      l_ir = objectives.restoration_loss(
+        rf, l1, one_minus_ssim, train_config.alpha_l1, train_config.beta_ssim
+      )
       metrics.update(loss_l1=l1, loss_1m_ssim=one_minus_ssim)
-    ce, accuracy = objectives.next_token_cross_entropy(outputs["logits"], batch["und_targets"],
-                                                       batch["und_loss_mask"])
+    ce, accuracy = objectives.next_token_cross_entropy(
+      outputs["logits"], batch["und_targets"], batch["und_loss_mask"]
+    )
     loss = objectives.total_loss(l_ir, ce, train_config.lambda_iqa)
     metrics.update(loss=loss, loss_ir=l_ir, loss_ce=ce, token_accuracy=accuracy)
     return loss, metrics
@@ -86,8 +90,9 @@ def make_train_step(model, vae, optimizer, model_config, train_config) -> Callab
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, vae_params, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2)
-                                        for g in jax.tree_util.tree_leaves(grads)))
+    metrics["grad_norm"] = jnp.sqrt(
+      sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree_util.tree_leaves(grads))
+    )
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

@@ -23,11 +23,11 @@ import time
 import pytest
 
 from data_pipeline.chat_client import (
-    ChatAuthError,
-    ChatClient,
-    ChatConfig,
-    ChatConfigError,
-    ReplyCache,
+  ChatAuthError,
+  ChatClient,
+  ChatConfig,
+  ChatConfigError,
+  ReplyCache,
 )
 from medq_jax.bench import reasoning
 from medq_jax.bench.judge_api import ApiJudge, make_api_judge
@@ -149,8 +149,9 @@ def server():
 def _judge(server, cache_path, model="judge-x", concurrency=3, **config):
   settings = dict(base_url=server.url, model=model, api_key=SECRET, timeout_s=0.4, max_retries=3)
   settings.update(config)
-  return ApiJudge(ChatClient(ChatConfig(**settings), ReplyCache(cache_path)),
-                  concurrency=concurrency)
+  return ApiJudge(
+    ChatClient(ChatConfig(**settings), ReplyCache(cache_path)), concurrency=concurrency
+  )
 
 
 def _request(case, dimension="completeness", kind="noref"):
@@ -159,11 +160,25 @@ def _request(case, dimension="completeness", kind="noref"):
 
 def test_good_malformed_429_500_slow_and_unscorable_replies(server, tmp_path):
   judge = _judge(server, str(tmp_path / "cache.sqlite"))
-  cases = ["CASE-GOOD", "CASE-429", "CASE-500", "CASE-MALFORMED", "CASE-NOCHOICES", "CASE-SLOW",
-           "CASE-NOSCORE", "CASE-DOWN"]
+  cases = [
+    "CASE-GOOD",
+    "CASE-429",
+    "CASE-500",
+    "CASE-MALFORMED",
+    "CASE-NOCHOICES",
+    "CASE-SLOW",
+    "CASE-NOSCORE",
+    "CASE-DOWN",
+  ]
   responses = {r.request.item_index: r for r in judge.judge_all([_request(c) for c in cases])}
-  for case in ("CASE-GOOD", "CASE-429", "CASE-500", "CASE-MALFORMED", "CASE-NOCHOICES",
-               "CASE-SLOW"):
+  for case in (
+    "CASE-GOOD",
+    "CASE-429",
+    "CASE-500",
+    "CASE-MALFORMED",
+    "CASE-NOCHOICES",
+    "CASE-SLOW",
+  ):
     assert responses[case].score == 2.0, (case, responses[case])
   assert responses["CASE-NOSCORE"].score is None
   assert "no valid score" in responses["CASE-NOSCORE"].error
@@ -191,8 +206,11 @@ def test_concurrency_is_bounded_and_order_kept(server, tmp_path):
 
 def test_cached_replies_are_not_asked_again(server, tmp_path):
   cache_path = str(tmp_path / "cache.sqlite")
-  requests_ = [_request(f"CASE-GOOD-{i}", dimension) for i in range(3)
-               for dimension in ("completeness", "consistency")]
+  requests_ = [
+    _request(f"CASE-GOOD-{i}", dimension)
+    for i in range(3)
+    for dimension in ("completeness", "consistency")
+  ]
   first = _judge(server, cache_path).judge_all(requests_)
   asked = sum(server.seen.values())
   assert asked == 6 and not any(r.cached for r in first)
@@ -217,23 +235,40 @@ def test_factory_from_env_and_key_never_written(server, tmp_path, caplog, capsys
   monkeypatch.setenv("OPENAI_API_KEY", SECRET)
   monkeypatch.setenv("MEDQ_JUDGE_MODEL", "judge-z")
   caplog.set_level(logging.DEBUG)
-  judge = make_api_judge(concurrency=2, timeout_s=0.4, max_retries=2, message_style="split",
-                         cache_path=str(tmp_path / "out" / "judge_cache.sqlite"))
+  judge = make_api_judge(
+    concurrency=2,
+    timeout_s=0.4,
+    max_retries=2,
+    message_style="split",
+    cache_path=str(tmp_path / "out" / "judge_cache.sqlite"),
+  )
   config = judge.chat.config
   assert config.endpoint == server.url + "/chat/completions" and config.model == "judge-z"
   assert judge.message_style == "split" and judge.concurrency == 2
   assert SECRET not in repr(judge) + repr(config) + repr(judge.chat)
-  items = [ReasoningItem(str(i), "noref", "The image shows severe noise. Overall, the quality of "
-                         "this image is reject.") for i in range(3)]
+  items = [
+    ReasoningItem(
+      str(i), "noref", "The image shows severe noise. Overall, the quality of this image is reject."
+    )
+    for i in range(3)
+  ]
   predictions = {"0": "CASE-GOOD", "1": "CASE-500 then fine", "2": "CASE-SLOW"}
   scores, exclusions, _ = reasoning.score_reasoning(items, predictions, judge)
   assert all(value == 2.0 for item in scores for value in item.scores.values())
   logging.getLogger("test").info("judge %r config %r", judge, config)
-  track = TrackResult("noref", "items.tsv", "pred.tsv", 3, exclusions, reasoning_scores=scores,
-                      reasoning_summaries=reasoning.summaries(scores, "noref", 50),
-                      reasoning_modality=reasoning.modality_summaries(scores, "noref", 50))
-  results = BenchResults("m", judge.name, judge.description, {"noref": track},
-                         {"config": repr(config)})
+  track = TrackResult(
+    "noref",
+    "items.tsv",
+    "pred.tsv",
+    3,
+    exclusions,
+    reasoning_scores=scores,
+    reasoning_summaries=reasoning.summaries(scores, "noref", 50),
+    reasoning_modality=reasoning.modality_summaries(scores, "noref", 50),
+  )
+  results = BenchResults(
+    "m", judge.name, judge.description, {"noref": track}, {"config": repr(config)}
+  )
   write_report(results, str(tmp_path / "out"))
   judge.chat.cache.close()
   captured = capsys.readouterr()
@@ -274,11 +309,20 @@ def test_killed_run_resumes_without_repeating_a_request(server, tmp_path):
   script = tmp_path / "client.py"
   script.write_text(CLIENT)
   cache_path, out_path = str(tmp_path / "cache.sqlite"), str(tmp_path / "out.json")
-  env = dict(os.environ, OPENAI_BASE_URL=server.url, OPENAI_API_KEY=SECRET,
-             MEDQ_JUDGE_MODEL="judge-k", PYTHONPATH=REPO)
+  env = dict(
+    os.environ,
+    OPENAI_BASE_URL=server.url,
+    OPENAI_API_KEY=SECRET,
+    MEDQ_JUDGE_MODEL="judge-k",
+    PYTHONPATH=REPO,
+  )
   server.hold_after = 5
-  process = subprocess.Popen([sys.executable, str(script), cache_path, out_path], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  process = subprocess.Popen(
+    [sys.executable, str(script), cache_path, out_path],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+  )
   try:
     deadline = time.monotonic() + 60
     while True:  # wait: 5 answered, the cache holds all 5, and a further request is held
@@ -304,8 +348,9 @@ def test_killed_run_resumes_without_repeating_a_request(server, tmp_path):
   assert not os.path.exists(out_path)
   server.hold_after = None
   server.release.set()
-  rerun = subprocess.run([sys.executable, str(script), cache_path, out_path], env=env,
-                         capture_output=True, timeout=120)
+  rerun = subprocess.run(
+    [sys.executable, str(script), cache_path, out_path], env=env, capture_output=True, timeout=120
+  )
   assert rerun.returncode == 0, rerun.stderr.decode()
   with open(out_path) as handle:
     result = json.load(handle)

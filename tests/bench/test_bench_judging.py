@@ -9,41 +9,52 @@ from medq_jax.bench.prompts import DIMENSIONS
 from medq_jax.bench.schema import ReasoningItem
 
 
-@pytest.mark.parametrize("text,allowed,expected", [
+@pytest.mark.parametrize(
+  "text,allowed,expected",
+  [
     ("Score: 2", (0, 1, 2), 2.0),
     ("Score:1", (0, 1, 2), 1.0),
     ("score : 0", (0, 1, 2), 0.0),
-    ("Score：2", (0, 1, 2), 2.0),             # full-width colon
-    ("Score: 1.5", (0, 1, 2), 1.5),           # decimals
+    ("Score：2", (0, 1, 2), 2.0),  # full-width colon
+    ("Score: 1.5", (0, 1, 2), 1.5),  # decimals
     ("**Score:** 2", (0, 1, 2), 2.0),
     ("The description covers most facts.\nScore: 1", (0, 1, 2), 1.0),
     ("Please only provide ... Score: \nScore: 2", (0, 1, 2), 2.0),  # last one wins
     ('{"score": 2}', (0, 1, 2), 2.0),
     ('{"Score": 0}', (0, 1, 2), 0.0),
-    ("1", (0, 1, 2), 1.0),                    # bare JSON number
+    ("1", (0, 1, 2), 1.0),  # bare JSON number
     (" 2 ", (0, 1, 2), 2.0),
-    ("Score: 3", (0, 1, 2), None),            # out of range
-    ("Score: 1", (0, 2), None),               # paired quality accuracy is binary
+    ("Score: 3", (0, 1, 2), None),  # out of range
+    ("Score: 1", (0, 2), None),  # paired quality accuracy is binary
     ("Score: 2", (0, 2), 2.0),
     ("I think it's good", (0, 1, 2), None),
     ("", (0, 1, 2), None),
     (None, (0, 1, 2), None),
     ("true", (0, 1, 2), None),
-])
+  ],
+)
 def test_parse_judge_score(text, allowed, expected):
   assert parse_judge_score(text, tuple(float(a) for a in allowed)) == expected
 
 
-GOLDEN = ("This is a CT scan of the abdominal region. The image exhibits moderate clarity and contrast, but "
-          "the presence of significant noise reduces overall resolution. Metal artifacts are prominent, creating "
-          "streaks that obscure anatomical details. Overall, the quality of this image is reject.")
-GOOD_OUTPUT = ("This axial CT image shows moderate noise. Severe metal-induced streak artifacts radiate across "
-               "the field and obscure anatomy. Overall, the quality is reject.")
-BAD_OUTPUT = ("This CT scan shows clear structures with good contrast and minimal noise. No significant "
-              "artifacts are visible. Overall, the image quality is good and suitable for diagnosis.")
-PAIRED_GOLDEN = ("The first image demonstrates excellent clarity with minimal motion artifacts. The second image "
-                 "exhibits severe motion artifacts, including blurring and ghosting. Overall, the first image "
-                 "has higher quality.")
+GOLDEN = (
+  "This is a CT scan of the abdominal region. The image exhibits moderate clarity and contrast, but "
+  "the presence of significant noise reduces overall resolution. Metal artifacts are prominent, creating "
+  "streaks that obscure anatomical details. Overall, the quality of this image is reject."
+)
+GOOD_OUTPUT = (
+  "This axial CT image shows moderate noise. Severe metal-induced streak artifacts radiate across "
+  "the field and obscure anatomy. Overall, the quality is reject."
+)
+BAD_OUTPUT = (
+  "This CT scan shows clear structures with good contrast and minimal noise. No significant "
+  "artifacts are visible. Overall, the image quality is good and suitable for diagnosis."
+)
+PAIRED_GOLDEN = (
+  "The first image demonstrates excellent clarity with minimal motion artifacts. The second image "
+  "exhibits severe motion artifacts, including blurring and ghosting. Overall, the first image "
+  "has higher quality."
+)
 
 
 def _scores(kind, output, golden):
@@ -56,31 +67,41 @@ def test_offline_judge_on_paper_examples():
   completeness, preciseness, consistency, quality = _scores("noref", BAD_OUTPUT, GOLDEN)
   assert quality == 0 and preciseness == 0 and completeness <= 1
   usable = GOOD_OUTPUT.replace("the quality is reject", "the quality is usable")
-  assert _scores("noref", usable, GOLDEN)[3] == 1   # adjacent level
-  qwen72 = ("Image 1 has lower contrast and reduced sharpness. Image 2 shows clearer anatomical details, "
-            "though it contains more visible noise. Overall, Image 2 is of higher quality.")
+  assert _scores("noref", usable, GOLDEN)[3] == 1  # adjacent level
+  qwen72 = (
+    "Image 1 has lower contrast and reduced sharpness. Image 2 shows clearer anatomical details, "
+    "though it contains more visible noise. Overall, Image 2 is of higher quality."
+  )
   assert _scores("paired", qwen72, PAIRED_GOLDEN)[3] == 0
-  medgemma = ("Image 1 shows clearer brain structures with less noise. Image 2 appears blurrier and grainier. "
-              "Overall, Image 1 demonstrates superior clarity and quality.")
+  medgemma = (
+    "Image 1 shows clearer brain structures with less noise. Image 2 appears blurrier and grainier. "
+    "Overall, Image 1 demonstrates superior clarity and quality."
+  )
   assert _scores("paired", medgemma, PAIRED_GOLDEN)[3] == 2
 
 
-@pytest.mark.parametrize("text,label", [
+@pytest.mark.parametrize(
+  "text,label",
+  [
     ("Overall, the quality of this image is usable.", "usable"),
     ("Overall, the quality of this image is [reject]", "reject"),
     ("The image is good at first glance but overall unusable.", "reject"),
     ("No conclusion here.", None),
-])
+  ],
+)
 def test_final_label(text, label):
   assert final_label(text) == label
 
 
-@pytest.mark.parametrize("text,who", [
+@pytest.mark.parametrize(
+  "text,who",
+  [
     ("Overall, the first image has higher quality.", "first"),
     ("Overall, Image 2 is of higher quality.", "second"),
     ("The left image is sharper. Overall, the right image provides better quality.", "second"),
     ("Both look alike.", None),
-])
+  ],
+)
 def test_preferred_image(text, who):
   assert preferred_image(text) == who
 
@@ -88,12 +109,15 @@ def test_preferred_image(text, who):
 def test_offline_judge_names_itself():
   judge = OfflineJudge()
   assert judge.name == "offline-rule-judge-v1" and "NOT an LLM judge" in judge.description
-  [response] = judge.judge_all([JudgeRequest("1", "noref", "quality_accuracy", 0, GOOD_OUTPUT, GOLDEN)])
+  [response] = judge.judge_all(
+    [JudgeRequest("1", "noref", "quality_accuracy", 0, GOOD_OUTPUT, GOLDEN)]
+  )
   assert response.text == "Score: 2" and response.score == 2.0
 
 
 class ScriptedJudge:
   """Replies from a table {(item, dimension, round): reply text}; a missing key is a failed request."""
+
   name = "scripted"
   description = "scripted replies for a hand-computed fixture"
 
@@ -110,34 +134,57 @@ class ScriptedJudge:
 
 
 def test_reasoning_aggregation_matches_hand_computation():
-  items = [ReasoningItem("a", "paired", "g", granularity="fine"),
-           ReasoningItem("b", "paired", "g", granularity="fine"),
-           ReasoningItem("c", "paired", "g", granularity="coarse")]
+  items = [
+    ReasoningItem("a", "paired", "g", granularity="fine"),
+    ReasoningItem("b", "paired", "g", granularity="fine"),
+    ReasoningItem("c", "paired", "g", granularity="coarse"),
+  ]
   predictions = {"a": "p", "b": "p", "c": "p"}
   table = {
-      # item a, two rounds: completeness (2, 1) -> 1.5; quality 2 both rounds
-      ("a", "completeness", 0): "Score: 2", ("a", "completeness", 1): "Score: 1",
-      ("a", "preciseness", 0): "Score: 1", ("a", "preciseness", 1): "Score: 1",
-      ("a", "consistency", 0): "Score: 2", ("a", "consistency", 1): "Score: 2",
-      ("a", "quality_accuracy", 0): "Score: 2", ("a", "quality_accuracy", 1): "Score: 2",
-      # item b: round 1 of completeness malformed -> mean of the valid round only
-      ("b", "completeness", 0): "Score: 0", ("b", "completeness", 1): "garbage",
-      ("b", "preciseness", 0): "Score: 2", ("b", "preciseness", 1): "Score: 2",
-      ("b", "consistency", 0): "Score: 1", ("b", "consistency", 1): "Score: 1",
-      ("b", "quality_accuracy", 0): "Score: 0", ("b", "quality_accuracy", 1): "Score: 0",
-      # item c: quality answered 1 twice (not binary) -> excluded from quality
-      ("c", "completeness", 0): "Score: 2", ("c", "completeness", 1): "Score: 2",
-      ("c", "preciseness", 0): "Score: 2", ("c", "preciseness", 1): "Score: 2",
-      ("c", "consistency", 0): "Score: 2", ("c", "consistency", 1): "Score: 2",
-      ("c", "quality_accuracy", 0): "Score: 1", ("c", "quality_accuracy", 1): "Score: 1",
+    # item a, two rounds: completeness (2, 1) -> 1.5; quality 2 both rounds
+    ("a", "completeness", 0): "Score: 2",
+    ("a", "completeness", 1): "Score: 1",
+    ("a", "preciseness", 0): "Score: 1",
+    ("a", "preciseness", 1): "Score: 1",
+    ("a", "consistency", 0): "Score: 2",
+    ("a", "consistency", 1): "Score: 2",
+    ("a", "quality_accuracy", 0): "Score: 2",
+    ("a", "quality_accuracy", 1): "Score: 2",
+    # item b: round 1 of completeness malformed -> mean of the valid round only
+    ("b", "completeness", 0): "Score: 0",
+    ("b", "completeness", 1): "garbage",
+    ("b", "preciseness", 0): "Score: 2",
+    ("b", "preciseness", 1): "Score: 2",
+    ("b", "consistency", 0): "Score: 1",
+    ("b", "consistency", 1): "Score: 1",
+    ("b", "quality_accuracy", 0): "Score: 0",
+    ("b", "quality_accuracy", 1): "Score: 0",
+    # item c: quality answered 1 twice (not binary) -> excluded from quality
+    ("c", "completeness", 0): "Score: 2",
+    ("c", "completeness", 1): "Score: 2",
+    ("c", "preciseness", 0): "Score: 2",
+    ("c", "preciseness", 1): "Score: 2",
+    ("c", "consistency", 0): "Score: 2",
+    ("c", "consistency", 1): "Score: 2",
+    ("c", "quality_accuracy", 0): "Score: 1",
+    ("c", "quality_accuracy", 1): "Score: 1",
   }
-  scores, exclusions, responses = reasoning.score_reasoning(items, predictions, ScriptedJudge(table), rounds=2)
+  scores, exclusions, responses = reasoning.score_reasoning(
+    items, predictions, ScriptedJudge(table), rounds=2
+  )
   assert len(responses) == 3 * 4 * 2
   by_index = {s.index: s.scores for s in scores}
-  assert by_index["a"] == {"completeness": 1.5, "preciseness": 1.0, "consistency": 2.0, "quality_accuracy": 2.0}
+  assert by_index["a"] == {
+    "completeness": 1.5,
+    "preciseness": 1.0,
+    "consistency": 2.0,
+    "quality_accuracy": 2.0,
+  }
   assert by_index["b"]["completeness"] == 0.0
   assert by_index["c"]["quality_accuracy"] is None
-  assert [(e.index, e.reason) for e in exclusions] == [("c", "judge gave no valid quality_accuracy score (excluded)")]
+  assert [(e.index, e.reason) for e in exclusions] == [
+    ("c", "judge gave no valid quality_accuracy score (excluded)")
+  ]
   rows = {s.group: s for s in reasoning.summaries(scores, "paired", n_resamples=100)}
   overall = rows["overall"]
   assert overall.means["completeness"] == pytest.approx((1.5 + 0 + 2) / 3)

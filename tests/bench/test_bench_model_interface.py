@@ -26,6 +26,7 @@ class ResidualNoiseModel:
   @staticmethod
   def noise(image):
     from scipy.ndimage import median_filter
+
     gray = as_gray_float(image).astype(np.float64)
     residual = gray - median_filter(gray, size=3)
     return float(1.4826 * np.median(np.abs(residual - np.median(residual))))
@@ -45,8 +46,11 @@ class ResidualNoiseModel:
 
   def describe(self, image, prompt):
     noisy = self.noise(image) > self.threshold
-    return ("The image shows severe noise that obscures details. Overall, the quality of this image is reject."
-            if noisy else "The image is sharp with no noticeable noise. Overall, the quality of this image is good.")
+    return (
+      "The image shows severe noise that obscures details. Overall, the quality of this image is reject."
+      if noisy
+      else "The image is sharp with no noticeable noise. Overall, the quality of this image is good."
+    )
 
   def compare(self, image_a, image_b, prompt):
     better = "first" if self.noise(image_a) <= self.noise(image_b) else "second"
@@ -55,7 +59,9 @@ class ResidualNoiseModel:
 
 def test_choose_option_argmax_and_validation():
   assert model_interface.choose_option(np.array([-2.0, -0.1, -5.0]), ["A", "B", "C"]) == "B"
-  assert model_interface.choose_option(np.array([-1.0, -1.0]), ["A", "B"]) == "A"  # ties -> earliest
+  assert (
+    model_interface.choose_option(np.array([-1.0, -1.0]), ["A", "B"]) == "A"
+  )  # ties -> earliest
   with pytest.raises(ValueError, match="2 log-likelihoods for 3 options"):
     model_interface.choose_option(np.zeros(2), ["A", "B", "C"])
   with pytest.raises(ValueError, match="NaN"):
@@ -80,7 +86,9 @@ def test_likelihood_scoring_follows_the_image_statistic(examples, tmp_path):
       assert row["prediction"] == ("B" if noisy else "A")
   # the clean images are recognised: every 'none'-level Yes/No answer is right
   track = score_perception(paths["qa"], model=model, out_dir=str(tmp_path), n_resamples=0)
-  none_rows = [r for r in track.perception_rows if r.group == "degradation_level" and r.value == "none"]
+  none_rows = [
+    r for r in track.perception_rows if r.group == "degradation_level" and r.value == "none"
+  ]
   assert none_rows[0].accuracy > 0.5
   written = load_mcq_items(paths["qa"]).items
   assert len(written) == track.n_items
@@ -89,15 +97,32 @@ def test_likelihood_scoring_follows_the_image_statistic(examples, tmp_path):
 def test_predictions_file_roundtrip_gives_same_scores(examples, tmp_path):
   paths = write_items(generate_items(examples), str(tmp_path / "items"))
   model = ResidualNoiseModel()
-  direct = run("m", OfflineJudge(), qa=(paths["qa"], None), noref=(paths["description"], None),
-               paired=(paths["paired"], None), model=model, out_dir=str(tmp_path / "a"), n_resamples=50)
-  from_files = run("m", OfflineJudge(), qa=(paths["qa"], str(tmp_path / "a" / "predictions_perception.jsonl")),
-                   noref=(paths["description"], str(tmp_path / "a" / "predictions_noref.jsonl")),
-                   paired=(paths["paired"], str(tmp_path / "a" / "predictions_paired.jsonl")),
-                   out_dir=str(tmp_path / "b"), n_resamples=50)
-  assert direct.tracks["perception"].perception_rows == from_files.tracks["perception"].perception_rows
+  direct = run(
+    "m",
+    OfflineJudge(),
+    qa=(paths["qa"], None),
+    noref=(paths["description"], None),
+    paired=(paths["paired"], None),
+    model=model,
+    out_dir=str(tmp_path / "a"),
+    n_resamples=50,
+  )
+  from_files = run(
+    "m",
+    OfflineJudge(),
+    qa=(paths["qa"], str(tmp_path / "a" / "predictions_perception.jsonl")),
+    noref=(paths["description"], str(tmp_path / "a" / "predictions_noref.jsonl")),
+    paired=(paths["paired"], str(tmp_path / "a" / "predictions_paired.jsonl")),
+    out_dir=str(tmp_path / "b"),
+    n_resamples=50,
+  )
+  assert (
+    direct.tracks["perception"].perception_rows == from_files.tracks["perception"].perception_rows
+  )
   for kind in ("noref", "paired"):
-    assert direct.tracks[kind].reasoning_summaries[0].means == from_files.tracks[kind].reasoning_summaries[0].means
+    assert (
+      direct.tracks[kind].reasoning_summaries[0].means
+      == from_files.tracks[kind].reasoning_summaries[0].means
+    )
   paired = direct.tracks["paired"].reasoning_summaries[0]
   assert paired.quality_accuracy_rate == 1.0  # noise picks the clean image of every pair
-

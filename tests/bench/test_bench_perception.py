@@ -9,12 +9,24 @@ from medq_jax.bench.stats import bootstrap_mean_ci
 
 YN = {"A": "Yes", "B": "No"}
 HOW = {"A": "Good", "B": "Usable", "C": "Reject"}
-WHAT = {"A": "Motion artifacts", "B": "Undersampling artifacts", "C": "Metal artifacts", "D": "Noise"}
+WHAT = {
+  "A": "Motion artifacts",
+  "B": "Undersampling artifacts",
+  "C": "Metal artifacts",
+  "D": "Noise",
+}
 
 
 def _row(index, options, answer, qtype, modality, level, scope):
-  row = {"index": index, "question": f"Question {index}?", "answer": answer, "modality": modality,
-         "question_type": qtype, "degradation_level": level, "question_scope": scope}
+  row = {
+    "index": index,
+    "question": f"Question {index}?",
+    "answer": answer,
+    "modality": modality,
+    "question_type": qtype,
+    "degradation_level": level,
+    "question_scope": scope,
+  }
   row.update(options)
   return row
 
@@ -22,23 +34,23 @@ def _row(index, options, answer, qtype, modality, level, scope):
 @pytest.fixture
 def fixture_items(write_qa):
   rows = [
-      _row("1", YN, "A", "Yes-or-No", "CT", "none", "general"),
-      _row("2", YN, "1", "Yes-or-No", "MRI", "mild", "modality-specific"),   # answer given as 1 -> B
-      _row("3", HOW, "C", "How", "CT", "severe", "general"),
-      _row("4", HOW, "B", "How", "MRI", "mild", "general"),
-      _row("5", WHAT, "D", "What", "MRI", "severe", "modality-specific"),
-      _row("6", WHAT, "B", "What", "CT", "mild", "modality-specific"),
+    _row("1", YN, "A", "Yes-or-No", "CT", "none", "general"),
+    _row("2", YN, "1", "Yes-or-No", "MRI", "mild", "modality-specific"),  # answer given as 1 -> B
+    _row("3", HOW, "C", "How", "CT", "severe", "general"),
+    _row("4", HOW, "B", "How", "MRI", "mild", "general"),
+    _row("5", WHAT, "D", "What", "MRI", "severe", "modality-specific"),
+    _row("6", WHAT, "B", "What", "CT", "mild", "modality-specific"),
   ]
   return load_mcq_items(write_qa(rows)).items
 
 
 PREDICTIONS = {
-    "1": "Yes",                        # correct
-    "2": "A. Yes",                     # wrong
-    "3": "The answer is C",            # correct
-    "4": "I am not sure.",             # unparseable -> wrong
-    "5": "Noise",                      # correct (option text)
-    # "6" missing -> wrong, counted
+  "1": "Yes",  # correct
+  "2": "A. Yes",  # wrong
+  "3": "The answer is C",  # correct
+  "4": "I am not sure.",  # unparseable -> wrong
+  "5": "Noise",  # correct (option text)
+  # "6" missing -> wrong, counted
 }
 
 
@@ -48,12 +60,14 @@ def test_overall_and_groups_match_hand_computation(fixture_items):
   assert rows[("overall", "all")].correct == 3 and rows[("overall", "all")].n == 6
   assert rows[("overall", "all")].accuracy == pytest.approx(3 / 6)
   # random guess: mean of 1/options = (1/2 + 1/2 + 1/3 + 1/3 + 1/4 + 1/4) / 6
-  assert rows[("overall", "all")].random_guess == pytest.approx((1 / 2 + 1 / 2 + 1 / 3 + 1 / 3 + 1 / 4 + 1 / 4) / 6)
+  assert rows[("overall", "all")].random_guess == pytest.approx(
+    (1 / 2 + 1 / 2 + 1 / 3 + 1 / 3 + 1 / 4 + 1 / 4) / 6
+  )
   assert rows[("question_type", "Yes-or-No")].accuracy == pytest.approx(1 / 2)
   assert rows[("question_type", "How")].accuracy == pytest.approx(1 / 2)
   assert rows[("question_type", "What")].accuracy == pytest.approx(1 / 2)
-  assert rows[("modality", "CT")].accuracy == pytest.approx(2 / 3)     # items 1, 3 right; 6 missing
-  assert rows[("modality", "MRI")].accuracy == pytest.approx(1 / 3)    # item 5 right
+  assert rows[("modality", "CT")].accuracy == pytest.approx(2 / 3)  # items 1, 3 right; 6 missing
+  assert rows[("modality", "MRI")].accuracy == pytest.approx(1 / 3)  # item 5 right
   assert rows[("degradation_level", "mild")].accuracy == pytest.approx(0 / 3)
   assert rows[("degradation_level", "severe")].accuracy == pytest.approx(2 / 2)
   assert rows[("degradation_level", "none")].accuracy == pytest.approx(1 / 1)
@@ -67,18 +81,37 @@ def test_overall_and_groups_match_hand_computation(fixture_items):
 def test_missing_can_be_excluded_instead(fixture_items):
   outcomes, exclusions = perception.score_items(fixture_items, PREDICTIONS, missing_as_wrong=False)
   assert len(outcomes) == 5
-  assert perception.group_accuracy(outcomes, "overall", "all", n_resamples=0).accuracy == pytest.approx(3 / 5)
+  assert perception.group_accuracy(
+    outcomes, "overall", "all", n_resamples=0
+  ).accuracy == pytest.approx(3 / 5)
   assert any(e.index == "6" and "excluded" in e.reason for e in exclusions)
 
 
 def test_question_type_is_inferred_when_column_absent(write_qa):
-  rows = [{"index": "1", "question": "Is the image clear?", "A": "Yes", "B": "No", "answer": "A"},
-          {"index": "2", "question": "What artifact is present?", "A": "Noise", "B": "Blur", "C": "Motion",
-           "answer": "B"},
-          {"index": "3", "question": "How would you rate the quality?", "A": "Good", "B": "Reject", "answer": "B"}]
+  rows = [
+    {"index": "1", "question": "Is the image clear?", "A": "Yes", "B": "No", "answer": "A"},
+    {
+      "index": "2",
+      "question": "What artifact is present?",
+      "A": "Noise",
+      "B": "Blur",
+      "C": "Motion",
+      "answer": "B",
+    },
+    {
+      "index": "3",
+      "question": "How would you rate the quality?",
+      "A": "Good",
+      "B": "Reject",
+      "answer": "B",
+    },
+  ]
   items = load_mcq_items(write_qa(rows)).items
   assert [(i.question_type, i.question_type_source) for i in items] == [
-      ("Yes-or-No", "inferred"), ("What", "inferred"), ("How", "inferred")]
+    ("Yes-or-No", "inferred"),
+    ("What", "inferred"),
+    ("How", "inferred"),
+  ]
 
 
 def test_bootstrap_ci_is_deterministic_and_contains_mean():

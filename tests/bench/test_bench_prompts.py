@@ -1,21 +1,27 @@
 """The judge prompts are the paper's appendix A.3 text, word for word."""
 
 import os
+import pathlib
 import re
 
 import pytest
 
 from medq_jax.bench import prompts
 
-PAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared",
-                     "papers", "medq-bench.txt")  # CI puts shared/ beside the checkout
-HEADINGS = ("Completeness Evaluation Prompt:", "Preciseness Evaluation Prompt:",
-            "Consistency Evaluation Prompt:", "Quality Accuracy Evaluation Prompt:")
+PAPER = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "papers", "medq-bench.txt"
+)  # CI puts shared/ beside the checkout
+HEADINGS = (
+  "Completeness Evaluation Prompt:",
+  "Preciseness Evaluation Prompt:",
+  "Consistency Evaluation Prompt:",
+  "Quality Accuracy Evaluation Prompt:",
+)
 
 
 def _paper_blocks():
   """{('noref'|'paired', dimension): words} parsed from the paper text (line numbers removed)."""
-  text = open(PAPER, encoding="utf-8").read()
+  text = pathlib.Path(PAPER).read_text(encoding="utf-8")
   start = text.index("Complete Evaluation Prompt Templates for No-reference Reasoning Tasks")
   middle = text.index("Complete Evaluation Prompt Templates for Comparison Reasoning Tasks")
   end = text.index("A.4 COMPLETE EXPERIMENTAL RESULTS")
@@ -33,7 +39,7 @@ def _paper_blocks():
       words = body[begin:stop].split()
       # trailing page furniture after the last prompt
       if "Score:" in words:
-        words = words[:len(words) - words[::-1].index("Score:")]
+        words = words[: len(words) - words[::-1].index("Score:")]
       blocks[(kind, prompts.DIMENSIONS[position])] = words
   return blocks
 
@@ -43,7 +49,9 @@ def _paper_blocks():
 @pytest.mark.parametrize("dimension", prompts.DIMENSIONS)
 def test_judge_prompts_match_paper_word_for_word(kind, dimension):
   paper = _paper_blocks()[(kind, dimension)]
-  ours = (prompts.NOREF_JUDGE_PROMPTS if kind == "noref" else prompts.PAIRED_JUDGE_PROMPTS)[dimension].split()
+  ours = (prompts.NOREF_JUDGE_PROMPTS if kind == "noref" else prompts.PAIRED_JUDGE_PROMPTS)[
+    dimension
+  ].split()
   assert ours == paper
 
 
@@ -71,6 +79,8 @@ def test_split_roles():
 
 def test_perception_prompt_layout():
   text = prompts.perception_prompt("Is this image clear?", {"A": "Yes", "B": "No"})
-  assert text.startswith("You are an expert in medical image quality assessment.\n"
-                         "Please carefully observe this medical image and answer the following question:")
+  assert text.startswith(
+    "You are an expert in medical image quality assessment.\n"
+    "Please carefully observe this medical image and answer the following question:"
+  )
   assert "Is this image clear?\n\nOptions:\nA. Yes\nB. No\n\n" in text

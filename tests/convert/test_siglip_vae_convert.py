@@ -16,11 +16,21 @@ import torch
 from flax import linen as nn
 from safetensors.torch import save_file
 
-from medq_jax.convert.core import (ConversionError, export_params, flatten, iter_safetensors,
-                                   load_params, save_safetensors)
+from medq_jax.convert.core import (
+  ConversionError,
+  export_params,
+  flatten,
+  iter_safetensors,
+  load_params,
+  save_safetensors,
+)
 from medq_jax.convert.flux_vae import flux_vae_rules
-from medq_jax.convert.siglip import (config_from_siglip, load_siglip, siglip_ignore_patterns,
-                                     siglip_rules)
+from medq_jax.convert.siglip import (
+  config_from_siglip,
+  load_siglip,
+  siglip_ignore_patterns,
+  siglip_rules,
+)
 from medq_jax.models.vae import FluxAutoEncoder
 from medq_jax.models.vit import SiglipVisionEncoder, image_to_patches
 
@@ -44,9 +54,17 @@ def siglip(tmp_path_factory):
   from transformers import SiglipVisionConfig, SiglipVisionModel
 
   torch.manual_seed(0)
-  hf_config = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_channels=3, image_size=32, patch_size=8,
-                                 layer_norm_eps=1e-6, attn_implementation="eager")
+  hf_config = SiglipVisionConfig(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_channels=3,
+    image_size=32,
+    patch_size=8,
+    layer_norm_eps=1e-6,
+    attn_implementation="eager",
+  )
   torch_model = SiglipVisionModel(hf_config).eval()
   _perturb_(torch_model, seed=1)
   directory = tmp_path_factory.mktemp("siglip")
@@ -60,8 +78,9 @@ def siglip(tmp_path_factory):
 
 
 def _load(shapes, tensors, prefix, **kwargs):
-  return load_params(shapes, tensors, siglip_rules(prefix, **kwargs),
-                     ignore=siglip_ignore_patterns(prefix))
+  return load_params(
+    shapes, tensors, siglip_rules(prefix, **kwargs), ignore=siglip_ignore_patterns(prefix)
+  )
 
 
 def test_siglip_parity_with_transformers(siglip):
@@ -121,19 +140,26 @@ def test_bagel_linear_patch_embedding_loads_same_params(siglip, tmp_path):
   with pytest.raises(ConversionError, match="language_model.model.embed_tokens.weight"):
     _load(shapes, bagel.items(), prefix)  # strict by default: keys outside the tower are reported
   exported = dict(export_params(params, siglip_rules(prefix)))
-  np.testing.assert_array_equal(exported[f"{prefix}embeddings.patch_embedding.weight"],
-                                bagel[f"{prefix}embeddings.patch_embedding.weight"])
+  np.testing.assert_array_equal(
+    exported[f"{prefix}embeddings.patch_embedding.weight"],
+    bagel[f"{prefix}embeddings.patch_embedding.weight"],
+  )
   conv = dict(export_params(params, siglip_rules(prefix, patch_embedding_layout="conv")))
-  np.testing.assert_array_equal(conv[f"{prefix}embeddings.patch_embedding.weight"],
-                                state["embeddings.patch_embedding.weight"])
+  np.testing.assert_array_equal(
+    conv[f"{prefix}embeddings.patch_embedding.weight"], state["embeddings.patch_embedding.weight"]
+  )
 
 
 def test_load_siglip_hub_layout(siglip, tmp_path):
   """A hub SiglipModel file: 'vision_model.' prefix, a text tower and logit scale to skip."""
   _, _, shapes, directory, state = siglip
   hub = {f"vision_model.{k}": v for k, v in state.items()}
-  hub.update({"text_model.embeddings.token_embedding.weight": np.zeros((5, 4), np.float32),
-              "logit_scale": np.zeros(1, np.float32)})
+  hub.update(
+    {
+      "text_model.embeddings.token_embedding.weight": np.zeros((5, 4), np.float32),
+      "logit_scale": np.zeros(1, np.float32),
+    }
+  )
   params = load_siglip(shapes, _save(hub, tmp_path / "model.safetensors"))
   jax.tree.map(np.testing.assert_array_equal, params, load_siglip(shapes, str(directory)))
 
@@ -146,8 +172,11 @@ def test_siglip_unscanned_rules(siglip):
   shapes_u = nn.unbox(jax.eval_shape(unscanned.init, jax.random.key(0), patches, ids))["params"]
   params = _load(shapes_u, iter_safetensors(str(directory)), "", scan_layers=False)
   for i in range(2):
-    jax.tree.map(lambda a, b, i=i: np.testing.assert_array_equal(a, b[i]),
-                 params["encoder"][f"layers_{i}"], stacked["encoder"]["layers"])
+    jax.tree.map(
+      lambda a, b, i=i: np.testing.assert_array_equal(a, b[i]),
+      params["encoder"][f"layers_{i}"],
+      stacked["encoder"]["layers"],
+    )
 
 
 def test_missing_key_is_named(siglip):
@@ -160,16 +189,20 @@ def test_missing_key_is_named(siglip):
 def test_unexpected_key_is_named(siglip):
   _, _, shapes, _, state = siglip
   tensors = dict(state, **{"encoder.layers.0.self_attn.rotary.weight": np.zeros(3, np.float32)})
-  with pytest.raises(ConversionError, match=r"unexpected[\s\S]*encoder\.layers\.0\.self_attn\.rotary\.weight"):
+  with pytest.raises(
+    ConversionError, match=r"unexpected[\s\S]*encoder\.layers\.0\.self_attn\.rotary\.weight"
+  ):
     _load(shapes, tensors.items(), "")
 
 
 def test_shape_mismatch_is_named(siglip):
   _, _, shapes, _, state = siglip
   tensors = dict(state, **{"encoder.layers.0.mlp.fc1.weight": np.zeros((65, 32), np.float32)})
-  with pytest.raises(ConversionError,
-                     match=r"encoder\.layers\.0\.mlp\.fc1\.weight -> encoder/layers/mlp/fc1/kernel\[0\]: "
-                           r"expected \(32, 64\), got \(32, 65\)"):
+  with pytest.raises(
+    ConversionError,
+    match=r"encoder\.layers\.0\.mlp\.fc1\.weight -> encoder/layers/mlp/fc1/kernel\[0\]: "
+    r"expected \(32, 64\), got \(32, 65\)",
+  ):
     _load(shapes, tensors.items(), "")
 
 
@@ -177,13 +210,25 @@ def test_shape_mismatch_is_named(siglip):
 
 
 def tiny_vae_config():
-  return ml_collections.ConfigDict(dict(
-      in_channels=3, out_channels=3, ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=2, z_channels=16,
-      scale_factor=0.3611, shift_factor=0.1159, norm_groups=8))
+  return ml_collections.ConfigDict(
+    dict(
+      in_channels=3,
+      out_channels=3,
+      ch=32,
+      ch_mult=(1, 2, 2, 2),
+      num_res_blocks=2,
+      z_channels=16,
+      scale_factor=0.3611,
+      shift_factor=0.1159,
+      norm_groups=8,
+    )
+  )
 
 
 def _vae_shapes(model, size=16):
-  return nn.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3))))["params"]
+  return nn.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3))))[
+    "params"
+  ]
 
 
 def test_flux_vae_rules_roundtrip_and_names(tmp_path):
@@ -202,24 +247,38 @@ def test_flux_vae_rules_roundtrip_and_names(tmp_path):
   files = save_safetensors(exported.items(), str(tmp_path / "ae.safetensors"))
   reloaded = load_params(shapes, iter_safetensors(files), flux_vae_rules())
   jax.tree.map(np.testing.assert_array_equal, reloaded, params)
-  prefixed = load_params({"vae": shapes}, ((f"first_stage.{k}", v) for k, v in exported.items()),
-                         flux_vae_rules("first_stage.", "vae"))
+  prefixed = load_params(
+    {"vae": shapes},
+    ((f"first_stage.{k}", v) for k, v in exported.items()),
+    flux_vae_rules("first_stage.", "vae"),
+  )
   jax.tree.map(np.testing.assert_array_equal, prefixed["vae"], params)
 
 
 def diffusers_to_flux_key(key: str, num_levels: int) -> str:
   """diffusers AutoencoderKL key -> FLUX ae key (inverse of diffusers' convert_ldm_vae_checkpoint)."""
   key = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", key)
-  key = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", key)
-  key = re.sub(r"^decoder\.up_blocks\.(\d+)\.",
-               lambda m: f"decoder.up_blocks_flux.{num_levels - 1 - int(m.group(1))}.", key)
+  key = re.sub(
+    r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", key
+  )
+  key = re.sub(
+    r"^decoder\.up_blocks\.(\d+)\.",
+    lambda m: f"decoder.up_blocks_flux.{num_levels - 1 - int(m.group(1))}.",
+    key,
+  )
   key = re.sub(r"up_blocks_flux\.(\d+)\.resnets\.", r"up.\1.block.", key)
   key = re.sub(r"up_blocks_flux\.(\d+)\.upsamplers\.0\.", r"up.\1.upsample.", key)
   key = re.sub(r"mid_block\.resnets\.(\d)\.", lambda m: f"mid.block_{int(m.group(1)) + 1}.", key)
   key = key.replace("mid_block.attentions.0.", "mid.attn_1.")
-  for old, new in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"),
-                   ("to_out.0", "proj_out"), ("conv_shortcut", "nin_shortcut"),
-                   ("conv_norm_out", "norm_out")):
+  for old, new in (
+    ("group_norm", "norm"),
+    ("to_q", "q"),
+    ("to_k", "k"),
+    ("to_v", "v"),
+    ("to_out.0", "proj_out"),
+    ("conv_shortcut", "nin_shortcut"),
+    ("conv_norm_out", "norm_out"),
+  ):
     key = key.replace(f".{old}.", f".{new}.")
   return key
 
@@ -230,11 +289,19 @@ def test_flux_vae_parity_with_diffusers(tmp_path):
   levels = len(config.ch_mult)
   torch.manual_seed(0)
   reference = diffusers.AutoencoderKL(
-      in_channels=3, out_channels=3, latent_channels=config.z_channels,
-      down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-      block_out_channels=tuple(config.ch * m for m in config.ch_mult), layers_per_block=2,
-      norm_num_groups=config.norm_groups, use_quant_conv=False, use_post_quant_conv=False,
-      scaling_factor=config.scale_factor, shift_factor=config.shift_factor).eval()
+    in_channels=3,
+    out_channels=3,
+    latent_channels=config.z_channels,
+    down_block_types=("DownEncoderBlock2D",) * levels,
+    up_block_types=("UpDecoderBlock2D",) * levels,
+    block_out_channels=tuple(config.ch * m for m in config.ch_mult),
+    layers_per_block=2,
+    norm_num_groups=config.norm_groups,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+    scaling_factor=config.scale_factor,
+    shift_factor=config.shift_factor,
+  ).eval()
   _perturb_(reference, seed=2)
   flux_state = {}
   for key, value in reference.state_dict().items():
@@ -254,9 +321,13 @@ def test_flux_vae_parity_with_diffusers(tmp_path):
     latent = torch.randn(1, 16, 4, 3, generator=torch.Generator().manual_seed(5))
     decoded = reference.decode(latent).sample.numpy().transpose(0, 2, 3, 1)
   nhwc = jnp.asarray(images.numpy().transpose(0, 2, 3, 1))
-  mean, logvar = jax.jit(lambda v, x: model.apply(v, x, method=FluxAutoEncoder.encode_moments))(variables, nhwc)
+  mean, logvar = jax.jit(lambda v, x: model.apply(v, x, method=FluxAutoEncoder.encode_moments))(
+    variables, nhwc
+  )
   np.testing.assert_allclose(mean, posterior.mean.numpy().transpose(0, 2, 3, 1), atol=1e-4)
   np.testing.assert_allclose(logvar, posterior.logvar.numpy().transpose(0, 2, 3, 1), atol=1e-4)
-  scaled = config.scale_factor * (jnp.asarray(latent.numpy().transpose(0, 2, 3, 1)) - config.shift_factor)
+  scaled = config.scale_factor * (
+    jnp.asarray(latent.numpy().transpose(0, 2, 3, 1)) - config.shift_factor
+  )
   ours = jax.jit(lambda v, z: model.apply(v, z, method=FluxAutoEncoder.decode))(variables, scaled)
   np.testing.assert_allclose(ours, decoded, atol=1e-4)

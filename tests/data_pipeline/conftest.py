@@ -3,8 +3,8 @@
 import os
 import sys
 
-from absl import flags
 import pytest
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # For dp_testlib.
 from dp_testlib import load_config  # pylint: disable=g-import-not-at-top
@@ -28,6 +28,7 @@ def small_config(tmp_path):
 def built_sample(tmp_path_factory):
   """medq-sample precomputed once (2 Grain workers); returns (config, manifest)."""
   from data_pipeline import precompute
+
   config = load_config("runlocal")
   config.data_dir = str(tmp_path_factory.mktemp("medq") / "data")
   config.max_slices_per_volume = 2

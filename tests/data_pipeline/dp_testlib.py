@@ -3,8 +3,9 @@
 import importlib.util
 import os
 
-_CONFIG_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs",
-                            "data", "medq_sample.py")
+_CONFIG_PATH = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "data", "medq_sample.py"
+)
 
 
 def load_config(arg="runlocal"):

@@ -8,10 +8,7 @@ import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
 
-from data_pipeline import make_example
-from data_pipeline import planning
-from data_pipeline import pseudo_labeller
-from data_pipeline import sources_datasets
+from data_pipeline import make_example, planning, pseudo_labeller, sources_datasets
 
 
 def _t1_volume():
@@ -20,8 +17,12 @@ def _t1_volume():
 
 
 def test_ixi_layout(tmp_path, small_config):
-  for name in ("IXI002-Guys-0828-T1.nii.gz", "IXI002-Guys-0828-T2.nii.gz",
-               "IXI012-HH-1211-PD.nii.gz", "IXI-notes-FLAIR.nii.gz"):
+  for name in (
+    "IXI002-Guys-0828-T1.nii.gz",
+    "IXI002-Guys-0828-T2.nii.gz",
+    "IXI012-HH-1211-PD.nii.gz",
+    "IXI-notes-FLAIR.nii.gz",
+  ):
     folder = tmp_path / name.split("-")[-1].split(".")[0]
     folder.mkdir(exist_ok=True)
     nib.save(nib.Nifti1Image(_t1_volume().astype(np.float32), np.eye(4)), str(folder / name))
@@ -56,10 +57,12 @@ def test_aapm_mayo_pairs_use_the_real_quarter_dose(tmp_path, small_config):
   assert skipped == [] and len(slices) == 2  # max_slices_per_volume = 2.
   raw = slices[0]
   assert raw.paired["task"] == "ldct" and raw.paired["severity"] == "moderate"
-  item = planning.plan_items([{"key": raw.key, "modality": "CT", "patient_id": "L067",
-                               "paired": raw.paired}], small_config)[0]
-  example = make_example.make_example(vars(raw), dict(item, split="train"), small_config,
-                                      pseudo_labeller.make_labeller(small_config))
+  item = planning.plan_items(
+    [{"key": raw.key, "modality": "CT", "patient_id": "L067", "paired": raw.paired}], small_config
+  )[0]
+  example = make_example.make_example(
+    vars(raw), dict(item, split="train"), small_config, pseudo_labeller.make_labeller(small_config)
+  )
   np.testing.assert_array_equal(example["low"], raw.paired_low)  # Nothing simulated.
   assert np.abs(example["low"] - example["high"]).mean() > 0.005
   assert '"acquired": true' in example["degradation_params"]
@@ -73,13 +76,15 @@ def test_udpet_pairs_and_severity_from_dose_reduction(tmp_path, small_config):
   rng = np.random.default_rng(0)
   for drf in (4, 20, 100):
     low = rng.poisson(activity / activity.max() * 400 / drf) * activity.max() * drf / 400
-    nib.save(nib.Nifti1Image(low.astype(np.float32), np.eye(4)),
-             str(patient / f"1-{drf}_dose.nii.gz"))
+    nib.save(
+      nib.Nifti1Image(low.astype(np.float32), np.eye(4)), str(patient / f"1-{drf}_dose.nii.gz")
+    )
   small_config.paths.udpet = str(tmp_path)
   skipped = []
   slices = sources_datasets.udpet_slices(small_config, skipped)
   assert skipped == []
   severities = {s.paired["params"]["dose_reduction"]: s.paired["severity"] for s in slices}
   assert severities == {4.0: "mild", 20.0: "moderate", 100.0: "severe"}
-  assert all(s.modality == "PET" and not s.simulated and s.paired_low.shape == (32, 32)
-             for s in slices)
+  assert all(
+    s.modality == "PET" and not s.simulated and s.paired_low.shape == (32, 32) for s in slices
+  )

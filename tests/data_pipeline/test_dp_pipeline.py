@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 
 import grain
 import numpy as np
@@ -9,16 +10,13 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipeline import example as example_lib
-from data_pipeline import loader
-from data_pipeline import precompute
-from data_pipeline import tfds_format
+from data_pipeline import loader, precompute, tfds_format
 
 
 def _all_examples(config):
   examples = []
   for split in example_lib.SPLITS:
-    source = tfds.data_source(config.name, data_dir=os.path.join(config.data_dir),
-                              split=split)
+    source = tfds.data_source(config.name, data_dir=os.path.join(config.data_dir), split=split)
     examples += [tfds_format.from_stored(source[i]) for i in range(len(source))]
   return examples
 
@@ -51,7 +49,8 @@ def test_splits_are_disjoint_by_patient_and_provenance_is_recorded(built_sample)
     assert params["task"] == example["task"] and params["severity"] == example["severity"]
     assert example["simulated"] == (example["modality"] == "PET")
     assert example["description"].endswith(
-        f"Overall, the quality of this image is {example['quality_label']}.")
+      f"Overall, the quality of this image is {example['quality_label']}."
+    )
     assert example["quality_label"] == config.quality_label_by_severity[example["severity"]]
   assert all(len(splits) == 1 for splits in patients.values()), patients
   assert {split for splits in patients.values() for split in splits} == set(example_lib.SPLITS)
@@ -60,8 +59,10 @@ def test_splits_are_disjoint_by_patient_and_provenance_is_recorded(built_sample)
 def _decoded_shard(path, image_size):
   records = grain.sources.ArrayRecordDataSource([path])
   features = tfds_format.features(image_size)
-  return [tfds_format.from_stored(features.deserialize_example_np(records[i]))
-          for i in range(len(records))]
+  return [
+    tfds_format.from_stored(features.deserialize_example_np(records[i]))
+    for i in range(len(records))
+  ]
 
 
 def _assert_same_examples(first, second):
@@ -74,11 +75,12 @@ def _assert_same_examples(first, second):
 def test_rebuild_is_deterministic_and_resume_skips_finished_shards(built_sample, tmp_path):
   config, manifest = built_sample
   directory = tfds_format.dataset_dir(config.data_dir, config.name, config.version)
-  train_shards = sorted(f for f in os.listdir(directory)
-                        if "-train.array_record-" in f and not f.endswith(".json"))
+  train_shards = sorted(
+    f for f in os.listdir(directory) if "-train.array_record-" in f and not f.endswith(".json")
+  )
   assert len(train_shards) >= 2
   kept, killed = train_shards[0], train_shards[-1]
-  kept_before = open(os.path.join(directory, kept), "rb").read()
+  kept_before = pathlib.Path(directory, kept).read_bytes()
   killed_before = _decoded_shard(os.path.join(directory, killed), config.image_size)
   kept_mtime = os.stat(os.path.join(directory, kept)).st_mtime_ns
   # Simulate a kill: the last shard and its done marker are gone, a partial temp file remains.
@@ -90,10 +92,11 @@ def test_rebuild_is_deterministic_and_resume_skips_finished_shards(built_sample,
   resumed = precompute.run_precompute(config)
   config.num_workers = 2
   assert os.stat(os.path.join(directory, kept)).st_mtime_ns == kept_mtime  # Not redone.
-  assert open(os.path.join(directory, kept), "rb").read() == kept_before
+  assert pathlib.Path(directory, kept).read_bytes() == kept_before
   # Redone with the same content (proto map order in the bytes may differ between processes).
-  _assert_same_examples(_decoded_shard(os.path.join(directory, killed), config.image_size),
-                        killed_before)
+  _assert_same_examples(
+    _decoded_shard(os.path.join(directory, killed), config.image_size), killed_before
+  )
   assert not os.path.exists(os.path.join(directory, killed + ".tmp"))
   assert resumed["counts"] == manifest["counts"]
 
@@ -113,23 +116,23 @@ def _assert_same_batches(first, second):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_batches_and_state_restore(built_sample, workers):
   config, _ = built_sample
-  dataset = loader.make_loader(config, "train", worker_count=workers, shard_index=0,
-                               shard_count=1)
+  dataset = loader.make_loader(config, "train", worker_count=workers, shard_index=0, shard_count=1)
   iterator = iter(dataset)
   head = _batches(iterator, 3)
   batch = head[0]
   size = config.image_size
   assert batch["low"].shape == (config.batch_size, size, size)
   assert batch["low"].dtype == np.float32 and batch["high"].dtype == np.float32
-  assert 0.0 <= batch["low"].min() and batch["high"].max() <= 1.0
+  assert batch["low"].min() >= 0.0 and batch["high"].max() <= 1.0
   assert batch["id"].shape == (config.batch_size,) and isinstance(batch["id"][0], str)
   state = iterator.get_state()
   expected = _batches(iterator, 4)
   close = getattr(iterator, "close", None)
   if close:
     close()
-  restored = iter(loader.make_loader(config, "train", worker_count=workers, shard_index=0,
-                                     shard_count=1))
+  restored = iter(
+    loader.make_loader(config, "train", worker_count=workers, shard_index=0, shard_count=1)
+  )
   restored.set_state(state)
   _assert_same_batches(_batches(restored, 4), expected)
   fresh = iter(loader.make_loader(config, "train", worker_count=0, shard_index=0, shard_count=1))
@@ -144,8 +147,15 @@ def test_loader_epochs_shuffle_and_host_shards(built_sample):
   total = manifest["counts"]["split"]["train"]
 
   def ids(num_epochs=1, **kwargs):
-    batches = loader.make_loader(config, "train", worker_count=0, batch_size=1,
-                                 num_epochs=num_epochs, drop_remainder=False, **kwargs)
+    batches = loader.make_loader(
+      config,
+      "train",
+      worker_count=0,
+      batch_size=1,
+      num_epochs=num_epochs,
+      drop_remainder=False,
+      **kwargs,
+    )
     return [str(batch["id"][0]) for batch in batches]
 
   ordered = ids(shuffle=False, shard_index=0, shard_count=1)
@@ -175,16 +185,34 @@ def test_loader_transform_skips_without_shortening_batches(built_sample):
   """Rejected examples are skipped and counted; every batch still has batch_size rows, and one
   epoch yields exactly the accepted examples."""
   config, _ = built_sample
-  everything = loader.make_loader(config, "train", worker_count=0, batch_size=1, num_epochs=1,
-                                  drop_remainder=False, shard_index=0, shard_count=1)
+  everything = loader.make_loader(
+    config,
+    "train",
+    worker_count=0,
+    batch_size=1,
+    num_epochs=1,
+    drop_remainder=False,
+    shard_index=0,
+    shard_count=1,
+  )
   tasks = {str(b["id"][0]): str(b["task"][0]) for b in everything}
   rejected = sorted(set(tasks.values()))[0]
   kept = sorted(i for i, t in tasks.items() if t != rejected)
   assert 0 < len(kept) < len(tasks)
-  batches = list(loader.make_loader(config, "train", worker_count=0, batch_size=3, num_epochs=1,
-                                    drop_remainder=False, shard_index=0, shard_count=1,
-                                    transform=_RejectTask(rejected),
-                                    transform_errors=(ValueError,)))
+  batches = list(
+    loader.make_loader(
+      config,
+      "train",
+      worker_count=0,
+      batch_size=3,
+      num_epochs=1,
+      drop_remainder=False,
+      shard_index=0,
+      shard_count=1,
+      transform=_RejectTask(rejected),
+      transform_errors=(ValueError,),
+    )
+  )
   assert all(len(b["id"]) == 3 for b in batches[:-1])
   assert sorted(str(i) for b in batches for i in b["id"]) == kept
   assert rejected not in {str(t) for b in batches for t in b["task"]}

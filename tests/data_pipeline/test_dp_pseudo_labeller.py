@@ -20,10 +20,17 @@ from data_pipeline import chat_client, pseudo_labeller
 from dp_testlib import load_config
 
 SECRET = "sk-labeller-SECRET-77aa10-never-log-me"
-_META = {"modality": "MRI", "anatomy": "brain", "task": "mri_motion", "severity": "severe",
-         "quality_label": "reject"}
-_GOOD = ("MRI of the brain. Severe motion ghosting. Patient moved. Lesions are obscured. "
-         "Overall, the quality of this image is reject.")
+_META = {
+  "modality": "MRI",
+  "anatomy": "brain",
+  "task": "mri_motion",
+  "severity": "severe",
+  "quality_label": "reject",
+}
+_GOOD = (
+  "MRI of the brain. Severe motion ghosting. Patient moved. Lesions are obscured. "
+  "Overall, the quality of this image is reject."
+)
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -55,8 +62,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     content = body["messages"][-1]["content"]
     text = content if isinstance(content, str) else content[0]["text"]
     with server.lock:
-      server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                              "body": body})
+      server.requests.append(
+        {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
+      )
       server.in_flight += 1
       server.max_in_flight = max(server.max_in_flight, server.in_flight)
     try:
@@ -106,8 +114,12 @@ def _chat_labeller(retries=1):
 
 
 def _client(server, cache=None, **settings):
-  config = chat_client.ChatConfig(base_url=server.url, model="m", api_key=SECRET,
-                                  **{"timeout_s": 5.0, "max_retries": 1, **settings})
+  config = chat_client.ChatConfig(
+    base_url=server.url,
+    model="m",
+    api_key=SECRET,
+    **{"timeout_s": 5.0, "max_retries": 1, **settings},
+  )
   return chat_client.ChatClient(config, cache)
 
 
@@ -179,9 +191,15 @@ def test_complete_all_bounds_concurrency_keeps_order_and_reports_failures(server
 
 def test_cache_resumes_without_requests_and_holds_no_key(server, tmp_path):
   path = str(tmp_path / "replies.sqlite")
-  messages = [[{"role": "user", "content": [{"type": "text", "text": f"ECHO {i}"},
-                                            chat_client.image_content(np.eye(8))]}]
-              for i in range(4)]
+  messages = [
+    [
+      {
+        "role": "user",
+        "content": [{"type": "text", "text": f"ECHO {i}"}, chat_client.image_content(np.eye(8))],
+      }
+    ]
+    for i in range(4)
+  ]
   first = _client(server, chat_client.ReplyCache(path))
   replies = first.complete_all(messages, concurrency=2, salt="round=0", temperature=0.0)
   assert first.requests_sent == 4 and len(first.cache) == 4
@@ -209,8 +227,16 @@ def test_precompute_item_stops_on_refused_key_and_skips_other_failures(server):
   config = load_config()
   config.labeller, config.labeller_timeout_s, config.labeller_retries = "chat", 5.0, 0
   image = np.linspace(0.0, 1.0, 32 * 32, dtype=np.float32).reshape(32, 32)
-  raw = dict(image=image, key="test:slice", patient_id="p0", modality="MRI", anatomy="brain",
-             provenance={"source": "test"}, simulated=False, paired_low=None)
+  raw = dict(
+    image=image,
+    key="test:slice",
+    patient_id="p0",
+    modality="MRI",
+    anatomy="brain",
+    provenance={"source": "test"},
+    simulated=False,
+    paired_low=None,
+  )
   raws = [dict(raw, anatomy="AUTH"), dict(raw, anatomy="FAIL")]
   maker = make_example.ExampleMaker(json_lib.dumps(config.to_dict()), raws)
   item = dict(id="x:0", task="mri_noise", severity="mild", split="train", shard=0)

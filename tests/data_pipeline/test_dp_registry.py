@@ -20,13 +20,21 @@ _DOCS = os.path.join(_ROOT, "docs", "data_pipeline.md")
 
 
 def test_discovery_finds_every_module():
-  files = {name[:-3] for name in os.listdir(_PACKAGE_DIR)
-           if name.endswith(".py") and name not in ("__init__.py", "registry.py")}
+  files = {
+    name[:-3]
+    for name in os.listdir(_PACKAGE_DIR)
+    if name.endswith(".py") and name not in ("__init__.py", "registry.py")
+  }
   assert set(registry.names()) == files
   for name in files:  # Each module registers the task of its own name.
     assert registry.get(name).simulate.__module__ == f"data_pipeline.degradations.{name}"
-  assert registry.names()[:5] == ("ldct", "mri_undersampling", "mri_motion", "mri_noise",
-                                  "pet_lowcount")
+  assert registry.names()[:5] == (
+    "ldct",
+    "mri_undersampling",
+    "mri_motion",
+    "mri_noise",
+    "pet_lowcount",
+  )
   assert registry.names() == example_lib.TASKS
 
 
@@ -38,8 +46,9 @@ def test_unknown_task_names_the_registered_ones():
 def test_definition_errors_name_the_degradation():
   ldct = registry.get("ldct")
   with pytest.raises(ValueError, match=r"'ldct_bad'.*per-severity field 'photons'"):
-    registry.register(dataclasses.replace(ldct, name="ldct_bad",
-                                          defaults=dict(ldct.defaults, photons=(1.0, 2.0))))
+    registry.register(
+      dataclasses.replace(ldct, name="ldct_bad", defaults=dict(ldct.defaults, photons=(1.0, 2.0)))
+    )
   with pytest.raises(ValueError, match=r"'ldct_bad'.*unknown modality 'xray'"):
     registry.register(dataclasses.replace(ldct, name="ldct_bad", modalities=("xray",)))
   with pytest.raises(ValueError, match="registered twice"):
@@ -64,8 +73,9 @@ def test_config_holds_each_registered_task(task):
 def _worked_example_source():
   """The module of the docs' "Adding a degradation" section, exactly as printed there."""
   with open(_DOCS) as file:
-    match = re.search(r"```python\n# data_pipeline/degradations/ct_blur\.py\n(.*?)```",
-                      file.read(), re.S)
+    match = re.search(
+      r"```python\n# data_pipeline/degradations/ct_blur\.py\n(.*?)```", file.read(), re.S
+    )
   assert match, f"{_DOCS}: the ct_blur worked example is missing"
   return match.group(1)
 
@@ -103,8 +113,13 @@ def test_new_degradation_is_one_file(new_degradation):
   assert params["task"] == task and params["severity"] == "severe" and params["seed"] == 5
   # Descriptions: its own wording, the default label rule.
   assert descriptions.quality_label("moderate", config, task) == "usable"
-  meta = {"modality": "CT", "anatomy": "head", "task": task, "severity": "moderate",
-          "quality_label": "usable"}
+  meta = {
+    "modality": "CT",
+    "anatomy": "head",
+    "task": task,
+    "severity": "moderate",
+    "quality_label": "usable",
+  }
   texts = [descriptions.template_description(meta, seed) for seed in range(20)]
   degradation = registry.get(task)
   for text in texts:
@@ -114,7 +129,9 @@ def test_new_degradation_is_one_file(new_degradation):
   # Work planning gives CT slices the new task; the demo examples include it.
   items = planning.plan_items([{"key": "ct:0", "modality": "CT", "patient_id": "p0"}], config)
   assert {item["task"] for item in items} == {"ldct", task}
-  examples = demo_examples.demo_examples(seed=1, severities=("severe",))
+  examples = demo_examples.demo_examples(
+    load_config("image_size=64,runlocal"), seed=1, severities=("severe",)
+  )
   blurred = [example for example in examples if example["task"] == task]
   assert len(blurred) == 1 and blurred[0]["modality"] == "CT"
   example_lib.validate_example(blurred[0], 64)
@@ -122,8 +139,9 @@ def test_new_degradation_is_one_file(new_degradation):
 
 def test_label_rule_of_a_degradation_is_used():
   """A module's own label rule reaches the example's label and its description."""
-  strict = dataclasses.replace(registry.get("pet_lowcount"), name="pet_strict",
-                               label_rule=lambda severity, config: "reject")
+  strict = dataclasses.replace(
+    registry.get("pet_lowcount"), name="pet_strict", label_rule=lambda severity, config: "reject"
+  )
   registry.register(strict)
   try:
     config = load_config()
@@ -131,7 +149,7 @@ def test_label_rule_of_a_degradation_is_used():
     config_check.validate_config(config)
     assert descriptions.quality_label("mild", config, "pet_strict") == "reject"
     assert descriptions.quality_label("mild", config, "pet_lowcount") == "good"
-    examples = demo_examples.demo_examples(config=config)
+    examples = demo_examples.demo_examples(config)
     assert [e["quality_label"] for e in examples] == ["reject"] * 3
     assert all(e["description"].endswith("quality of this image is reject.") for e in examples)
   finally:

@@ -5,8 +5,8 @@ import pytest
 
 from configs import medq_uni
 from medq_jax import layout as layout_lib
-from medq_jax.types import KIND_PAD, KIND_VIT, PAD_SAMPLE, SPLIT_CAUSAL, SPLIT_FULL, SPLIT_NOISE
 from medq_jax.models.vit import image_to_patches
+from medq_jax.types import KIND_PAD, KIND_VIT, PAD_SAMPLE, SPLIT_CAUSAL, SPLIT_FULL, SPLIT_NOISE
 
 SPECIAL = dict(pad=0, im_start=1, im_end=2, vision_start=3, vision_end=4)
 
@@ -17,9 +17,13 @@ class _CharTokenizer:
 
 
 def _example(rng):
-  return dict(id="ex1", low=rng.random((40, 40)).astype(np.float32),
-              high=rng.random((40, 40)).astype(np.float32), instruction="fix it",
-              description="mild noise")
+  return dict(
+    id="ex1",
+    low=rng.random((40, 40)).astype(np.float32),
+    high=rng.random((40, 40)).astype(np.float32),
+    instruction="fix it",
+    description="mild noise",
+  )
 
 
 @pytest.mark.parametrize("stage", [1, 2])
@@ -41,7 +45,7 @@ def test_pack_example_layout(stage):
   assert list(row["und_vit_index"][vit]) == list(range(spec.num_vit_tokens))
   # gen stream: clean condition then noised target, one position per image
   gen_noised = row["gen_noised"]
-  assert gen_noised.sum() == spec.tokens_per_image and not gen_noised[:spec.tokens_per_image].any()
+  assert gen_noised.sum() == spec.tokens_per_image and not gen_noised[: spec.tokens_per_image].any()
   assert set(row["gen_split_modes"][gen_noised]) == {SPLIT_NOISE}
   assert set(row["gen_split_modes"][~gen_noised]) == {SPLIT_FULL}
   assert len(set(row["gen_positions"][gen_noised])) == 1
@@ -55,7 +59,9 @@ def test_pack_example_layout(stage):
     assert list(row["und_targets"][loss]) == desc
     assert set(mode[loss]) == {SPLIT_CAUSAL}
   # padding
-  assert (row["und_sample_ids"][~real] == PAD_SAMPLE).all() and (row["und_sample_ids"][real] == 0).all()
+  assert (row["und_sample_ids"][~real] == PAD_SAMPLE).all() and (
+    row["und_sample_ids"][real] == 0
+  ).all()
   assert row["vae_images"].shape == (2, spec.vae_image_size, spec.vae_image_size, 3)
   assert row["vae_images"].min() >= -1 and row["vae_images"].max() <= 1
 
@@ -81,5 +87,6 @@ def test_too_long_and_bad_images_fail_naming_the_example():
   with pytest.raises(layout_lib.LayoutError, match="ex1.*'low'.*NaN"):
     layout_lib.pack_example(bad, _CharTokenizer(), spec, SPECIAL)
   with pytest.raises(layout_lib.LayoutError, match="missing field 'description'"):
-    layout_lib.pack_example({"id": "ex1", "low": 1, "high": 1, "instruction": ""}, _CharTokenizer(),
-                            spec, SPECIAL)
+    layout_lib.pack_example(
+      {"id": "ex1", "low": 1, "high": 1, "instruction": ""}, _CharTokenizer(), spec, SPECIAL
+    )

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-
 from medq_jax.models.attention import TokenIds, allowed_mask, xla_attention
 from medq_jax.types import PAD_SAMPLE
 from medq_jax.types import SPLIT_CAUSAL as C
@@ -16,31 +15,45 @@ def _ids(sample, split, mode, order):
 
 
 CASES = {
-    "causal text": (
-        dict(sample=[0, 0, 0], split=[0, 0, 0], mode=[C, C, C], order=[0, 1, 2]),
-        ["100", "110", "111"]),
-    "text then full image": (
-        dict(sample=[0, 0, 0, 0, 0], split=[0, 0, 1, 1, 1], mode=[C, C, F, F, F],
-             order=[0, 1, 2, 2, 2]),
-        ["10000", "11000", "11111", "11111", "11111"]),
-    "full image then text": (
-        dict(sample=[0, 0, 0, 0], split=[0, 0, 1, 1], mode=[F, F, C, C], order=[0, 0, 1, 2]),
-        ["1100", "1100", "1110", "1111"]),
-    "noise split is invisible from outside": (
-        dict(sample=[0, 0, 0, 0, 0], split=[0, 1, 1, 2, 2], mode=[C, N, N, C, C],
-             order=[0, 1, 1, 2, 3]),
-        ["10000", "11100", "11100", "10010", "10011"]),
-    "packing: two samples never see each other": (
-        dict(sample=[0, 0, 1, 1], split=[0, 0, 0, 0], mode=[C, C, C, C], order=[0, 1, 0, 1]),
-        ["1000", "1100", "0010", "0011"]),
-    "padding is isolated": (
-        dict(sample=[0, 0, PAD_SAMPLE, PAD_SAMPLE], split=[0, 0, 0, 0], mode=[C, C, C, C],
-             order=[0, 1, 0, 0]),
-        ["1000", "1100", "0011", "0011"]),
-    "clean condition, description, noised target": (
-        dict(sample=[0] * 6, split=[0, 1, 1, 2, 3, 3], mode=[C, F, F, C, N, N],
-             order=[0, 1, 1, 2, 3, 3]),
-        ["100000", "111000", "111000", "111100", "111111", "111111"]),
+  "causal text": (
+    dict(sample=[0, 0, 0], split=[0, 0, 0], mode=[C, C, C], order=[0, 1, 2]),
+    ["100", "110", "111"],
+  ),
+  "text then full image": (
+    dict(
+      sample=[0, 0, 0, 0, 0], split=[0, 0, 1, 1, 1], mode=[C, C, F, F, F], order=[0, 1, 2, 2, 2]
+    ),
+    ["10000", "11000", "11111", "11111", "11111"],
+  ),
+  "full image then text": (
+    dict(sample=[0, 0, 0, 0], split=[0, 0, 1, 1], mode=[F, F, C, C], order=[0, 0, 1, 2]),
+    ["1100", "1100", "1110", "1111"],
+  ),
+  "noise split is invisible from outside": (
+    dict(
+      sample=[0, 0, 0, 0, 0], split=[0, 1, 1, 2, 2], mode=[C, N, N, C, C], order=[0, 1, 1, 2, 3]
+    ),
+    ["10000", "11100", "11100", "10010", "10011"],
+  ),
+  "packing: two samples never see each other": (
+    dict(sample=[0, 0, 1, 1], split=[0, 0, 0, 0], mode=[C, C, C, C], order=[0, 1, 0, 1]),
+    ["1000", "1100", "0010", "0011"],
+  ),
+  "padding is isolated": (
+    dict(
+      sample=[0, 0, PAD_SAMPLE, PAD_SAMPLE],
+      split=[0, 0, 0, 0],
+      mode=[C, C, C, C],
+      order=[0, 1, 0, 0],
+    ),
+    ["1000", "1100", "0011", "0011"],
+  ),
+  "clean condition, description, noised target": (
+    dict(
+      sample=[0] * 6, split=[0, 1, 1, 2, 3, 3], mode=[C, F, F, C, N, N], order=[0, 1, 1, 2, 3, 3]
+    ),
+    ["100000", "111000", "111000", "111100", "111111", "111111"],
+  ),
 }
 
 

@@ -1,15 +1,13 @@
 """Changing a noised target's tokens changes no output before it (full model, stage-2 row)."""
 
-import numpy as np
-
 import flax.linen as nn
 import jax
+import numpy as np
 
 from configs import medq_uni
-from medq_jax.types import latent_dim
 from medq_jax import layout as layout_lib
 from medq_jax.models.medq_uni import MedQUni
-from medq_jax.train import state as state_lib
+from medq_jax.types import latent_dim
 
 
 class _CharTokenizer:
@@ -21,9 +19,13 @@ def test_noised_target_is_invisible_to_earlier_tokens():
   config = medq_uni.get_config("size=tiny,stage=2,scope=all")
   spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, 2)
   rng = np.random.default_rng(0)
-  example = dict(id="x", low=rng.random((32, 32)).astype(np.float32),
-                 high=rng.random((32, 32)).astype(np.float32), instruction="restore",
-                 description="mild noise. Overall, good.")
+  example = dict(
+    id="x",
+    low=rng.random((32, 32)).astype(np.float32),
+    high=rng.random((32, 32)).astype(np.float32),
+    instruction="restore",
+    description="mild noise. Overall, good.",
+  )
   special = dict(pad=0, im_start=1, im_end=2, vision_start=3, vision_end=4)
   batch = layout_lib.collate([layout_lib.pack_example(example, _CharTokenizer(), spec, special)])
   channels = latent_dim(config.model)
@@ -42,6 +44,7 @@ def test_noised_target_is_invisible_to_earlier_tokens():
   # description) and every clean-condition latent precedes the noised target: none of their
   # outputs may change. Only the target's own <|vision_start|>/<|vision_end|> markers may.
   from medq_jax.types import SPLIT_NOISE
+
   outside = batch["und_split_modes"][0] != SPLIT_NOISE
   assert outside.sum() > 20 and (~outside).sum() == 2
   np.testing.assert_array_equal(before["logits"][0, outside], after["logits"][0, outside])

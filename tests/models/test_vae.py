@@ -7,14 +7,28 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from medq_jax.models.vae import (FluxAutoEncoder, downsample_factor, patchify_latents,
-                                 unpatchify_latents)
+from medq_jax.models.vae import (
+  FluxAutoEncoder,
+  downsample_factor,
+  patchify_latents,
+  unpatchify_latents,
+)
 
 
 def tiny_config():
-  return ml_collections.ConfigDict(dict(
-      in_channels=3, out_channels=3, ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=2, z_channels=16,
-      scale_factor=0.3611, shift_factor=0.1159, norm_groups=8))
+  return ml_collections.ConfigDict(
+    dict(
+      in_channels=3,
+      out_channels=3,
+      ch=32,
+      ch_mult=(1, 2, 2, 2),
+      num_res_blocks=2,
+      z_channels=16,
+      scale_factor=0.3611,
+      shift_factor=0.1159,
+      norm_groups=8,
+    )
+  )
 
 
 def random_like(boxed_shapes, seed=0):
@@ -47,9 +61,13 @@ def vae():
 def test_encode_decode_shapes(vae):
   model, variables, images = vae
   assert downsample_factor(model.config) == 8
-  latents = jax.eval_shape(lambda x: model.apply(variables, x, method=FluxAutoEncoder.encode), images)
+  latents = jax.eval_shape(
+    lambda x: model.apply(variables, x, method=FluxAutoEncoder.encode), images
+  )
   assert latents.shape == (2, 4, 6, 16)
-  decoded = jax.eval_shape(lambda z: model.apply(variables, z, method=FluxAutoEncoder.decode), latents)
+  decoded = jax.eval_shape(
+    lambda z: model.apply(variables, z, method=FluxAutoEncoder.decode), latents
+  )
   assert decoded.shape == (2, 32, 48, 3)
 
 
@@ -60,12 +78,19 @@ def test_mode_is_deterministic_and_sample_differs(vae):
   def run(v, x):
     encode = lambda *a: model.apply(v, *a, method=FluxAutoEncoder.encode)
     moments = model.apply(v, x, method=FluxAutoEncoder.encode_moments)
-    return (encode(x), encode(x), moments, encode(x, jax.random.key(5)), encode(x, jax.random.key(6)))
+    return (
+      encode(x),
+      encode(x),
+      moments,
+      encode(x, jax.random.key(5)),
+      encode(x, jax.random.key(6)),
+    )
 
   mode_a, mode_b, (mean, logvar), sample_a, sample_b = run(variables, images)
   np.testing.assert_array_equal(mode_a, mode_b)
-  np.testing.assert_allclose(mode_a, model.config.scale_factor * (mean - model.config.shift_factor),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    mode_a, model.config.scale_factor * (mean - model.config.shift_factor), atol=1e-6
+  )
   assert not np.allclose(sample_a, mode_a) and not np.allclose(sample_a, sample_b)
   # The sample's spread around the mode is scale_factor * exp(0.5*logvar).
   z = (sample_a - mode_a) / (model.config.scale_factor * jnp.exp(0.5 * logvar))
@@ -74,14 +99,22 @@ def test_mode_is_deterministic_and_sample_differs(vae):
 
 def test_logical_names(vae):
   _, variables, _ = vae
-  names = jax.tree.map(lambda x: x.names, variables["params"],
-                       is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  names = jax.tree.map(
+    lambda x: x.names, variables["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned)
+  )
   assert set(names) == {"encoder", "decoder"}
-  assert names["encoder"]["down_0"]["block_0"]["conv1"]["kernel"] == ("conv_h", "conv_w", "vae_in", "vae_out")
+  assert names["encoder"]["down_0"]["block_0"]["conv1"]["kernel"] == (
+    "conv_h",
+    "conv_w",
+    "vae_in",
+    "vae_out",
+  )
   assert names["decoder"]["up_3"]["upsample"]["conv"]["bias"] == ("vae_channels",)
   assert names["decoder"]["mid"]["attn_1"]["norm"]["scale"] == ("vae_channels",)
   params = nn.unbox(variables["params"])
-  assert "downsample" not in params["encoder"]["down_3"] and "upsample" not in params["decoder"]["up_0"]
+  assert (
+    "downsample" not in params["encoder"]["down_3"] and "upsample" not in params["decoder"]["up_0"]
+  )
   assert len([k for k in params["decoder"]["up_0"] if k.startswith("block_")]) == 3
   assert params["encoder"]["down_1"]["block_0"]["nin_shortcut"]["kernel"].shape == (1, 1, 32, 64)
 
@@ -105,7 +138,7 @@ def _bagel_latent_tokens(latent_chw: np.ndarray, p: int) -> np.ndarray:
   """NumPy transcription of BAGEL bagel.py: reshape(C, h, p, w, p), einsum('chpwq->hwpqc')."""
   c, hh, ww = latent_chw.shape
   h, w = hh // p, ww // p
-  x = latent_chw[:, :h * p, :w * p].reshape(c, h, p, w, p)
+  x = latent_chw[:, : h * p, : w * p].reshape(c, h, p, w, p)
   return np.einsum("chpwq->hwpqc", x).reshape(-1, p * p * c)
 
 
@@ -114,7 +147,9 @@ def test_patchify_matches_bagel_and_roundtrips():
   tokens = patchify_latents(jnp.asarray(latents), 2)
   assert tokens.shape == (2, 6, 64)
   for b in range(2):
-    np.testing.assert_array_equal(np.asarray(tokens[b]), _bagel_latent_tokens(latents[b].transpose(2, 0, 1), 2))
+    np.testing.assert_array_equal(
+      np.asarray(tokens[b]), _bagel_latent_tokens(latents[b].transpose(2, 0, 1), 2)
+    )
   np.testing.assert_array_equal(np.asarray(unpatchify_latents(tokens, 6, 4, 2)), latents)
 
 

@@ -5,16 +5,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
-from medq_jax.models.layers import REMAT_POLICIES
 from flax import linen as nn
 
+from medq_jax.models.layers import REMAT_POLICIES
 from medq_jax.models.vit import SiglipVisionEncoder, image_to_patches
 
 
 def tiny_config(**overrides):
-  config = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, patch_size=4,
-                image_size=32, num_channels=3, layer_norm_eps=1e-6)
+  config = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    patch_size=4,
+    image_size=32,
+    num_channels=3,
+    layer_norm_eps=1e-6,
+  )
   config.update(overrides)
   return ml_collections.ConfigDict(config)
 
@@ -39,7 +46,9 @@ def test_image_to_patches_matches_bagel_patchify():
   patches, ids = image_to_patches(jnp.asarray(images), patch_size=4, grid_side=5)
   assert patches.shape == (2, 6, 48) and ids.shape == (2, 6)
   for b in range(2):
-    np.testing.assert_array_equal(np.asarray(patches[b]), _bagel_patchify(images[b].transpose(2, 0, 1), 4))
+    np.testing.assert_array_equal(
+      np.asarray(patches[b]), _bagel_patchify(images[b].transpose(2, 0, 1), 4)
+    )
     np.testing.assert_array_equal(np.asarray(ids[b]), _bagel_position_ids(12, 8, 4, 5))
 
 
@@ -110,7 +119,7 @@ def test_padding_patches_do_not_change_valid_outputs(model_and_params):
   padded_ids = jnp.concatenate([ids, jnp.zeros((1, pad), ids.dtype)], axis=1)
   valid = jnp.arange(padded.shape[1])[None] < patches.shape[1]
   out = apply(variables, padded, padded_ids, valid)
-  np.testing.assert_allclose(out[:, :patches.shape[1]], reference, atol=1e-5)
+  np.testing.assert_allclose(out[:, : patches.shape[1]], reference, atol=1e-5)
 
 
 def test_unscanned_and_remat_match_scanned(model_and_params):
@@ -122,8 +131,9 @@ def test_unscanned_and_remat_match_scanned(model_and_params):
   for i in range(config.num_layers):
     params["encoder"][f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], layers)
   unscanned = SiglipVisionEncoder(config, scan_layers=False)
-  np.testing.assert_allclose(jax.jit(unscanned.apply)({"params": params}, patches, ids), reference,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    jax.jit(unscanned.apply)({"params": params}, patches, ids), reference, atol=1e-5
+  )
 
   def loss(model_, variables_):
     return jnp.sum(model_.apply(variables_, patches, ids) ** 2)
@@ -133,8 +143,11 @@ def test_unscanned_and_remat_match_scanned(model_and_params):
   for policy in sorted(set(REMAT_POLICIES) - {"none"}):
     remat = SiglipVisionEncoder(config, remat_policy=policy)
     grads_remat = jax.jit(jax.grad(lambda v, m=remat: loss(m, v)))(variables)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                 nn.unbox(grads), nn.unbox(grads_remat))
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+      nn.unbox(grads),
+      nn.unbox(grads_remat),
+    )
 
 
 def test_bad_patch_dim_and_remat_name(model_and_params):
@@ -143,7 +156,8 @@ def test_bad_patch_dim_and_remat_name(model_and_params):
     model.apply(variables, jnp.zeros((1, 4, 10)), jnp.zeros((1, 4), jnp.int32))
   with pytest.raises(ValueError, match="remat_policy"):
     SiglipVisionEncoder(config, remat_policy="sometimes").init(
-        jax.random.key(0), jnp.zeros((1, 4, 48)), jnp.zeros((1, 4), jnp.int32))
+      jax.random.key(0), jnp.zeros((1, 4, 48)), jnp.zeros((1, 4), jnp.int32)
+    )
 
 
 def test_runs_sharded_under_logical_rules(model_and_params):
@@ -153,13 +167,24 @@ def test_runs_sharded_under_logical_rules(model_and_params):
   if devices.size < 8:
     pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
   mesh = jax.sharding.Mesh(devices.reshape(4, 2), ("data", "tensor"))
-  rules = (("act_batch", "data"), ("vit_mlp", "tensor"), ("vit_heads_x_dim", "tensor"),
-           ("layers", None), ("vit_embed", None), ("vit_patch", None), ("vit_pos", None),
-           ("norm", None), ("act_len", None), ("act_embed", None))
+  rules = (
+    ("act_batch", "data"),
+    ("vit_mlp", "tensor"),
+    ("vit_heads_x_dim", "tensor"),
+    ("layers", None),
+    ("vit_embed", None),
+    ("vit_patch", None),
+    ("vit_pos", None),
+    ("norm", None),
+    ("act_len", None),
+    ("act_embed", None),
+  )
   specs = nn.get_partition_spec(variables)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
   placed = jax.device_put(nn.unbox(variables), shardings)
-  assert placed["params"]["encoder"]["layers"]["mlp"]["fc1"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(None, None, "tensor")
+  assert placed["params"]["encoder"]["layers"]["mlp"]["fc1"][
+    "kernel"
+  ].sharding.spec == jax.sharding.PartitionSpec(None, None, "tensor")
   patches, ids = image_to_patches(jax.random.normal(jax.random.key(3), (4, 16, 16, 3)), 4, 8)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     out = jax.jit(model.apply)(placed, patches, ids)
