@@ -176,43 +176,63 @@ class RowBuilder:
     self.position = 0
     self.split = 0
 
-  def _und(self, token, kind, mode, vit_index=0, target=-1, loss=0.0):
-    for key, value in zip(
-      self.und, (token, kind, self.position, self.split, mode, vit_index, target, loss)
-    ):
-      self.und[key].append(value)
+  def _und_span(self, tokens, kinds, mode, *, positions=None, vit_index=None, targets=None,
+                loss=None):
+    """Appends a span of und tokens of one split (lists extended at once: packing is per row on
+    the input path, so per-token appends would dominate it)."""
+    count = len(tokens)
+    und = self.und
+    und["token_ids"].extend(tokens)
+    und["kind"].extend(kinds)
+    und["positions"].extend(positions if positions is not None else [self.position] * count)
+    und["split_ids"].extend([self.split] * count)
+    und["split_modes"].extend([mode] * count)
+    und["vit_index"].extend(vit_index if vit_index is not None else [0] * count)
+    und["targets"].extend(targets if targets is not None else [-1] * count)
+    und["loss_mask"].extend(loss if loss is not None else [0.0] * count)
 
   def text(self, ids: Sequence[int], loss: bool):
-    for index, token in enumerate(ids):
-      has_next = index + 1 < len(ids)
-      self._und(
-        token,
-        KIND_TEXT,
-        SPLIT_CAUSAL,
-        target=ids[index + 1] if has_next else -1,
-        loss=float(loss and has_next),
-      )
-      self.position += 1
+    """A causal text split; with `loss`, every token but the last predicts the next one."""
+    ids = list(ids)
+    count = len(ids)
+    self._und_span(
+      ids,
+      [KIND_TEXT] * count,
+      SPLIT_CAUSAL,
+      positions=list(range(self.position, self.position + count)),
+      targets=ids[1:] + [-1] if count else [],
+      loss=[float(loss)] * (count - 1) + [0.0] if count else [],
+    )
+    self.position += count
     self.split += 1
 
   def vit_image(self, num_tokens: int, start: int, end: int, first_index: int = 0):
-    self._und(start, KIND_TEXT, SPLIT_FULL)
-    for index in range(first_index, first_index + num_tokens):
-      self._und(0, KIND_VIT, SPLIT_FULL, vit_index=index)
-    self._und(end, KIND_TEXT, SPLIT_FULL)
+    """<|vision_start|> ViT tokens <|vision_end|>: one full split at one RoPE position."""
+    self._und_span(
+      [start] + [0] * num_tokens + [end],
+      [KIND_TEXT] + [KIND_VIT] * num_tokens + [KIND_TEXT],
+      SPLIT_FULL,
+      vit_index=[0, *range(first_index, first_index + num_tokens), 0],
+    )
     self.position += 1
     self.split += 1
 
   def vae_image(
     self, image_index: int, side: int, max_side: int, noised: bool, start: int, end: int
   ):
+    """A VAE image: its two marker tokens in the und stream, side**2 latent tokens in the gen
+    stream, one split (noise mode when `noised`) at one RoPE position."""
     mode = SPLIT_NOISE if noised else SPLIT_FULL
-    self._und(start, KIND_TEXT, mode)
+    self._und_span([start, end], [KIND_TEXT, KIND_TEXT], mode)
     latent_pos = (np.arange(side)[:, None] * max_side + np.arange(side)[None, :]).reshape(-1)
-    for pos in latent_pos:
-      for key, value in zip(self.gen, (image_index, pos, self.position, self.split, mode, noised)):
-        self.gen[key].append(value)
-    self._und(end, KIND_TEXT, mode)
+    count = len(latent_pos)
+    gen = self.gen
+    gen["image_index"].extend([image_index] * count)
+    gen["latent_pos"].extend(latent_pos.tolist())
+    gen["positions"].extend([self.position] * count)
+    gen["split_ids"].extend([self.split] * count)
+    gen["split_modes"].extend([mode] * count)
+    gen["noised"].extend([noised] * count)
     self.position += 1
     self.split += 1
 

@@ -3,17 +3,10 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _run(args, **kwargs):
@@ -29,8 +22,8 @@ def _run(args, **kwargs):
   )
 
 
-def test_two_processes_match_one(tmp_path):
-  port = _free_port()
+def test_two_processes_match_one(free_port, tmp_path):
+  port = free_port
   config = "--config=configs/medq_uni.py:size=tiny,stage=2,mesh=2x2x2"
   common = [config, f"--coordinator=127.0.0.1:{port}", "--num_processes=2", "--local_devices=4"]
   workers = [

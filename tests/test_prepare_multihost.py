@@ -3,21 +3,14 @@ trains the tokenizer while process 1 waits at the barrier, then both build the s
 model. (With `train.steps=0` the run stops after set-up, so the test costs no training.)"""
 
 import os
-import socket
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def test_process_one_waits_for_data_and_tokenizer(tmp_path):
-  port = _free_port()
+def test_process_one_waits_for_data_and_tokenizer(free_port, tmp_path):
+  port = free_port
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   overrides = [
     "--config=configs/medq_uni.py:size=tiny,stage=2,mesh=1x-1x1",

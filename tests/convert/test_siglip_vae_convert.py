@@ -9,7 +9,6 @@ import re
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -209,30 +208,14 @@ def test_shape_mismatch_is_named(siglip):
 # ----------------------------------------------------------------------------- FLUX VAE
 
 
-def tiny_vae_config():
-  return ml_collections.ConfigDict(
-    dict(
-      in_channels=3,
-      out_channels=3,
-      ch=32,
-      ch_mult=(1, 2, 2, 2),
-      num_res_blocks=2,
-      z_channels=16,
-      scale_factor=0.3611,
-      shift_factor=0.1159,
-      norm_groups=8,
-    )
-  )
-
-
 def _vae_shapes(model, size=16):
   return nn.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3))))[
     "params"
   ]
 
 
-def test_flux_vae_rules_roundtrip_and_names(tmp_path):
-  model = FluxAutoEncoder(tiny_vae_config())
+def test_flux_vae_rules_roundtrip_and_names(tiny_vae_config, tmp_path):
+  model = FluxAutoEncoder(tiny_vae_config)
   shapes = _vae_shapes(model)
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
@@ -283,9 +266,9 @@ def diffusers_to_flux_key(key: str, num_levels: int) -> str:
   return key
 
 
-def test_flux_vae_parity_with_diffusers(tmp_path):
+def test_flux_vae_parity_with_diffusers(tiny_vae_config, tmp_path):
   diffusers = pytest.importorskip("diffusers")
-  config = tiny_vae_config()
+  config = tiny_vae_config
   levels = len(config.ch_mult)
   torch.manual_seed(0)
   reference = diffusers.AutoencoderKL(

@@ -3,7 +3,6 @@ jax.process_index(), no explicit shard arguments): disjoint, and together the wh
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -20,15 +19,11 @@ def _ids(config, **kwargs):
   return [str(batch["id"][0]) for batch in batches]
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def test_two_jax_processes_read_disjoint_shards_covering_the_split(built_sample, tmp_path):
+def test_two_jax_processes_read_disjoint_shards_covering_the_split(
+  free_port, built_sample, tmp_path
+):
   config, manifest = built_sample
-  port = _free_port()
+  port = free_port
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   procs = [
     subprocess.Popen(

@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import linen as nn
@@ -13,22 +12,6 @@ from medq_jax.models.vae import (
   patchify_latents,
   unpatchify_latents,
 )
-
-
-def tiny_config():
-  return ml_collections.ConfigDict(
-    dict(
-      in_channels=3,
-      out_channels=3,
-      ch=32,
-      ch_mult=(1, 2, 2, 2),
-      num_res_blocks=2,
-      z_channels=16,
-      scale_factor=0.3611,
-      shift_factor=0.1159,
-      norm_groups=8,
-    )
-  )
 
 
 def random_like(boxed_shapes, seed=0):
@@ -50,8 +33,8 @@ def random_like(boxed_shapes, seed=0):
 
 
 @pytest.fixture(scope="module")
-def vae():
-  config = tiny_config()
+def vae(tiny_vae_config):
+  config = tiny_vae_config
   model = FluxAutoEncoder(config)
   images = jax.random.uniform(jax.random.key(0), (2, 32, 48, 3), minval=-1, maxval=1)
   variables = random_like(jax.eval_shape(model.init, jax.random.key(1), images))
