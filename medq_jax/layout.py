@@ -176,8 +176,9 @@ class RowBuilder:
     self.position = 0
     self.split = 0
 
-  def _und_span(self, tokens, kinds, mode, *, positions=None, vit_index=None, targets=None,
-                loss=None):
+  def _und_span(
+    self, tokens, kinds, mode, *, positions=None, vit_index=None, targets=None, loss=None
+  ):
     """Appends a span of und tokens of one split (lists extended at once: packing is per row on
     the input path, so per-token appends would dominate it)."""
     count = len(tokens)
