@@ -1,12 +1,18 @@
 """The token-layout contract between data and model, and the packer that builds it.
 
-A MedQ-UNI sample in logical order (one split each; stage 1 drops the description):
+The order of a sample is data: a sequence plan (`SequencePlan`, a tuple of `PlanItem`s, each
+with its kind, expert, attention mode and loss), from which the packer derives token ids, split
+ids, RoPE positions and masks. `MEDQ_UNI_PLAN` is MedQ-Uni's training order (so converted
+UniMedVL/MedQ-Uni weights see the layout they were trained on):
 
-  split 0 causal  <|im_start|> instruction <|im_end|>                       und (text)
-  split 1 full    <|vision_start|> ViT(I_low) <|vision_end|>                 und (text, vit)
-  split 2 full    <|vision_start|> VAE(I_low) clean <|vision_end|>           und markers, gen
-  split 3 causal  <|im_start|> description <|im_end|>     (CE loss)          und (text)
-  split 4 noise   <|vision_start|> VAE(I_high) noised <|vision_end|> (flow)  und markers, gen
+  split 0 full    <|vision_start|> VAE(I_low) clean <|vision_end|>           gen (und markers)
+  split 1 full    <|vision_start|> ViT(I_low) <|vision_end|>                 und
+  split 2 causal  <|im_start|> instruction <|im_end|>                        und, no loss
+  split 3 causal  <|im_start|> description <|im_end|>     (CE loss)          und
+  split 4 noise   <|vision_start|> VAE(I_high) noised <|vision_end|> (flow)  gen (und markers)
+
+Stage 1 is the same plan without the description (`sequence_plan(1)`); guidance contexts are
+the plan with items dropped (`sequence_plan(stage, drop=...)`).
 
 Text tokens advance the RoPE position by one; all tokens of one image (markers included) share
 one position. A batch row holds one example; every array has a static shape from `LayoutSpec`.
@@ -42,6 +48,43 @@ from medq_jax.types import (
   STAGES,
   field_shapes,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanItem:
+  """One logical split of a sample: what it holds and how the model treats it."""
+
+  name: str  # unique within a plan, e.g. "vae_condition"
+  kind: str  # "text" | "vit" | "vae"
+  expert: str  # "und" | "gen": whose per-token weights its content tokens use
+  mode: int  # SPLIT_CAUSAL | SPLIT_FULL | SPLIT_NOISE
+  loss: str  # "" (none) | "ce" (next-token) | "flow" (rectified flow + pixel losses)
+  source: str  # the example field it reads: "low", "high", "instruction", "description"
+
+
+SequencePlan = tuple[PlanItem, ...]
+
+# MedQ-Uni's training order (see the module docstring).
+MEDQ_UNI_PLAN: SequencePlan = (
+  PlanItem("vae_condition", "vae", "gen", SPLIT_FULL, "", "low"),
+  PlanItem("vit", "vit", "und", SPLIT_FULL, "", "low"),
+  PlanItem("instruction", "text", "und", SPLIT_CAUSAL, "", "instruction"),
+  PlanItem("description", "text", "und", SPLIT_CAUSAL, "ce", "description"),
+  PlanItem("vae_target", "vae", "gen", SPLIT_NOISE, "flow", "high"),
+)
+
+
+def sequence_plan(stage: int, drop: Sequence[str] = (), base: SequencePlan = MEDQ_UNI_PLAN):
+  """The plan of a training stage (stage 1 has no description), minus the items named in
+  `drop` (guidance contexts: e.g. drop=("instruction", "description") is the no-text context)."""
+  if stage not in STAGES:
+    raise ValueError(f"train.stage: expected one of {STAGES}, got {stage!r}")
+  names = {item.name for item in base}
+  unknown = sorted(set(drop) - names)
+  if unknown:
+    raise ValueError(f"sequence plan: cannot drop {unknown}; items: {sorted(names)}")
+  dropped = set(drop) | ({"description"} if stage == 1 else set())
+  return tuple(item for item in base if item.name not in dropped)
 
 
 class LayoutError(ValueError):
@@ -259,28 +302,41 @@ def finish_und(
 
 
 def pack_example(
-  example: Mapping[str, Any], tokenizer, spec: LayoutSpec, special: Mapping[str, int]
+  example: Mapping[str, Any],
+  tokenizer,
+  spec: LayoutSpec,
+  special: Mapping[str, int],
+  plan: SequencePlan | None = None,
 ) -> dict[str, np.ndarray]:
-  """Packs one data-pipeline example into a fixed-shape row (see module docstring).
+  """Packs one data-pipeline example into a fixed-shape row following `plan` (default: the
+  stage's `sequence_plan`). The plan must hold exactly one ViT image and the VAE images as
+  (clean condition, noised target): `vae_images` is [condition, target].
 
   Raises LayoutError naming the example and field when it cannot be packed.
   """
   example_id = str(example.get("id", "<no id>"))
-  for field in ("low", "high", "instruction") + (("description",) if spec.stage == 2 else ()):
+  plan = sequence_plan(spec.stage) if plan is None else plan
+  for field in dict.fromkeys(item.source for item in plan):
     if field not in example:
       raise LayoutError(f"example {example_id}: missing field {field!r}")
   encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
   row = RowBuilder()
-  row.text([special["im_start"], *encode(example["instruction"]), special["im_end"]], loss=False)
-  row.vit_image(spec.num_vit_tokens, special["vision_start"], special["vision_end"])
-  row.vae_image(
-    0, spec.latent_side, spec.max_latent_size, False, special["vision_start"], special["vision_end"]
-  )
-  if spec.stage == 2:
-    row.text([special["im_start"], *encode(example["description"]), special["im_end"]], loss=True)
-  row.vae_image(
-    1, spec.latent_side, spec.max_latent_size, True, special["vision_start"], special["vision_end"]
-  )
+  vae_items = [item for item in plan if item.kind == "vae"]
+  for item in plan:
+    if item.kind == "text":
+      ids = [special["im_start"], *encode(example[item.source]), special["im_end"]]
+      row.text(ids, loss=item.loss == "ce")
+    elif item.kind == "vit":
+      row.vit_image(spec.num_vit_tokens, special["vision_start"], special["vision_end"])
+    else:
+      row.vae_image(
+        vae_items.index(item),
+        spec.latent_side,
+        spec.max_latent_size,
+        item.mode == SPLIT_NOISE,
+        special["vision_start"],
+        special["vision_end"],
+      )
 
   out = finish_und(row, spec.max_und_len, special, example_id)
   for key, values in row.gen.items():

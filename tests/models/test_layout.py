@@ -34,15 +34,29 @@ def test_pack_example_layout(stage):
   kind, split, mode = row["und_kind"], row["und_split_ids"], row["und_split_modes"]
   real = kind != KIND_PAD
   n_text_instr = len("fix it") + 2
-  # instruction: causal split 0, positions 0..n-1
-  assert list(split[:n_text_instr]) == [0] * n_text_instr
-  assert list(row["und_positions"][:n_text_instr]) == list(range(n_text_instr))
+  # MedQ-Uni's order: VAE condition (split 0), ViT (1), instruction (2), [description (3)], target.
+  # The VAE condition's two markers come first, at position 0, full mode.
+  assert list(row["und_token_ids"][:2]) == [SPECIAL["vision_start"], SPECIAL["vision_end"]]
+  assert list(split[:2]) == [0, 0] and list(mode[:2]) == [SPLIT_FULL] * 2
+  assert list(row["und_positions"][:2]) == [0, 0]
   # ViT image: one split, one position, full mode, vit slots indexed 0..Nv-1
   vit = kind == KIND_VIT
   assert vit.sum() == spec.num_vit_tokens
   assert set(split[vit]) == {1} and set(mode[vit]) == {SPLIT_FULL}
-  assert set(row["und_positions"][vit]) == {n_text_instr}
+  assert set(row["und_positions"][vit]) == {1}
   assert list(row["und_vit_index"][vit]) == list(range(spec.num_vit_tokens))
+  # instruction: causal split 2 right after the ViT image (and its two markers), no loss
+  start = 2 + spec.num_vit_tokens + 2
+  instruction = slice(start, start + n_text_instr)
+  assert list(split[instruction]) == [2] * n_text_instr
+  assert set(mode[instruction]) == {SPLIT_CAUSAL}
+  assert list(row["und_positions"][instruction]) == list(range(2, 2 + n_text_instr))
+  assert not row["und_loss_mask"][instruction].any()
+  # the gen condition shares split 0 and position 0 with its markers
+  condition = ~row["gen_noised"]
+  assert set(row["gen_split_ids"][condition]) == {0} and set(row["gen_positions"][condition]) == {0}
+  target_split = 4 if stage == 2 else 3
+  assert set(row["gen_split_ids"][row["gen_noised"]]) == {target_split}
   # gen stream: clean condition then noised target, one position per image
   gen_noised = row["gen_noised"]
   assert gen_noised.sum() == spec.tokens_per_image and not gen_noised[: spec.tokens_per_image].any()
@@ -90,3 +104,30 @@ def test_too_long_and_bad_images_fail_naming_the_example():
     layout_lib.pack_example(
       {"id": "ex1", "low": 1, "high": 1, "instruction": ""}, _CharTokenizer(), spec, SPECIAL
     )
+
+
+def test_sequence_plan_is_data():
+  """Stage 1 drops the description; guidance contexts drop items by name; unknown names fail."""
+  names = lambda plan: [item.name for item in plan]
+  assert names(layout_lib.MEDQ_UNI_PLAN) == [
+    "vae_condition",
+    "vit",
+    "instruction",
+    "description",
+    "vae_target",
+  ]
+  assert names(layout_lib.sequence_plan(1)) == ["vae_condition", "vit", "instruction", "vae_target"]
+  no_text = layout_lib.sequence_plan(2, drop=("instruction", "description"))
+  assert names(no_text) == ["vae_condition", "vit", "vae_target"]
+  with pytest.raises(ValueError, match="cannot drop \\['caption'\\]"):
+    layout_lib.sequence_plan(2, drop=("caption",))
+  # Packing a plan without the texts: no text tokens, positions still follow the plan.
+  config = medq_uni.get_config("size=tiny,stage=2")
+  spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, 2)
+  row = layout_lib.pack_example(
+    _example(np.random.default_rng(0)), _CharTokenizer(), spec, SPECIAL, plan=no_text
+  )
+  real = row["und_kind"] != KIND_PAD
+  assert real.sum() == 2 + (spec.num_vit_tokens + 2) + 2
+  assert set(row["gen_split_ids"][row["gen_noised"]]) == {2}
+  assert set(row["gen_positions"][row["gen_noised"]]) == {2}
