@@ -257,12 +257,6 @@ class ChatClient:
     """HTTP requests sent so far, every retry included (cache hits send none)."""
     return self._requests_sent
 
-  def cached_reply(self, messages: Messages, *, salt: str = "", **params) -> str | None:
-    """The cached reply to exactly this request, or None (also when there is no cache)."""
-    if self.cache is None:
-      return None
-    return self.cache.get(cache_key(self.config.model, messages, params, salt))
-
   def complete(self, messages: Messages, *, salt: str = "", **params) -> str:
     """The reply text to one request, from the cache or the endpoint (then cached).
 
@@ -276,15 +270,21 @@ class ChatClient:
       ChatRequestError: no reply after `openai`'s retries, or a non-retryable HTTP error.
       ChatReplyError: HTTP 200 without choices[0].message.content text (never cached).
     """
+    return self.complete_noting_cache(messages, salt=salt, **params)[0]
+
+  def complete_noting_cache(
+    self, messages: Messages, *, salt: str = "", **params
+  ) -> tuple[str, bool]:
+    """`complete`, plus whether the reply came from the cache (one cache lookup either way)."""
     key = cache_key(self.config.model, messages, params, salt)
     if self.cache is not None:
       text = self.cache.get(key)
       if text is not None:
-        return text
+        return text, True
     text = self._request(messages, params)
     if self.cache is not None:
       self.cache.put(key, self.config.model, messages, params, salt, text)
-    return text
+    return text, False
 
   def complete_all(
     self,

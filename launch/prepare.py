@@ -12,9 +12,8 @@ import jax
 from data_pipeline import loader as data_loader
 from data_pipeline import precompute, tfds_format
 from launch import distributed
+from medq_jax import checkpoints
 from medq_jax import tokenizer as tokenizer_lib
-
-TOKENIZER_SUBDIR = "tokenizer"
 
 
 def ensure_dataset(data_config) -> str:
@@ -53,10 +52,10 @@ def ensure_tokenizer(config, workdir: str) -> str:
   """Returns the tokenizer directory: `config.layout.tokenizer_dir` when given (checked now, so a
   wrong path fails before any compile), else a byte-level BPE trained once on the train split's
   texts and saved under `workdir/tokenizer`."""
+  out_dir = checkpoints.run_tokenizer_dir(workdir, config.layout)
   if config.layout.tokenizer_dir:
-    tokenizer_lib.load_tokenizer(config.layout.tokenizer_dir)
-    return config.layout.tokenizer_dir
-  out_dir = os.path.join(workdir, TOKENIZER_SUBDIR)
+    tokenizer_lib.load_tokenizer(out_dir)
+    return out_dir
   if not os.path.exists(os.path.join(out_dir, "tokenizer.json")):
     logging.info(
       "training a %d-token BPE tokenizer into %s", config.layout.tokenizer_vocab_size, out_dir
@@ -76,6 +75,6 @@ def prepare_training(config, workdir: str) -> str:
     tokenizer_dir = ensure_tokenizer(config, workdir)
   distributed.barrier("prepare_training")
   if jax.process_index() != 0:
-    tokenizer_dir = config.layout.tokenizer_dir or os.path.join(workdir, TOKENIZER_SUBDIR)
+    tokenizer_dir = checkpoints.run_tokenizer_dir(workdir, config.layout)
     tokenizer_lib.load_tokenizer(tokenizer_dir)  # present now; fail here, naming it, if not
   return tokenizer_dir

@@ -18,9 +18,13 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from medq_jax import sharding as sharding_lib
+from medq_jax.convert.core import flatten
 from medq_jax.models.medq_uni import abstract_params
 
 CHECKPOINTS_SUBDIR = "checkpoints"
+TOKENIZER_SUBDIR = (
+  "tokenizer"  # the BPE a run trained for itself (when layout.tokenizer_dir is empty)
+)
 STATE_ITEM = "state"  # the TrainState pytree
 DATA_ITEM = "data"  # the Grain iterator state
 ITEM_NAMES = (STATE_ITEM, DATA_ITEM)
@@ -33,6 +37,12 @@ class CheckpointError(ValueError):
 def checkpoint_dir(workdir: str) -> str:
   """The Orbax directory of a training run's workdir (absolute)."""
   return os.path.join(os.path.abspath(workdir), CHECKPOINTS_SUBDIR)
+
+
+def run_tokenizer_dir(workdir: str, layout_config) -> str:
+  """The tokenizer a run uses: `layout.tokenizer_dir` when given, else the one it trained under
+  `workdir/tokenizer`."""
+  return layout_config.tokenizer_dir or os.path.join(workdir, TOKENIZER_SUBDIR)
 
 
 def open_manager(directory: str) -> ocp.CheckpointManager:
@@ -49,15 +59,9 @@ def open_manager(directory: str) -> ocp.CheckpointManager:
   )
 
 
-def _path_name(path) -> str:
-  """('decoder', 'layers', 'mlp') key path -> 'decoder/layers/mlp'."""
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-
-
 def _check_shapes(saved: Any, abstract: Any, where: str) -> None:
   """One error listing every parameter missing, unexpected or of another shape."""
-  saved_flat = {_path_name(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
-  wanted_flat = {_path_name(k): v for k, v in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  saved_flat, wanted_flat = flatten(saved), flatten(abstract)
   problems = [f"missing {name}" for name in sorted(set(wanted_flat) - set(saved_flat))]
   problems += [f"unexpected {name}" for name in sorted(set(saved_flat) - set(wanted_flat))]
   problems += [

@@ -79,18 +79,16 @@ class ApiJudge:
     last_text, all_cached, problem = None, True, "no valid score in the judge's reply"
     for attempt in range(self.score_attempts):
       salt = f"round={request.round}/attempt={attempt}"
-      text = self.chat.cached_reply(messages, salt=salt, **self.params)
-      if text is None:
-        all_cached = False
-        try:
-          text = self.chat.complete(messages, salt=salt, **self.params)
-        except ChatAuthError:
-          raise
-        except ChatReplyError as error:  # a malformed 200: ask again as the next attempt
-          problem = str(error)
-          continue
-        except ChatError as error:
-          return JudgeResponse(request, None, last_text, error=str(error))
+      try:
+        text, cached = self.chat.complete_noting_cache(messages, salt=salt, **self.params)
+      except ChatAuthError:
+        raise
+      except ChatReplyError as error:  # a malformed 200: ask again as the next attempt
+        all_cached, problem = False, str(error)
+        continue
+      except ChatError as error:
+        return JudgeResponse(request, None, last_text, error=str(error))
+      all_cached = all_cached and cached
       last_text = text
       problem = "no valid score in the judge's reply"
       score = parse_judge_score(text, request.allowed_scores)

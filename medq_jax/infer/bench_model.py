@@ -11,7 +11,6 @@ inference engine.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -146,5 +145,5 @@ def load_from_workdir(workdir: str, config, dtype: str | None = None) -> MedQUni
   """The latest checkpoint of a training run (`workdir/checkpoints`, tokenizer in
   `workdir/tokenizer`) as a BenchModel on the default device: parameters only, no optimizer."""
   params, _ = checkpoints.restore_params(workdir, config.model, dtype=dtype)
-  tokenizer_dir = os.path.join(workdir, "tokenizer")
+  tokenizer_dir = checkpoints.run_tokenizer_dir(workdir, config.layout)
   return MedQUniBenchModel(config, params, load_tokenizer(tokenizer_dir))
