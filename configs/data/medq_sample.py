@@ -30,7 +30,10 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
 
   config.name = "medq_sample"  # TFDS dataset name of the precomputed ArrayRecord shards.
-  config.version = "1.1.0"  # 1.1.0: non-image fields in one JSON feature (faster decode)
+  # The loader and precompute read `{data_dir}/{name}/{version}/`. 1.1.0: non-image fields in
+  # one JSON feature (faster decode). 1.2.0: six CT patients (was three), splits stratified by
+  # modality and task.
+  config.version = "1.2.0"
   config.source = options.source
   config.image_size = options.image_size or (32 if runlocal else 64)
   config.data_dir = "/tmp/medq_data"  # Where precompute writes and the loader reads.
@@ -59,9 +62,13 @@ def get_config(arg=None):
   config.tasks = registry.names()
   config.modality_tasks = ml_collections.ConfigDict(registry.modality_tasks())
   config.severities = example_lib.SEVERITIES
-  config.examples_per_slice_task = 1  # Severities drawn per (slice, task) by the seeded RNG.
-  # medq-sample has only 4 CT slices and 1 fundus image: more draws (other seed and severity)
-  # per slice keep those tasks from vanishing in the mix.
+  # Degraded examples per (slice, task): each draw has its own seed and a severity drawn by the
+  # seeded RNG; id `source:file:slice:task:k`. All draws of a slice belong to its patient and so
+  # to one split (the split is by patient, weighted by these examples).
+  config.examples_per_slice_task = 1
+  # Per-modality override of examples_per_slice_task. medq-sample has only 7 CT slices (six
+  # patients) and 1 fundus image: more draws per slice keep those tasks from vanishing in the
+  # mix. Repeats add severities and noise realisations, not anatomy.
   config.examples_per_slice_by_modality = ml_collections.ConfigDict({"CT": 8, "fundus": 4})
   # The default label rule (a degradation module may set its own `label_rule`).
   config.quality_label_by_severity = ml_collections.ConfigDict(registry.DEFAULT_QUALITY_LABELS)
@@ -72,7 +79,9 @@ def get_config(arg=None):
   config.paired_severity.udpet_drf_mild_max = 10.0  # DRF <= this: mild
   config.paired_severity.udpet_drf_moderate_max = 50.0  # DRF <= this: moderate, else severe.
 
-  # Splits by patient.
+  # Splits by patient, stratified: within each modality (and each modality/task) the examples
+  # come close to these fractions, and a modality with >= 2 patients has patients in train and
+  # held out (bench first, then val). A single-patient modality goes to train (logged).
   config.split_fractions = ml_collections.ConfigDict({"train": 0.8, "val": 0.1, "bench": 0.1})
 
   # Descriptions.
