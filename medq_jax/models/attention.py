@@ -80,9 +80,17 @@ def cudnn_attention(q, k, v, mask):
   return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="cudnn")
 
 
-def attention(q, k, v, q_ids: TokenIds, kv_ids: TokenIds, impl: str = "xla"):
-  """The one attention entry point: builds the mask from ids and dispatches on `impl`."""
+def attention(
+  q, k, v, q_ids: TokenIds, kv_ids: TokenIds, impl: str = "xla", kv_visible: jax.Array | None = None
+):
+  """The one attention entry point: builds the mask from ids and dispatches on `impl`.
+
+  kv_visible [B, Lk] (optional) hides keys from every query: a KV cache's empty slots, or the
+  cached splits a guidance context leaves out.
+  """
   mask = allowed_mask(q_ids, kv_ids)
+  if kv_visible is not None:
+    mask = mask & kv_visible[:, None, :]
   if impl == "xla":
     return xla_attention(q, k, v, mask)
   if impl == "cudnn":

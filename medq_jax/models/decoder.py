@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from medq_jax.models import attention as attention_lib
+from medq_jax.models.kv_cache import DecoderCache, LayerCache
 from medq_jax.models.layers import (
   RMSNorm,
   apply_rope,
@@ -109,24 +110,43 @@ class JointSelfAttention(nn.Module):
     )(o)
 
   @nn.compact
-  def __call__(self, x, ids: attention_lib.TokenIds, rope):
-    split = self.expert_scope == "all" and self.und_len < x.shape[1]
+  def __call__(self, x, ids: attention_lib.TokenIds, rope, cache: LayerCache | None = None):
+    """Returns (output [B, L, D], (k, v) of these tokens after RoPE, each [B, L, KV, Dh]).
+
+    With `cache`, the queries also attend to the cached keys/values (earlier tokens of the same
+    sequences, already rotated), which are read, never written, here.
+    """
+    split = self.expert_scope == "all" and 0 < self.und_len < x.shape[1]
     if split:
       (qu, ku, vu) = self._project(x[:, : self.und_len], "")
       (qg, kg, vg) = self._project(x[:, self.und_len :], GEN)
       q, k, v = (jnp.concatenate(pair, axis=1) for pair in ((qu, qg), (ku, kg), (vu, vg)))
     else:
-      q, k, v = self._project(x, "")
+      q, k, v = self._project(x, GEN if self.expert_scope == "all" and self.und_len == 0 else "")
     cos, sin = rope
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     q = constrain(q, ("act_batch", "act_len", "act_heads", "act_head_dim"))
     k = constrain(k, ("act_batch", "act_len", "act_kv_heads", "act_head_dim"))
-    out = attention_lib.attention(q, k, v, ids, ids, self.attention_impl)
+    if cache is None:
+      out = attention_lib.attention(q, k, v, ids, ids, self.attention_impl)
+    else:
+      visible = jnp.concatenate([cache.visible, jnp.ones(ids.sample.shape, jnp.bool_)], axis=1)
+      out = attention_lib.attention(
+        q,
+        jnp.concatenate([cache.k.astype(k.dtype), k], axis=1),
+        jnp.concatenate([cache.v.astype(v.dtype), v], axis=1),
+        ids,
+        attention_lib.TokenIds.concat(cache.ids, ids),
+        self.attention_impl,
+        kv_visible=visible,
+      )
     if split:
-      return jnp.concatenate(
+      out = jnp.concatenate(
         [self._out(out[:, : self.und_len], ""), self._out(out[:, self.und_len :], GEN)], axis=1
       )
-    return self._out(out, "")
+    else:
+      out = self._out(out, GEN if self.expert_scope == "all" and self.und_len == 0 else "")
+    return out, (k, v)
 
 
 class MoTDecoderLayer(nn.Module):
@@ -142,6 +162,7 @@ class MoTDecoderLayer(nn.Module):
   und_len: int
   dtype: Dtype
   param_dtype: Dtype
+  return_kv: bool = False
 
   def _norm(self, name):
     return RMSNorm(
@@ -162,9 +183,12 @@ class MoTDecoderLayer(nn.Module):
     return self._per_expert(h, self._norm(name), self._norm(name + GEN))
 
   @nn.compact
-  def __call__(self, h, ids, rope):
+  def __call__(self, h, ids, rope, cache_ids=None, cache_visible=None, cache_kv=None):
+    """Returns (h, (k, v) of these tokens when `return_kv`, else None); with a cache (its ids
+    and visibility shared by all layers, this layer's (k, v) scanned) attends to it too."""
     x = self._norm_both("input_layernorm", h)
-    h = h + JointSelfAttention(
+    cache = None if cache_kv is None else LayerCache(*cache_kv, cache_ids, cache_visible)
+    attn_out, kv = JointSelfAttention(
       self.config,
       self.expert_scope,
       self.attention_impl,
@@ -172,7 +196,8 @@ class MoTDecoderLayer(nn.Module):
       self.dtype,
       self.param_dtype,
       name="self_attn",
-    )(x, ids, rope)
+    )(x, ids, rope, cache)
+    h = h + attn_out
     x = self._norm_both("post_attention_layernorm", h)
     und_mlp = ExpertMLP(self.config, self.dtype, self.param_dtype, name="mlp")
     gen_mlp = ExpertMLP(self.config, self.dtype, self.param_dtype, name="mlp" + GEN)
@@ -182,7 +207,7 @@ class MoTDecoderLayer(nn.Module):
       h = h.at[:, self.und_len :].add(gen_mlp(x[:, self.und_len :]))
     else:
       h = h + self._per_expert(x, und_mlp, gen_mlp)
-    return constrain(h, _STREAM_AXES), None
+    return constrain(h, _STREAM_AXES), (kv if self.return_kv else None)
 
 
 class MoTDecoder(nn.Module):
@@ -201,35 +226,61 @@ class MoTDecoder(nn.Module):
   remat_policy: str = "none"
 
   @nn.compact
-  def __call__(self, und_h, gen_h, und_ids, gen_ids, und_pos, gen_pos):
+  def __call__(
+    self,
+    und_h,
+    gen_h,
+    und_ids,
+    gen_ids,
+    und_pos,
+    gen_pos,
+    cache: DecoderCache | None = None,
+    return_kv: bool = False,
+  ):
     cfg = self.config
     ids = attention_lib.TokenIds.concat(und_ids, gen_ids)
     rope = rope_tables(jnp.concatenate([und_pos, gen_pos], axis=1), cfg.head_dim, cfg.rope_theta)
     layer_cls = remat_layer(MoTDecoderLayer, self.remat_policy, self.scan_layers)
     und_len = und_h.shape[1]
-    args = (cfg, self.expert_scope, self.attention_impl, und_len, self.dtype, self.param_dtype)
+    args = (
+      cfg,
+      self.expert_scope,
+      self.attention_impl,
+      und_len,
+      self.dtype,
+      self.param_dtype,
+      return_kv,
+    )
     h = constrain(
       jnp.concatenate([und_h.astype(self.dtype), gen_h.astype(self.dtype)], axis=1), _STREAM_AXES
+    )
+    cache_args = (
+      (None, None, None) if cache is None else (cache.ids, cache.visible, (cache.k, cache.v))
     )
     if self.scan_layers:
       stack = nn.scan(
         layer_cls,
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast),
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
         length=cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
       )
-      h, _ = stack(*args, name="layers")(h, ids, rope)
+      h, kv = stack(*args, name="layers")(h, ids, rope, *cache_args)
     else:
+      kvs = []
       for index in range(cfg.num_layers):
-        h, _ = layer_cls(*args, name=f"layers_{index}")(h, ids, rope)
-    if self.expert_scope == "ffn" or und_len == h.shape[1]:
-      h = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(h)
-      if self.expert_scope == "all":  # create the gen norm's params even without gen tokens
-        RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm" + GEN)(h[:, :0])
-      return h[:, :und_len], h[:, und_len:]
-    return (
-      RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(h[:, :und_len]),
-      RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm" + GEN)(h[:, und_len:]),
+        layer_kv = None if cache is None else (cache.k[index], cache.v[index])
+        h, layer_out = layer_cls(*args, name=f"layers_{index}")(
+          h, ids, rope, *cache_args[:2], layer_kv
+        )
+        kvs.append(layer_out)
+      kv = tuple(jnp.stack(parts) for parts in zip(*kvs)) if return_kv else None
+    norm = lambda suffix: RMSNorm(
+      cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm" + suffix
     )
+    if self.expert_scope == "ffn":
+      h_und, h_gen = jnp.split(norm("")(h), [und_len], axis=1)
+    else:  # one final norm per expert (both created even when a stream is empty)
+      h_und, h_gen = norm("")(h[:, :und_len]), norm(GEN)(h[:, und_len:])
+    return (h_und, h_gen, kv) if return_kv else (h_und, h_gen)

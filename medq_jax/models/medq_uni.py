@@ -20,6 +20,7 @@ import ml_collections
 from medq_jax.models.attention import TokenIds
 from medq_jax.models.decoder import MoTDecoder
 from medq_jax.models.embedders import FixedPositionEmbedding, MLPConnector, TimestepEmbedder
+from medq_jax.models.kv_cache import DecoderCache
 from medq_jax.models.layers import constrain, dtype_of, logical_dense
 from medq_jax.models.vit import SiglipVisionEncoder
 from medq_jax.types import BATCH_FIELDS, KIND_VIT, MODEL_INPUT_FIELDS, field_shapes, latent_dim
@@ -90,6 +91,8 @@ class MedQUni(nn.Module):
     indexes the flattened n_images * Nv ViT tokens.
     """
     text = self.embed_tokens(batch["und_token_ids"])
+    if "vit_patches" not in batch:  # a chunk without images (decoding steps, sampler queries)
+      return text.astype(self.dtype)
     patches, position_ids, valid = (
       batch["vit_patches"],
       batch["vit_position_ids"],
@@ -117,8 +120,9 @@ class MedQUni(nn.Module):
       + self.latent_pos_embed(batch["gen_latent_pos"]).astype(self.dtype)
     )
 
-  def hidden_states(self, batch: Batch):
-    """Runs the decoder; returns final-normed (und_h [B, Lu, D], gen_h [B, Lg, D])."""
+  def hidden_states(self, batch: Batch, cache: DecoderCache | None = None, return_kv=False):
+    """Runs the decoder; returns final-normed (und_h [B, Lu, D], gen_h [B, Lg, D]) and, with
+    `return_kv`, the (k, v) [layers, B, Lu + Lg, KV, Dh] of these tokens (und first)."""
     und_h = constrain(self.embed_und(batch), ("act_batch", "act_len", "act_embed"))
     gen_h = constrain(self.embed_gen(batch), ("act_batch", "act_len", "act_embed"))
     return self.decoder(
@@ -128,14 +132,25 @@ class MedQUni(nn.Module):
       stream_ids(batch, "gen"),
       batch["und_positions"],
       batch["gen_positions"],
+      cache,
+      return_kv,
     )
 
-  def __call__(self, batch: Batch):
-    """Returns {'logits': [B, Lu, vocab] float32, 'velocity': [B, Lg, p*p*z] float32}."""
-    und_h, gen_h = self.hidden_states(batch)
+  def __call__(self, batch: Batch, cache: DecoderCache | None = None, return_kv: bool = False):
+    """Returns {'logits': [B, Lu, vocab] float32, 'velocity': [B, Lg, p*p*z] float32}, plus
+    'kv' (this chunk's keys/values, for a cache) when `return_kv`.
+
+    With `cache`, the batch is a chunk that continues the cached sequences: its tokens attend to
+    the visible cached tokens as the mask ids allow (decoding steps, sampler queries).
+    """
+    outputs = self.hidden_states(batch, cache, return_kv)
+    und_h, gen_h = outputs[:2]
     logits = constrain(self.lm_head(und_h), ("act_batch", "act_len", "act_vocab"))
     velocity = self.llm2vae(gen_h)
-    return {"logits": logits.astype(jnp.float32), "velocity": velocity.astype(jnp.float32)}
+    result = {"logits": logits.astype(jnp.float32), "velocity": velocity.astype(jnp.float32)}
+    if return_kv:
+      result["kv"] = outputs[2]
+    return result
 
 
 def init_batch(model_config: ml_collections.ConfigDict) -> dict[str, jnp.ndarray]:
