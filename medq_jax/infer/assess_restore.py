@@ -74,8 +74,8 @@ class AssessRestoreResult:
   descriptions: list[str]
   description_ids: list[list[int]]
   truncated: np.ndarray  # [B] bool: description stopped at max_new_tokens
-  restored: np.ndarray  # [B, S, S] float32 grey in [0, 1] (the decoded image, clipped)
-  restored_raw_range: tuple[float, float]  # min/max before the clip, for the report
+  restored: np.ndarray | None  # [B, S, S] float32 grey in [0, 1] (decoded image, clipped)
+  restored_raw_range: tuple[float, float] | None  # min/max before the clip, for the report
 
 
 def grey_to_model_rgb(images: np.ndarray, size: int) -> np.ndarray:
@@ -233,9 +233,11 @@ class AssessRestore:
     images: np.ndarray,
     instructions: Sequence[str],
     descriptions: Sequence[str] | None = None,
+    restore: bool = True,
   ) -> AssessRestoreResult:
     """images: grey [B, H, W] in [0, 1]; one instruction per image; descriptions when the mode
-    is 'given'. Returns the descriptions and restored images."""
+    is 'given'. Returns the descriptions and restored images (None without `restore`: the
+    assessment alone, e.g. MedQ-Bench answers)."""
     mode = self.settings.description_mode
     count = len(images)
     if len(instructions) != count:
@@ -280,6 +282,11 @@ class AssessRestore:
       self.tokenizer.decode(ids, skip_special_tokens=True).strip() if ids else ""
       for ids in desc_ids
     ]
+
+    if not restore:
+      return AssessRestoreResult(
+        descriptions_out, [list(i) for i in desc_ids], truncated, None, None
+      )
 
     # 2. Guidance contexts and sampling.
     text_rows = [dict(instruction=i, description=d) for i, d in zip(instruction_ids, desc_ids)]
@@ -330,6 +337,14 @@ class AssessRestore:
       restored=np.clip(restored, 0.0, 1.0),
       restored_raw_range=raw_range,
     )
+
+
+def assess(engine: AssessRestore, images, prompts) -> list[str]:
+  """Generated texts for images and prompts through the assess-then-restore context (the prompt
+  in the instruction slot, the answer in the description slot), without restoring."""
+  if engine.settings.description_mode != "generated":
+    raise ValueError("assess needs description_mode='generated'")
+  return engine(images, prompts, restore=False).descriptions
 
 
 def assess_then_restore(
