@@ -51,18 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.bootstrap = 1000  # Resamples for confidence intervals.
   config.skip_bad_rows = False  # Exclude malformed rows (counted in the report) instead of failing.
 
-  config.judge = ml_collections.ConfigDict(
-    dict(
-      kind=arg.judge,  # offline: rule judge (not an LLM); api: OpenAI-compatible endpoint (env).
-      rounds=1,  # Rounds per question, averaged.
-      concurrency=4,
-      timeout_s=60.0,
-      max_retries=5,  # On 429/5xx/timeouts.
-      # single: the template as one user message (the reference scorer); split: system + user.
-      message_style="single",
-      cache_path="",  # Empty: OUT_DIR/judge_cache.sqlite.
-    )
-  )
+  config.judge = judge_config(arg.judge)
 
   # align: CSV index,dimension,human_score[,judge_score] and per-item judge scores
   # (a report's items/noref_items.jsonl).
@@ -72,3 +61,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # restoration: .npz with tasks [N], restored [N, H, W], reference [N, H, W].
   config.restoration_npz = ""
   return config
+
+
+def judge_config(kind: str = "offline") -> ml_collections.ConfigDict:
+  """The MedQ-Bench reasoning judge's settings (also `config.evaluate.judge` of medq_uni.py)."""
+  if kind not in JUDGES:
+    raise ValueError(f"config arg: judge must be one of {JUDGES}, got {kind!r}")
+  return ml_collections.ConfigDict(
+    dict(
+      kind=kind,  # offline: rule judge (not an LLM); api: OpenAI-compatible endpoint (env).
+      rounds=1,  # Rounds per question, averaged.
+      concurrency=4,
+      timeout_s=60.0,
+      max_retries=5,  # On 429/5xx/timeouts.
+      # single: the template as one user message (the reference scorer); split: system + user.
+      message_style="single",
+      cache_path="",  # Empty: OUT_DIR/judge_cache.sqlite.
+    )
+  )

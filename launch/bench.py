@@ -55,7 +55,7 @@ def _generate(config, out_dir: str) -> None:
     print(f"{kind}: {path}")
 
 
-def _judge(judge_config, out_dir: str):
+def make_judge(judge_config, out_dir: str):
   """The reasoning judge that config.judge.kind names."""
   if judge_config.kind == "offline":
     from medq_jax.bench.judge_offline import OfflineJudge
@@ -130,7 +130,7 @@ def _score(config, out_dir: str) -> None:
           f"config.{label}_predictions is required without config.model or config.checkpoint"
         )
   name = name or os.path.splitext(os.path.basename((qa or noref or paired)[1]))[0]
-  judge = _judge(config.judge, out_dir) if (noref or paired) else None
+  judge = make_judge(config.judge, out_dir) if (noref or paired) else None
   results = runner.run(
     name,
     judge,

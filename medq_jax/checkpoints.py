@@ -141,3 +141,56 @@ def restore_params(
     return restored[STATE_ITEM]["params"], step
   finally:
     manager.close()
+
+
+# ------------------------------------------------------------------------------ the frozen VAE
+
+BUILTIN_VAE = "builtin"  # config.init.flux_ae value: the VAE shipped for the model size
+VAE_FILE = "ae.safetensors"
+
+
+def vae_file(flux_ae: str, model_size: str, pipeline_dir: str = "") -> str:
+  """The frozen VAE's file for a run: `config.init.flux_ae` (a path, or "builtin": the one
+  shipped for tiny/small, `medq_jax.assets`), else the stage-0 VAE a pipeline trained into
+  <pipeline_dir>/vae/ae.safetensors. Raises FileNotFoundError saying what was looked for."""
+  if flux_ae == BUILTIN_VAE:
+    from medq_jax import assets
+
+    return assets.builtin_vae_path(model_size)
+  if flux_ae:
+    if not os.path.isfile(flux_ae):
+      raise FileNotFoundError(f"init.flux_ae={flux_ae}: no such file (an ae.safetensors)")
+    return flux_ae
+  trained = os.path.join(pipeline_dir, "vae", VAE_FILE) if pipeline_dir else ""
+  if trained and os.path.isfile(trained):
+    return trained
+  raise FileNotFoundError(
+    "no VAE: set init.flux_ae to an ae.safetensors or to 'builtin' (tiny/small), or point at a "
+    f"pipeline directory whose stage 0 wrote vae/{VAE_FILE}"
+    + (f" (looked for {trained})" if trained else "")
+  )
+
+
+def load_vae_params(path: str, model_config, dtype: str | None = None) -> Any:
+  """FluxAutoEncoder params of `model_config.vae` from a FLUX-named ae.safetensors (FLUX's,
+  BAGEL's, UniMedVL's, or one our stage 0 wrote). Errors name the file and every missing,
+  unexpected or mis-shaped tensor."""
+  from medq_jax.convert import core
+  from medq_jax.convert.flux_vae import flux_vae_rules
+  from medq_jax.models.vae import FluxAutoEncoder
+
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such VAE file (an ae.safetensors)")
+  vae = FluxAutoEncoder(model_config.vae)
+  side = 8 * 2 ** (len(model_config.vae.ch_mult) - 1)
+  image = jnp.zeros((1, side, side, model_config.vae.in_channels), jnp.float32)
+  shapes = jax.eval_shape(lambda: nn.unbox(vae.init(jax.random.key(0), image)["params"]))
+  try:
+    params = core.load_params(shapes, core.iter_safetensors(path), flux_vae_rules())
+  except core.ConversionError as error:
+    raise CheckpointError(
+      f"{path}: does not fit the FLUX autoencoder of model.vae (ch={model_config.vae.ch}, "
+      f"ch_mult={tuple(model_config.vae.ch_mult)}): {error}"
+    ) from None
+  cast = jnp.dtype(dtype) if dtype else None
+  return jax.tree_util.tree_map(lambda x: jnp.asarray(x, cast or x.dtype), params)

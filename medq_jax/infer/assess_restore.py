@@ -228,6 +228,13 @@ class AssessRestore:
     return plans
 
   # ------------------------------------------------------------------ public
+  def reconstruct(self, images: np.ndarray) -> np.ndarray:
+    """The VAE's encode (posterior mean) -> decode of grey images [B, H, W] in [0, 1]: the
+    ceiling of any restoration through this VAE. Returns [B, S, S] in [0, 1] (clipped)."""
+    rgb = grey_to_model_rgb(images, self.spec.vae_image_size)
+    tokens = self._encode(self.vae_params, jnp.asarray(rgb))
+    return np.clip(np.asarray(self._decode_latents(self.vae_params, tokens), np.float32), 0, 1)
+
   def __call__(
     self,
     images: np.ndarray,
