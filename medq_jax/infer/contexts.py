@@ -78,7 +78,9 @@ def stack_context(
   chunk.pop("und_targets"), chunk.pop("und_loss_mask")
   gen_len = len(rows[0].gen["positions"])
   for key in ("latent_pos", "positions", "split_ids", "split_modes"):
-    chunk[f"gen_{key}"] = np.asarray([row.gen[key] for row in rows], np.int32).reshape(len(rows), gen_len)
+    chunk[f"gen_{key}"] = np.asarray([row.gen[key] for row in rows], np.int32).reshape(
+      len(rows), gen_len
+    )
   chunk["gen_sample_ids"] = np.zeros_like(chunk["gen_positions"])
   if vit_images is not None and (chunk["und_kind"] == layout_lib.KIND_VIT).any():
     patches = [
