@@ -3,9 +3,24 @@
 Usage:
   medq-train --config=configs/medq_uni.py:size=tiny,stage=1
   medq-train --config=configs/medq_uni.py:size=small,stage=2,scope=all --config.train.steps=50
+  medq-train --config=configs/medq_uni.py:size=tiny,stages=0-1-2 --workdir=runs/tiny \
+      --config.pipeline.stage1_steps=200 --config.pipeline.stage2_steps=200
 
 Options of the config arg: size (tiny|small|base|unimedvl_7b), stage (1|2), scope (ffn|all),
-mesh (data,fsdp,tensor sizes, e.g. "1x-1x1").
+mesh (data,fsdp,tensor sizes, e.g. "1x-1x1"), stages (a pipeline: the stages to run in order,
+joined by "-", from 0 = train the VAE, 1 = restoration pre-training, 2 = joint IQA + IR; e.g.
+"0-1-2", "1-2", "2"; empty = the single stage `stage`).
+
+A pipeline (`config.pipeline.stages`, docs/training.md) runs its stages in order in one command,
+each in its own directory (`<workdir>/vae`, `<workdir>/stage1`, `<workdir>/stage2`), each
+resumable; stage k trains `pipeline.stage{k}_steps` steps (stage 0's, the same value as
+`vae_train.steps`, exist when the stages include 0); stage 2 starts from stage 1's final parameters
+(`init.from_checkpoint`). Stage 0 trains the VAE unless `init.flux_ae` names one: a file, or
+"builtin" (the VAE shipped for tiny/small, medq_jax/assets).
+
+Condition dropout (`train.dropout_*`, classifier-free guidance): the defaults are BAGEL's for a
+model trained from scratch (text 0.1, ViT 0.3, VAE 0.1); MedQ-Uni fine-tuned UniMedVL with all
+three at 0: set them to 0 when starting from `init.bagel_ema`.
 """
 
 from __future__ import annotations
@@ -54,9 +69,10 @@ SHARDING_RULES = (
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, size="tiny", stage=1, scope="ffn", mesh="1x-1x1")
+  arg = common.parse_arg(arg, size="tiny", stage=1, scope="ffn", mesh="1x-1x1", stages="")
   if arg.stage not in (1, 2):
     raise ValueError(f"config arg: stage must be 1 or 2, got {arg.stage}")
+  stages = _parse_stages(arg.stages)
   config = ml_collections.ConfigDict()
   config.model = model_sizes.model_config(arg.size, arg.scope)
   images = model_sizes.image_config(arg.size)
@@ -89,9 +105,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       grad_clip_norm=1.0,
       alpha_l1=0.2,
       beta_ssim=0.1,
-      lambda_iqa=0.25 if arg.stage == 2 else 0.0,
+      lambda_iqa=0.25,  # weight of the description's CE (stage 2; stage 1 has no description)
       pixel_loss_max_t=1.0,  # pixel losses only for rows with t <= this
       timestep_shift=1.0,
+      sample_vae_posterior=True,  # encode with a posterior sample, as BAGEL trains (False: mean)
+      # Condition dropout for classifier-free guidance (per example, BAGEL's data config): the
+      # texts (instruction + description together), the ViT image, the clean VAE condition.
+      # From scratch (BAGEL): 0.1 / 0.3 / 0.1; MedQ-Uni fine-tuning UniMedVL: all 0.
+      dropout_text=0.1,
+      dropout_vit=0.3,
+      dropout_vae=0.1,
       # Stage 1 trains the Med-IR (gen) expert alone: parameters matching this regex.
       stage1_trainable=r"(_moe_gen|vae2llm|llm2vae|time_embedder)",
       log_every=1,
@@ -104,12 +127,58 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Starting weights (empty = fresh init). MedQ-UNI fine-tunes UniMedVL: point bagel_ema at its
   # ema.safetensors (scope=all) and flux_ae at ae.safetensors; or start BAGEL-style from a
   # transformers Qwen2 (gen expert = copy of und) and SigLIP. A missing/unexpected key or shape
-  # mismatch stops the run naming every offending key.
-  config.init = ml_collections.ConfigDict(dict(bagel_ema="", qwen2="", siglip="", flux_ae=""))
+  # mismatch stops the run naming every offending key. flux_ae="builtin": the VAE shipped for
+  # tiny/small. from_checkpoint: a medq-train run directory whose latest checkpoint's parameters
+  # start this run (fresh optimizer; how stage 2 starts from stage 1).
+  config.init = ml_collections.ConfigDict(
+    dict(bagel_ema="", qwen2="", siglip="", flux_ae="", from_checkpoint="")
+  )
+
+  # The stage pipeline (empty stages: the single stage train.stage). Paper: 10K steps per stage.
+  config.pipeline = ml_collections.ConfigDict(
+    dict(
+      stages="-".join(str(s) for s in stages),
+      stage1_steps=config.train.steps,
+      stage2_steps=config.train.steps,
+    )
+  )
+  if 0 in stages:
+    # Stage 0's own section (configs/vae_stage0.py, docs/vae.md): the VAE's training recipe;
+    # pipeline.stage0_steps is the same value as vae_train.steps (setting either sets both).
+    config.vae_train = _vae_stage_config(arg.size)
+    config.pipeline.stage0_steps = config.vae_train.get_ref("steps")
 
   # The data config (configs/data/medq_sample.py) at the VAE image size; the built-in real
   # images by default, a real dataset with --config.data.source / --config.data.paths.*.
   config.data = medq_sample.get_config(f"image_size={images.vae_image_size}")
   config.data.data_dir = f"runs/data/{arg.size}"
-  config.workdir = f"runs/medq_uni_{arg.size}_stage{arg.stage}"
+  config.workdir = f"runs/medq_uni_{arg.size}_" + (
+    f"stages{config.pipeline.stages}" if stages else f"stage{arg.stage}"
+  )
   return config
+
+
+def _parse_stages(text: str) -> tuple[int, ...]:
+  """ "0-1-2" -> (0, 1, 2): distinct stages from {0, 1, 2} in increasing order."""
+  if not text:
+    return ()
+  try:
+    stages = tuple(int(part) for part in text.split("-"))
+  except ValueError:
+    raise ValueError(
+      f"config arg: stages expects stage numbers joined by '-' (e.g. 0-1-2), got {text!r}"
+    ) from None
+  if any(s not in (0, 1, 2) for s in stages) or list(stages) != sorted(set(stages)):
+    raise ValueError(
+      f"config arg: stages must be distinct stages from 0, 1, 2 in increasing order "
+      f"(e.g. 0-1-2, 1-2), got {text!r}"
+    )
+  return stages
+
+
+def _vae_stage_config(size: str) -> ml_collections.ConfigDict:
+  """`vae_train` of configs/vae_stage0.py at `size` (imported here: that file imports this one
+  and calls get_config without stages, so this does not recurse)."""
+  from configs import vae_stage0
+
+  return vae_stage0.get_config(f"size={size}").vae_train

@@ -13,6 +13,10 @@ training and the multi-host checks all read through `make_loader`.
 Without a transform a batch is a dict of the example fields: images float32 [B, H, W], other
 fields numpy arrays [B]. The iterator's `get_state()` / `set_state()` resume exactly.
 The data pipeline knows nothing of the model: the transform is any picklable callable.
+
+With `stream_index=True` each example also carries `STREAM_INDEX`, its record's position in the
+loader's stream (unique across processes and epochs, the same after a resume): the seed of
+per-example randomness that must replay exactly (the trainer's condition dropout).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ import tensorflow_datasets as tfds
 
 from data_pipeline import example as example_lib
 from data_pipeline import tfds_format
+
+# The example field that `make_loader(..., stream_index=True)` adds: the record's global position.
+STREAM_INDEX = "stream_index"
 
 
 def _builder(data_dir, split, name, version):
@@ -64,20 +71,37 @@ def decode_record(record, image_size):
   return _unbatch(tfds_format.decode_records([record], image_size))[0]
 
 
+class _WithStreamIndex(grain.transforms.MapWithIndex):
+  """record -> (global stream index, record): index * shard_count + shard_index, so that the
+  processes' streams interleave without collisions (picklable for Grain workers)."""
+
+  def __init__(self, shard_index: int, shard_count: int):
+    self.shard_index = shard_index
+    self.shard_count = shard_count
+
+  def map_with_index(self, index, record):
+    return index * self.shard_count + self.shard_index, record
+
+
 class DecodeAndTransform:
   """Grain `batch_fn` (picklable): a chunk of serialized records -> the list of examples that
   decode and that the transform accepts (each transformed). The others are skipped with a
-  logged reason and counted per process (each Grain worker counts its own)."""
+  logged reason and counted per process (each Grain worker counts its own).
+
+  With `with_stream_index` the chunk holds (stream index, record) pairs and each decoded example
+  gets its index as the `STREAM_INDEX` field before the transform."""
 
   def __init__(
     self,
     image_size: int,
     transform: Callable | None = None,
     transform_errors: tuple[type[Exception], ...] = (),
+    with_stream_index: bool = False,
   ):
     self.image_size = image_size
     self.transform = transform
     self.transform_errors = tuple(transform_errors)
+    self.with_stream_index = with_stream_index
     self.skipped = 0
 
   def _skip(self, reason: str) -> None:
@@ -96,8 +120,22 @@ class DecodeAndTransform:
           self._skip(f"a record that does not decode: {error}")
       return examples
 
+  def _decode_indexed(self, pairs) -> list[dict]:
+    indices, records = zip(*pairs) if pairs else ((), ())
+    try:
+      examples = _unbatch(tfds_format.decode_records(list(records), self.image_size))
+      return [dict(example, **{STREAM_INDEX: index}) for index, example in zip(indices, examples)]
+    except ValueError:
+      examples = []
+      for index, record in pairs:
+        try:
+          examples.append(dict(decode_record(record, self.image_size), **{STREAM_INDEX: index}))
+        except ValueError as error:
+          self._skip(f"a record that does not decode: {error}")
+      return examples
+
   def __call__(self, records) -> list:
-    examples = self._decode(records)
+    examples = self._decode_indexed(records) if self.with_stream_index else self._decode(records)
     if self.transform is None:
       return examples
     out = []
@@ -140,6 +178,7 @@ def make_loader(
   data_dir=None,
   transform: Callable | None = None,
   transform_errors: tuple[type[Exception], ...] = (),
+  stream_index: bool = False,
 ):
   """Returns a grain.IterDataset of batches; iterate with `iter(...)`, save with get_state().
 
@@ -147,6 +186,8 @@ def make_loader(
   loader_workers). num_epochs None repeats forever. Shards by JAX process unless
   shard_index/count are given. transform: example -> element (e.g. a packed model row),
   applied before batching; exceptions of `transform_errors` skip the example (counted).
+  stream_index: add `STREAM_INDEX` (the record's global position in the stream) to each example
+  before the transform.
   worker_count > 0 adds multiprocess prefetch (call from under `if __name__ == '__main__'`
   with absl flags parsed; close the iterator when done).
   """
@@ -164,11 +205,13 @@ def make_loader(
   if shuffle:
     records = records.shuffle(seed=int(config.shuffle_seed))
   records = records.repeat(num_epochs)
+  if stream_index:
+    records = records.map_with_index(_WithStreamIndex(shard_index, shard_count))
   # Decode in chunks of one batch: one vectorised pass per chunk (see tfds_format).
   chunks = records.batch(
     batch_size,
     drop_remainder=False,
-    batch_fn=DecodeAndTransform(image_size, transform, transform_errors),
+    batch_fn=DecodeAndTransform(image_size, transform, transform_errors, stream_index),
   )
   dataset = chunks.to_iter_dataset(
     grain.ReadOptions(num_threads=1, prefetch_buffer_size=int(config.prefetch_buffer))

@@ -4,6 +4,12 @@ library.
   medq-train --config=configs/medq_uni.py:size=tiny,stage=1 --workdir=runs/tiny
   medq-train --config=configs/medq_uni.py:size=small,stage=2 --config.train.steps=200
 
+The stage pipeline (docs/training.md): stages 0 (VAE), 1 and 2 in order, each resumable (rerun
+the same command after a kill), each in <workdir>/vae, <workdir>/stage1, <workdir>/stage2:
+
+  medq-train --config=configs/medq_uni.py:size=tiny,stages=0-1-2 --workdir=runs/tiny \
+      --config.pipeline.stage1_steps=200 --config.pipeline.stage2_steps=200
+
 Multi-host: --coordinator=HOST:PORT --num_processes=N --process_id=I on every process, or
 --distributed alone on SLURM / TPU pods / Kubernetes, where JAX reads them from the environment
 (launch/distributed.py, docs/cli.md).
@@ -40,11 +46,17 @@ def main(argv):
 
 def run_training(config, workdir: str) -> dict:
   """The main job after flags: prepare the dataset and tokenizer (process 0; the others wait),
-  then train. Returns the last step's metrics."""
+  then train one stage, or the stages of `config.pipeline.stages` in order. Returns the last
+  step's metrics (of the last stage)."""
   from launch import prepare
   from medq_jax.train.loop import train
 
   tokenizer_dir = prepare.prepare_training(config, workdir)
+  if config.get("pipeline") and config.pipeline.stages:
+    from medq_jax.train.pipeline import run_pipeline
+
+    result = run_pipeline(config, workdir, tokenizer_dir, barrier=distributed.barrier)
+    return result["metrics"]
   return train(config, workdir, tokenizer_dir)
 
 

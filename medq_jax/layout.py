@@ -14,6 +14,14 @@ UniMedVL/MedQ-Uni weights see the layout they were trained on):
 Stage 1 is the same plan without the description (`sequence_plan(1)`); guidance contexts are
 the plan with items dropped (`sequence_plan(stage, drop=...)`).
 
+Condition dropout (classifier-free guidance training, BAGEL's data config): per example, with
+the probabilities of `ConditionDropout`, the texts (instruction and description together: the
+no-text guidance context), the ViT image and the clean VAE condition are each left out of the
+row (`pack_example(..., dropped=...)`). As in BAGEL's packer a dropped image still takes one
+RoPE position and a dropped text none; a dropped item opens no split; a dropped VAE condition
+leaves its gen slot as padding (static shapes); a dropped description takes its CE loss with it.
+The draws come from (seed, the example's stream index), so a resumed run replays its batches.
+
 Text tokens advance the RoPE position by one; all tokens of one image (markers included) share
 one position. A batch row holds one example; every array has a static shape from `LayoutSpec`.
 
@@ -72,6 +80,64 @@ MEDQ_UNI_PLAN: SequencePlan = (
   PlanItem("description", "text", "und", SPLIT_CAUSAL, "ce", "description"),
   PlanItem("vae_target", "vae", "gen", SPLIT_NOISE, "flow", "high"),
 )
+
+
+# Condition dropout groups: a group name (`ConditionDropout` field) -> the plan items it drops.
+DROPOUT_GROUPS: Mapping[str, tuple[str, ...]] = {
+  "text": ("instruction", "description"),
+  "vit": ("vit",),
+  "vae": ("vae_condition",),
+}
+# RoPE positions a dropped item still takes, by kind (BAGEL `PackedDataset.pack_sequence`:
+# `curr_rope_id += 1` for a dropped ViT or VAE image, nothing for a dropped text).
+DROPPED_POSITION_ADVANCE: Mapping[str, int] = {"text": 0, "vit": 1, "vae": 1}
+_DROPOUT_STREAM = 0x4D4551  # separates dropout draws from other users of the same seed
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionDropout:
+  """Per-example probabilities of dropping each condition group (`DROPOUT_GROUPS`), drawn
+  independently from (seed, the example's stream index): deterministic and resumable.
+
+  BAGEL trains with text 0.1, ViT 0.3-0.4, VAE 0.1-0.3; MedQ-Uni fine-tuned UniMedVL with all 0.
+  """
+
+  text: float = 0.0
+  vit: float = 0.0
+  vae: float = 0.0
+  seed: int = 0
+
+  def __post_init__(self):
+    for group in DROPOUT_GROUPS:
+      p = getattr(self, group)
+      if not 0.0 <= p <= 1.0:
+        raise ValueError(f"train.dropout_{group}: expected a probability in [0, 1], got {p!r}")
+
+  @classmethod
+  def from_config(cls, train_config) -> ConditionDropout:
+    """From `config.train` (dropout_text, dropout_vit, dropout_vae, seed)."""
+    return cls(
+      float(train_config.dropout_text),
+      float(train_config.dropout_vit),
+      float(train_config.dropout_vae),
+      int(train_config.seed),
+    )
+
+  @property
+  def active(self) -> bool:
+    return any(getattr(self, group) > 0 for group in DROPOUT_GROUPS)
+
+  def draw(self, stream_index: int) -> tuple[str, ...]:
+    """Names of the plan items dropped for the example at `stream_index` (>= 0)."""
+    draws = np.random.default_rng([self.seed, _DROPOUT_STREAM, int(stream_index)]).random(
+      len(DROPOUT_GROUPS)
+    )
+    return tuple(
+      name
+      for (group, names), u in zip(DROPOUT_GROUPS.items(), draws)
+      if u < getattr(self, group)
+      for name in names
+    )
 
 
 def sequence_plan(stage: int, drop: Sequence[str] = (), base: SequencePlan = MEDQ_UNI_PLAN):
@@ -214,7 +280,15 @@ class RowBuilder:
     }
     self.gen = {
       k: []
-      for k in ("image_index", "latent_pos", "positions", "split_ids", "split_modes", "noised")
+      for k in (
+        "image_index",
+        "latent_pos",
+        "positions",
+        "sample_ids",
+        "split_ids",
+        "split_modes",
+        "noised",
+      )
     }
     self.position = 0
     self.split = 0
@@ -274,11 +348,30 @@ class RowBuilder:
     gen["image_index"].extend([image_index] * count)
     gen["latent_pos"].extend(latent_pos.tolist())
     gen["positions"].extend([self.position] * count)
+    gen["sample_ids"].extend([0] * count)
     gen["split_ids"].extend([self.split] * count)
     gen["split_modes"].extend([mode] * count)
     gen["noised"].extend([noised] * count)
     self.position += 1
     self.split += 1
+
+  def dropped(self, advance: int):
+    """A dropped item (condition dropout): no tokens, no split, `advance` RoPE positions."""
+    self.position += advance
+
+  def gen_padding(self, image_index: int, side: int, max_side: int):
+    """The gen slot of a dropped VAE image as padding (sample PAD_SAMPLE, no loss), so the gen
+    stream keeps its static [condition, target] layout."""
+    latent_pos = (np.arange(side)[:, None] * max_side + np.arange(side)[None, :]).reshape(-1)
+    count = len(latent_pos)
+    gen = self.gen
+    gen["image_index"].extend([image_index] * count)
+    gen["latent_pos"].extend(latent_pos.tolist())
+    gen["positions"].extend([0] * count)
+    gen["sample_ids"].extend([PAD_SAMPLE] * count)
+    gen["split_ids"].extend([0] * count)
+    gen["split_modes"].extend([SPLIT_CAUSAL] * count)
+    gen["noised"].extend([False] * count)
 
 
 def finish_und(
@@ -307,15 +400,27 @@ def pack_example(
   spec: LayoutSpec,
   special: Mapping[str, int],
   plan: SequencePlan | None = None,
+  dropped: Sequence[str] = (),
 ) -> dict[str, np.ndarray]:
   """Packs one data-pipeline example into a fixed-shape row following `plan` (default: the
   stage's `sequence_plan`). The plan must hold exactly one ViT image and the VAE images as
   (clean condition, noised target): `vae_images` is [condition, target].
 
+  dropped: names of plan items left out of this row (condition dropout): unlike an item absent
+  from `plan`, a dropped image still takes its RoPE position (`DROPPED_POSITION_ADVANCE`) and a
+  dropped VAE image keeps its gen slot, as padding.
+
   Raises LayoutError naming the example and field when it cannot be packed.
   """
   example_id = str(example.get("id", "<no id>"))
   plan = sequence_plan(spec.stage) if plan is None else plan
+  names = [item.name for item in plan]
+  unknown = sorted(set(dropped) - set(names))
+  if unknown:
+    raise ValueError(f"dropped: {unknown} are not items of the plan {names}")
+  targets = [item.name for item in plan if item.loss == "flow" and item.name in dropped]
+  if targets:
+    raise ValueError(f"dropped: {targets} is the restoration target; only conditions drop")
   for field in dict.fromkeys(item.source for item in plan):
     if field not in example:
       raise LayoutError(f"example {example_id}: missing field {field!r}")
@@ -323,7 +428,11 @@ def pack_example(
   row = RowBuilder()
   vae_items = [item for item in plan if item.kind == "vae"]
   for item in plan:
-    if item.kind == "text":
+    if item.name in dropped:
+      row.dropped(DROPPED_POSITION_ADVANCE[item.kind])
+      if item.kind == "vae":
+        row.gen_padding(vae_items.index(item), spec.latent_side, spec.max_latent_size)
+    elif item.kind == "text":
       ids = [special["im_start"], *encode(example[item.source]), special["im_end"]]
       row.text(ids, loss=item.loss == "ce")
     elif item.kind == "vit":
@@ -341,7 +450,6 @@ def pack_example(
   out = finish_und(row, spec.max_und_len, special, example_id)
   for key, values in row.gen.items():
     out[f"gen_{key}"] = np.asarray(values, np.bool_ if key == "noised" else np.int32)
-  out["gen_sample_ids"] = np.zeros(spec.gen_len, np.int32)
   out["gen_loss_mask"] = out["gen_noised"].astype(np.float32)
 
   vit_image = to_rgb(example["low"], spec.vit_image_size, "low", example_id)
@@ -365,12 +473,36 @@ def collate(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 class PackExamples:
   """Picklable example transform: example dict -> packed row (the trainer's transform of the
-  data loader; raises LayoutError for an example that does not fit, which the loader skips)."""
+  data loader; raises LayoutError for an example that does not fit, which the loader skips).
 
-  def __init__(self, tokenizer_dir: str, spec: LayoutSpec):
+  With an active `dropout`, each example must carry its stream index in `index_field` (the
+  loader's `make_loader(..., stream_index=True)`); the dropped items are drawn from it."""
+
+  def __init__(
+    self,
+    tokenizer_dir: str,
+    spec: LayoutSpec,
+    dropout: ConditionDropout | None = None,
+    index_field: str = "stream_index",
+  ):
     self.tokenizer_dir = tokenizer_dir
     self.spec = spec
+    self.dropout = dropout
+    self.index_field = index_field
+    self._plan_names = {item.name for item in sequence_plan(spec.stage)}
     self._tokenizer = None
+
+  def dropped(self, example) -> tuple[str, ...]:
+    """The plan items condition dropout leaves out of this example's row."""
+    if self.dropout is None or not self.dropout.active:
+      return ()
+    if self.index_field not in example:
+      raise ValueError(
+        f"example {example.get('id', '<no id>')}: condition dropout needs its stream index in "
+        f"field {self.index_field!r} (load with make_loader(..., stream_index=True))"
+      )
+    drawn = self.dropout.draw(int(example[self.index_field]))
+    return tuple(name for name in drawn if name in self._plan_names)
 
   def map(self, example):
     if self._tokenizer is None:
@@ -378,7 +510,9 @@ class PackExamples:
 
       self._tokenizer = load_tokenizer(self.tokenizer_dir)
       self._special = special_ids(self._tokenizer)
-    return pack_example(example, self._tokenizer, self.spec, self._special)
+    return pack_example(
+      example, self._tokenizer, self.spec, self._special, dropped=self.dropped(example)
+    )
 
   __call__ = map
 

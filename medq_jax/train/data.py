@@ -4,6 +4,10 @@ packer (`medq_jax.layout.PackExamples`) as its example transform.
 Records that do not decode, and examples that do not fit the layout (texts longer than
 `layout.max_und_len`, wrong image shapes), are skipped by the loader with a logged reason and a
 running count; batches keep their static shape.
+
+Condition dropout (`config.train.dropout_*`) is drawn per example from `train.seed` and the
+record's position in the loader's stream (the loader adds it), so a resumed run sees exactly the
+rows an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -31,13 +35,15 @@ def make_train_loader(
   worker_count: int | None = None,
 ):
   """The Grain IterDataset of host-local packed batches (dicts of numpy arrays [B, ...])."""
+  dropout = layout_lib.ConditionDropout.from_config(config.train)
   return data_loader.make_loader(
     config.data,
     split,
     batch_size=per_host_batch_size(config.train.batch_size),
     worker_count=worker_count,
-    transform=layout_lib.PackExamples(tokenizer_dir, spec),
+    transform=layout_lib.PackExamples(tokenizer_dir, spec, dropout, data_loader.STREAM_INDEX),
     transform_errors=(layout_lib.LayoutError,),
+    stream_index=dropout.active,
   )
 
 

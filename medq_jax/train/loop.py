@@ -3,13 +3,14 @@ Grain batches, Orbax checkpoints (train state + data iterator), metrics (stdout,
 TensorBoard) with per-device TFLOP/s and MFU, and an optional profiler window.
 
 The loop does no launch work: the entry point (`launch/train.py`) prepares the dataset and the
-tokenizer first (`launch/prepare.py`)."""
+tokenizer first (`launch/prepare.py`). One call trains one stage; `pipeline.py` chains stages."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -50,17 +51,23 @@ def _step_flops(compiled) -> float:
   return float((analysis or {}).get("flops", 0.0))
 
 
-def train(config, workdir: str, tokenizer_dir: str) -> dict:
+def train(
+  config,
+  workdir: str,
+  tokenizer_dir: str,
+  report: Callable[[int, dict], None] | None = None,
+) -> dict:
   """Trains per `config` in `workdir` on the precomputed `config.data` with the tokenizer in
   `tokenizer_dir` (both prepared by the entry point: `launch/prepare.py`); resumes from the
-  latest checkpoint there. Returns the last step's metrics (floats)."""
+  latest checkpoint there. `report(step, metrics)` is called at every logged step (process 0).
+  Returns the last step's metrics (floats)."""
   os.makedirs(workdir, exist_ok=True)
   # Separate streams: initialisation and the loop's per-step noise never share a key.
   init_rng, loop_rng = jax.random.split(jax.random.key(config.train.seed))
   setup = state_lib.build_setup(config, init_rng)
   spec, mesh, optimizer = setup.spec, setup.mesh, setup.optimizer
   params, vae_params = pretrained.load_initial_weights(
-    config.init, config.model, setup.params, setup.vae_params
+    config.init, config.model, setup.params, setup.vae_params, mesh, config.sharding_rules
   )
   logging.info(
     "MedQUni parameters: %.2fM (VAE %.2fM), mesh %s",
@@ -130,6 +137,8 @@ def train(config, workdir: str, tokenizer_dir: str) -> dict:
       if not np.isfinite(metrics["loss"]):
         raise FloatingPointError(f"step {step + 1}: loss is {metrics['loss']}; stopping")
       writer.write(step + 1, metrics)
+      if report is not None and jax.process_index() == 0:
+        report(step + 1, metrics)
       last = dict(metrics, step=step + 1)
     if step + 1 == profile_stop and profile_stop > profile_start:
       jax.block_until_ready(state)

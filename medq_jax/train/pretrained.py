@@ -1,5 +1,7 @@
 """Starting weights for training from `config.init`: a BAGEL/UniMedVL/MedQ-Uni `ema.safetensors`,
-or transformers Qwen2 + SigLIP checkpoints, and a FLUX `ae.safetensors` for the frozen VAE.
+transformers Qwen2 + SigLIP checkpoints, or the parameters of an earlier medq-train run
+(`from_checkpoint`: how stage 2 starts from stage 1), and a FLUX `ae.safetensors` for the frozen
+VAE ("builtin": the VAE that ships for the tiny/small sizes).
 
 Checkpoint tensors stream into host arrays, which are placed straight into the parameters'
 shardings; parameters no checkpoint provides keep their fresh initialisation.
@@ -12,6 +14,7 @@ from typing import Any
 
 import jax
 
+from medq_jax import checkpoints
 from medq_jax.convert import bagel, core
 from medq_jax.convert.flux_vae import flux_vae_rules
 
@@ -29,14 +32,49 @@ def _place(tree: Any, loaded: dict[str, Any]) -> Any:
   return core.unflatten(flat)
 
 
-def load_initial_weights(init_config, model_config, params: Any, vae_params: Any):
+def flux_ae_path(init_config, model_config) -> str:
+  """The VAE file `init_config.flux_ae` names ("" when none, then the VAE keeps its fresh
+  initialisation): a path, or "builtin" for the one shipped for `model_config.size`
+  (`checkpoints.vae_file`; FileNotFoundError naming a missing file)."""
+  if not init_config.flux_ae:
+    return ""
+  return checkpoints.vae_file(init_config.flux_ae, model_config.size)
+
+
+def _restore_run_params(run_dir: str, model_config, mesh, rules) -> Any:
+  """The parameters of the latest checkpoint of the medq-train run in `run_dir`."""
+  try:
+    params, step = checkpoints.restore_params(run_dir, model_config, mesh=mesh, rules=rules)
+  except checkpoints.CheckpointError as error:
+    raise checkpoints.CheckpointError(f"init.from_checkpoint={run_dir}: {error}") from None
+  logging.info("initialising MedQUni from %s (step %d)", run_dir, step)
+  return params
+
+
+def load_initial_weights(
+  init_config, model_config, params: Any, vae_params: Any, mesh=None, rules=None
+):
   """Returns (params, vae_params) with whatever `init_config` names loaded into them.
 
-  init_config fields (empty = not used): bagel_ema (file, dir or index.json), qwen2, siglip
-  (transformers checkpoint dirs/files; ignored when bagel_ema is set), flux_ae.
+  init_config fields (empty = not used): from_checkpoint (a medq-train run directory: its
+  latest checkpoint's parameters, restored into `mesh`'s shardings by `rules`; excludes the
+  others), bagel_ema (file, dir or index.json), qwen2, siglip (transformers checkpoint
+  dirs/files; ignored when bagel_ema is set), flux_ae (a file or "builtin").
   """
+  from_checkpoint = init_config.get("from_checkpoint", "")
   loaded: dict[str, Any] = {}
-  if init_config.bagel_ema:
+  if from_checkpoint:
+    others = [k for k in ("bagel_ema", "qwen2", "siglip") if init_config.get(k)]
+    if others:
+      raise ValueError(
+        f"init.from_checkpoint={from_checkpoint} starts from a run's parameters; "
+        f"unset init.{', init.'.join(others)} (they would be overwritten)"
+      )
+    restored = _restore_run_params(from_checkpoint, model_config, mesh, rules)
+    params = jax.tree_util.tree_map(
+      lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding), restored, params
+    )
+  elif init_config.bagel_ema:
     logging.info("initialising MedQUni from %s", init_config.bagel_ema)
     loaded = core.flatten(
       core.load_params(
@@ -52,12 +90,11 @@ def load_initial_weights(init_config, model_config, params: Any, vae_params: Any
       model_config, _shapes(params), init_config.qwen2 or None, init_config.siglip or None
     )
   params = _place(params, loaded)
-  if init_config.flux_ae:
-    logging.info("loading the frozen VAE from %s", init_config.flux_ae)
+  flux_ae = flux_ae_path(init_config, model_config)
+  if flux_ae:
+    logging.info("loading the frozen VAE from %s", flux_ae)
     vae_loaded = core.flatten(
-      core.load_params(
-        _shapes(vae_params), core.iter_safetensors(init_config.flux_ae), flux_vae_rules()
-      )
+      core.load_params(_shapes(vae_params), core.iter_safetensors(flux_ae), flux_vae_rules())
     )
     vae_params = _place(vae_params, vae_loaded)
   return params, vae_params

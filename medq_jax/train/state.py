@@ -1,7 +1,11 @@
-"""Train state, optimizer and sharded initialisation.
+"""Train state, optimizer, the trainable parameter scope of a stage, and sharded initialisation.
 
 Parameters are created already sharded: `jax.jit(init, out_shardings=...)` from the logical
 partitioning metadata, so no host ever materialises the whole tree.
+
+Stage 1 trains the gen (Med-IR) parameters alone: `split_params` cuts the tree into the trainable
+and the frozen subtree; the train step differentiates the trainable one only (no weight gradient
+is computed for a frozen parameter) and the optimizer holds state for it alone.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 from medq_jax import layout as layout_lib
 from medq_jax import sharding as sharding_lib
@@ -24,7 +29,8 @@ from medq_jax.models.vae import FluxAutoEncoder
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a train step updates. `params` are the trainable MedQUni parameters."""
+  """Everything a train step updates. `params` are all MedQUni parameters (frozen ones
+  included, so a checkpoint restores a whole model); `opt_state` covers the trainable ones."""
 
   step: jax.Array
   params: Any
@@ -35,21 +41,60 @@ def path_name(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
+def is_trainable(name: str, stage: int, stage1_regex: str) -> bool:
+  """Whether the parameter at path `name` ("decoder/layers/mlp_moe_gen/...") trains in `stage`:
+  everything in stage 2, the gen (Med-IR) parameters matching `stage1_regex` in stage 1."""
+  return stage != 1 or re.search(stage1_regex, name) is not None
+
+
 def trainable_labels(params: Any, stage: int, stage1_regex: str) -> Any:
-  """'train' / 'freeze' per parameter: stage 1 trains only the gen (Med-IR) expert."""
-  pattern = re.compile(stage1_regex)
-
-  def label(path, _):
-    if stage == 2:
-      return "train"
-    return "train" if pattern.search(path_name(path)) else "freeze"
-
-  return jax.tree_util.tree_map_with_path(label, params)
+  """'train' / 'freeze' per parameter (`is_trainable`)."""
+  return jax.tree_util.tree_map_with_path(
+    lambda path, _: "train" if is_trainable(path_name(path), stage, stage1_regex) else "freeze",
+    params,
+  )
 
 
-def make_optimizer(train_config, params: Any) -> optax.GradientTransformation:
-  """AdamW with linear warmup + cosine decay (paper: cosine from 2e-5), global-norm clipping,
-  and frozen parameters (stage 1) set to zero updates."""
+def split_params(params: dict, train_config) -> tuple[dict, dict]:
+  """(trainable, frozen): two nested dicts holding the parameters of `params` that train in
+  `train_config.stage` and the others (`is_trainable`); `frozen` is empty in stage 2.
+  Idempotent on a trainable subtree. `merge_params` puts them back together."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  trains = lambda name: is_trainable(name, train_config.stage, train_config.stage1_trainable)
+  trainable = {k: v for k, v in flat.items() if trains(k)}
+  frozen = {k: v for k, v in flat.items() if not trains(k)}
+  return traverse_util.unflatten_dict(trainable, sep="/"), traverse_util.unflatten_dict(
+    frozen, sep="/"
+  )
+
+
+def merge_params(trainable: dict, frozen: dict) -> dict:
+  """The whole parameter tree from `split_params`' two parts (leaves are not copied)."""
+  flat = traverse_util.flatten_dict(trainable, sep="/")
+  flat.update(traverse_util.flatten_dict(frozen, sep="/"))
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _on_trainable(tx: optax.GradientTransformation, train_config) -> optax.GradientTransformation:
+  """`tx` applied to the trainable subtree: init/update accept the whole tree or the trainable
+  subtree (`split_params` is idempotent on it) and return state/updates of that subtree."""
+  trainable = lambda tree: split_params(tree, train_config)[0]
+
+  def init(params):
+    return tx.init(trainable(params))
+
+  def update(updates, state, params=None):
+    return tx.update(trainable(updates), state, None if params is None else trainable(params))
+
+  return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(train_config, params: Any = None) -> optax.GradientTransformation:
+  """AdamW with linear warmup + cosine decay (paper: cosine from 2e-5) and global-norm clipping,
+  over the stage's trainable parameters only: `init(params)` keeps no state for frozen ones and
+  `update` takes and returns updates of the trainable subtree (`split_params`). `params` is
+  unused (kept for callers that pass it)."""
+  del params
   schedule = optax.warmup_cosine_decay_schedule(
     0.0,
     train_config.learning_rate,
@@ -60,8 +105,7 @@ def make_optimizer(train_config, params: Any) -> optax.GradientTransformation:
     optax.clip_by_global_norm(train_config.grad_clip_norm),
     optax.adamw(schedule, weight_decay=train_config.weight_decay),
   )
-  labels = trainable_labels(params, train_config.stage, train_config.stage1_trainable)
-  return optax.multi_transform({"train": adamw, "freeze": optax.set_to_zero()}, labels)
+  return _on_trainable(adamw, train_config)
 
 
 def build_models(model_config):

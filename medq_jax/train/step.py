@@ -1,10 +1,13 @@
 """The MedQ-UNI loss and train step as pure functions of (state, frozen VAE params, batch, rng).
 
-Per row: the frozen VAE encodes the condition and target images to latent tokens; the target's
-tokens are noised at a logit-normal t (the condition stays clean, t=0); the model predicts the
-velocity of the target and the description's next tokens. Loss (paper Eq. 6 and 8):
+Per row: the frozen VAE encodes the condition and target images to latent tokens, sampling the
+posterior as BAGEL does in training (`train.sample_vae_posterior`); the target's tokens are
+noised at a logit-normal t (the condition stays clean, t=0); the model predicts the velocity of
+the target and the description's next tokens. Loss (paper Eq. 6 and 8):
   L = L_rf + alpha * L1 + beta * (1 - SSIM) + lambda * CE,
-with pixel terms on x0_hat = x_t - t v_hat decoded through the frozen VAE.
+with pixel terms on x0_hat = x_t - t v_hat decoded through the frozen VAE and compared, unclipped,
+with the target in [0, 1]. The gradient is taken with respect to the stage's trainable
+parameters only (`state.split_params`): in stage 1 no weight gradient of an und parameter exists.
 """
 
 from __future__ import annotations
@@ -18,22 +21,35 @@ import optax
 
 from medq_jax import objectives
 from medq_jax.models.vae import patchify_latents, unpatchify_latents
-from medq_jax.train.state import TrainState
+from medq_jax.train.state import TrainState, merge_params, split_params
 
 
-def _grey01(images):
-  """[..., H, W, 3] in [-1, 1] -> [..., H, W] in [0, 1]."""
-  return jnp.clip((jnp.mean(images, axis=-1) + 1.0) / 2.0, 0.0, 1.0)
+def to_grey01(images: jax.Array) -> jax.Array:
+  """[..., H, W, 3] in [-1, 1] -> [..., H, W] grey, (x + 1) / 2, NOT clipped: a prediction
+  outside the image range keeps its gradient."""
+  return (jnp.mean(images, axis=-1) + 1.0) / 2.0
+
+
+def pixel_loss_terms(decoded: jax.Array, target_images: jax.Array, row_weight: jax.Array):
+  """(L1, 1 - SSIM) between the decoded prediction [B, H, W, 3] (unclipped) and the target
+  images [B, H, W, 3] in [-1, 1] (clipped to [0, 1] grey, a no-op for packed images)."""
+  restored = to_grey01(decoded)
+  target = jnp.clip(to_grey01(target_images), 0.0, 1.0)
+  return objectives.pixel_losses(restored, target, row_weight)
 
 
 def make_loss_fn(model, vae, model_config, train_config) -> Callable:
   """Returns loss_fn(params, vae_params, batch, rng) -> (loss, metrics)."""
   p = model_config.latent_patch_size
+  sample_posterior = bool(train_config.get("sample_vae_posterior", True))
+  with_ce = train_config.stage == 2  # stage 1's plan has no description: no CE term
 
-  def encode_tokens(vae_params, images):
+  def encode_tokens(vae_params, images, rng):
     batch, num_images = images.shape[:2]
     flat = images.reshape((batch * num_images,) + images.shape[2:])
-    latents = vae.apply({"params": vae_params}, flat, method=vae.encode)
+    latents = vae.apply(
+      {"params": vae_params}, flat, rng if sample_posterior else None, method=vae.encode
+    )
     tokens = patchify_latents(latents, p)
     return jax.lax.stop_gradient(
       tokens.reshape(batch, num_images * tokens.shape[1], -1)
@@ -44,8 +60,8 @@ def make_loss_fn(model, vae, model_config, train_config) -> Callable:
     return vae.apply({"params": vae_params}, latents, method=vae.decode)
 
   def loss_fn(params, vae_params, batch, rng):
-    rng_t, rng_eps = jax.random.split(rng)
-    x0, latent_hw = encode_tokens(vae_params, batch["vae_images"])
+    rng_t, rng_eps, rng_vae = jax.random.split(rng, 3)
+    x0, latent_hw = encode_tokens(vae_params, batch["vae_images"], rng_vae)
     rows = x0.shape[0]
     t_row = objectives.sample_timesteps(rng_t, (rows,), train_config.timestep_shift)
     eps = jax.random.normal(rng_eps, x0.shape, jnp.float32)
@@ -62,17 +78,20 @@ def make_loss_fn(model, vae, model_config, train_config) -> Callable:
       per_image = x0.shape[1] // batch["vae_images"].shape[1]
       target_slice = slice(x0.shape[1] - per_image, None)  # the target is the last image
       x0_hat = objectives.predicted_clean(x_t, t_tok, velocity)[:, target_slice]
-      restored = _grey01(decode_tokens(vae_params, x0_hat, latent_hw))
-      target = _grey01(batch["vae_images"][:, -1])
       row_weight = (t_row <= train_config.pixel_loss_max_t).astype(jnp.float32)
-      l1, one_minus_ssim = objectives.pixel_losses(restored, target, row_weight)
+      l1, one_minus_ssim = pixel_loss_terms(
+        decode_tokens(vae_params, x0_hat, latent_hw), batch["vae_images"][:, -1], row_weight
+      )
       l_ir = objectives.restoration_loss(
         rf, l1, one_minus_ssim, train_config.alpha_l1, train_config.beta_ssim
       )
       metrics.update(loss_l1=l1, loss_1m_ssim=one_minus_ssim)
-    ce, accuracy = objectives.next_token_cross_entropy(
-      outputs["logits"], batch["und_targets"], batch["und_loss_mask"]
-    )
+    if with_ce:
+      ce, accuracy = objectives.next_token_cross_entropy(
+        outputs["logits"], batch["und_targets"], batch["und_loss_mask"]
+      )
+    else:
+      ce = accuracy = jnp.zeros((), jnp.float32)
     loss = objectives.total_loss(l_ir, ce, train_config.lambda_iqa)
     metrics.update(loss=loss, loss_ir=l_ir, loss_ce=ce, token_accuracy=accuracy)
     return loss, metrics
@@ -80,19 +99,33 @@ def make_loss_fn(model, vae, model_config, train_config) -> Callable:
   return loss_fn
 
 
+def make_grad_fn(loss_fn: Callable, train_config) -> Callable:
+  """grad_fn(params, vae_params, batch, rng) -> (grads, metrics): the gradient of `loss_fn` with
+  respect to the stage's trainable subtree only (`split_params`), the frozen subtree closed over
+  as a constant, so no weight gradient of a frozen parameter is ever formed. `grads` has the
+  trainable subtree's structure."""
+
+  def grad_fn(params, vae_params, batch, rng):
+    trainable, frozen = split_params(params, train_config)
+    of_trainable = lambda t: loss_fn(merge_params(t, frozen), vae_params, batch, rng)
+    return jax.grad(of_trainable, has_aux=True)(trainable)
+
+  return grad_fn
+
+
 def make_train_step(model, vae, optimizer, model_config, train_config) -> Callable:
   """Returns train_step(state, vae_params, batch, rng) -> (state, metrics); jit it with
-  shardings and donate the state."""
-  loss_fn = make_loss_fn(model, vae, model_config, train_config)
+  shardings and donate the state. `optimizer` is `state.make_optimizer(train_config)` (its
+  updates cover the trainable subtree)."""
+  grad_fn = make_grad_fn(make_loss_fn(model, vae, model_config, train_config), train_config)
 
   def train_step(state: TrainState, vae_params: Any, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, vae_params, batch, rng)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = jnp.sqrt(
-      sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree_util.tree_leaves(grads))
-    )
+    grads, metrics = grad_fn(state.params, vae_params, batch, rng)
+    trainable, frozen = split_params(state.params, train_config)
+    updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+    params = merge_params(optax.apply_updates(trainable, updates), frozen)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
