@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common, model_sizes
+from configs import common, inference, model_sizes
 from configs.data import medq_sample
 
 # Logical axis -> mesh axis (or None = replicated). The one place parallelism is decided.
@@ -147,6 +147,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # pipeline.stage0_steps is the same value as vae_train.steps (setting either sets both).
     config.vae_train = _vae_stage_config(arg.size)
     config.pipeline.stage0_steps = config.vae_train.get_ref("steps")
+
+  # Inference (assess-then-restore: MedQ-Uni's defaults, configs/inference.py, docs/inference.md)
+  # and restoration evaluation (medq-evaluate; after_training: medq-train evaluates the final
+  # checkpoint of a pipeline and writes the report, docs/evaluation.md).
+  config.infer = inference.infer_config(max_new_tokens=min(256, config.layout.max_und_len // 2))
+  config.evaluate = inference.evaluate_config()
+  config.evaluate.after_training = False
 
   # The data config (configs/data/medq_sample.py) at the VAE image size; the built-in real
   # images by default, a real dataset with --config.data.source / --config.data.paths.*.

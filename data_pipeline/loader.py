@@ -43,13 +43,13 @@ def _builder(data_dir, split, name, version):
   return builder
 
 
-def data_source(data_dir, split, name="medq_sample", version="1.1.0"):
+def data_source(data_dir, split, name="medq_sample", version="1.2.0"):
   """TFDS's random-access source of one split: records decoded by TFDS, one at a time (for
   inspection, rendering and as the reference decoder in tests)."""
   return _builder(data_dir, split, name, version).as_data_source(split=split)
 
 
-def record_source(data_dir, split, name="medq_sample", version="1.1.0"):
+def record_source(data_dir, split, name="medq_sample", version="1.2.0"):
   """(Grain ArrayRecord source of the split's serialized records, image size)."""
   builder = _builder(data_dir, split, name, version)
   paths = [str(path) for path in builder.info.splits[split].filepaths]

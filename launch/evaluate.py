@@ -17,7 +17,7 @@ import time
 
 from absl import flags
 
-from launch import cli
+from launch import cli, distributed
 
 _CONFIG = cli.define_config_file("config", "configs/medq_uni.py", "Config file.")
 _WORKDIR = flags.DEFINE_string(
@@ -27,6 +27,7 @@ _CONVERTED = flags.DEFINE_string(
   "converted", None, "A converted directory (ema.safetensors, ae.safetensors, tokenizer)."
 )
 _OUT = flags.DEFINE_string("out", None, "Report directory (default: <source>/evaluation/<split>).")
+flags.adopt_module_key_flags(distributed)
 
 
 def run_evaluation(config, source: str, out_dir: str | None = None, say=print) -> dict:
@@ -91,6 +92,7 @@ def run_evaluation(config, source: str, out_dir: str | None = None, say=print) -
 
 def main(argv):
   del argv
+  distributed.initialize()
   logging.getLogger().setLevel(logging.INFO)
   config = _CONFIG.value
   source = _CONVERTED.value or _WORKDIR.value or config.workdir

@@ -17,6 +17,7 @@ Multi-host: --coordinator=HOST:PORT --num_processes=N --process_id=I on every pr
 
 import logging
 
+import jax
 from absl import flags
 
 from launch import cli, distributed
@@ -56,6 +57,10 @@ def run_training(config, workdir: str) -> dict:
     from medq_jax.train.pipeline import run_pipeline
 
     result = run_pipeline(config, workdir, tokenizer_dir, barrier=distributed.barrier)
+    if config.evaluate.after_training and jax.process_index() == 0:
+      from launch.evaluate import run_evaluation
+
+      run_evaluation(config, result["final_workdir"])
     return result["metrics"]
   return train(config, workdir, tokenizer_dir)
 
