@@ -1,16 +1,19 @@
-"""MedQUni as a MedQ-Bench `BenchModel`: option log-likelihoods from one forward pass, and
-greedy text for descriptions and comparisons.
+"""MedQUni as a MedQ-Bench `BenchModel`, on the assess-then-restore engine.
 
-Sequences (und stream only; no VAE tokens are needed for understanding):
-  <|im_start|> prompt <|im_end|>  <|vision_start|> ViT(image) <|vision_end|> [...second image]
-  <|im_start|> answer <|im_end|>
-Greedy decoding recomputes the whole static-shape sequence per token (one jit-compiled forward,
-O(L^2) per token): exact, and adequate for tiny/small configs; KV-cached decoding belongs to the
-inference engine.
+Everything is read in the context the description was trained in (the training plan): VAE
+condition -> ViT -> the prompt in the instruction slot -> the answer in the description slot.
+- perception: the answer is generated from the MCQ prompt (KV-cached, `assess`) and its letter
+  extracted by the scorer's extractor, as VLMEvalKit's models answer; option log-likelihoods
+  (one forward, each option in the description slot) are an extra score;
+- `describe`: `assess` on the prompt;
+- `compare`: both images' plan items (VAE condition, ViT), then the prompt, then the answer,
+  prefilled and decoded with the same KV-cached loop (the model never saw two images in
+  training; with one image this context is `describe`'s).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,11 +21,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medq_jax import checkpoints
 from medq_jax import layout as layout_lib
+from medq_jax.infer import contexts, kv_cache_ops
+from medq_jax.infer.assess_restore import (
+  AssessRestore,
+  InferenceSettings,
+  assess,
+  grey_to_model_rgb,
+)
+from medq_jax.infer.decoding import DecodeStart
+from medq_jax.infer.loading import load_for_inference
 from medq_jax.models.medq_uni import MedQUni
-from medq_jax.tokenizer import load_tokenizer, special_ids
-from medq_jax.types import KIND_TEXT, SPLIT_CAUSAL, latent_dim
+
+OPTION_ROWS = 4  # option batches are padded to a multiple of this: one compilation for 2-4
 
 
 def grey01(image: np.ndarray) -> np.ndarray:
@@ -30,120 +41,177 @@ def grey01(image: np.ndarray) -> np.ndarray:
   image = np.asarray(image)
   if image.ndim == 3:
     image = image[..., :3].mean(axis=-1)
+  if image.ndim != 2:
+    raise ValueError(f"image: expected [H, W] or [H, W, C], got shape {image.shape}")
   image = image.astype(np.float32)
   if image.max() > 1.0:
     image = image / 255.0
   return np.clip(image, 0.0, 1.0)
 
 
+def _option_log_likelihoods(model, params, chunk, targets):
+  """[B] sum over positions with targets >= 0 of log P(target | tokens up to that position)."""
+  logits = model.apply({"params": params}, chunk)["logits"]
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  picked = jnp.take_along_axis(log_probs, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
+  return jnp.sum(jnp.where(targets >= 0, picked, 0.0), axis=-1)
+
+
 class MedQUniBenchModel:
-  """Adapter from (config, params, tokenizer) to the `BenchModel` protocol."""
+  """Adapter from (config, params, VAE params, tokenizer) to the `BenchModel` protocol, with
+  `answer` (generated MCQ answers). Descriptions and comparisons decode up to
+  `max_new_tokens`, answers up to `answer_max_new_tokens` (one engine per budget, built lazily).
+  """
 
-  def __init__(self, config, params: Any, tokenizer, max_new_tokens: int = 96):
-    self.config = config
-    self.params = params
-    self.tokenizer = tokenizer
-    self.special = special_ids(tokenizer)
-    self.spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, 2)
-    self.max_new_tokens = max_new_tokens
-    model = MedQUni(config.model)
-    self._logits = jax.jit(lambda p, b: model.apply({"params": p}, b)["logits"])
-
-  # --------------------------------------------------------------------------- sequences
-  def _encode(self, text: str) -> list[int]:
-    return self.tokenizer.encode(text, add_special_tokens=False)
-
-  def _prefix(self, images: Sequence[np.ndarray], prompt: str) -> layout_lib.RowBuilder:
-    row = layout_lib.RowBuilder()
-    row.text([self.special["im_start"], *self._encode(prompt), self.special["im_end"]], loss=False)
-    for index in range(len(images)):
-      row.vit_image(
-        self.spec.num_vit_tokens,
-        self.special["vision_start"],
-        self.special["vision_end"],
-        first_index=index * self.spec.num_vit_tokens,
-      )
-    return row
-
-  def _batch(self, rows: list[dict], images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    batch = layout_lib.collate(rows)
-    size, patch, grid = self.spec.vit_image_size, self.spec.vit_patch_size, self.spec.vit_grid_side
-    patches, ids = zip(
-      *(
-        layout_lib.image_to_vit_patches(
-          layout_lib.to_rgb(grey01(image), size, "image", "bench"), patch, grid
-        )
-        for image in images
-      )
+  def __init__(
+    self,
+    config,
+    params: Any,
+    vae_params: Any,
+    tokenizer,
+    settings: InferenceSettings | None = None,
+    answer_max_new_tokens: int = 32,
+  ):
+    if settings is None:
+      infer = config.get("infer")
+      settings = InferenceSettings.from_config(infer) if infer else InferenceSettings()
+    self.config, self.params, self.vae_params, self.tokenizer = (
+      config,
+      params,
+      vae_params,
+      tokenizer,
     )
-    count = len(rows)
-    batch["vit_patches"] = np.broadcast_to(
-      np.stack(patches), (count,) + np.stack(patches).shape
-    ).copy()
-    batch["vit_position_ids"] = np.broadcast_to(
-      np.stack(ids), (count,) + np.stack(ids).shape
-    ).copy()
-    batch["vit_valid"] = np.ones(batch["vit_position_ids"].shape, np.bool_)
-    batch.update(layout_lib.empty_gen_stream(count, latent_dim(self.config.model)))
-    return batch
+    self.settings = dataclasses.replace(settings, description_mode="generated")
+    self.spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, 2)
+    self.max_new_tokens = self.settings.decode.max_new_tokens
+    self.answer_max_new_tokens = answer_max_new_tokens
+    self._engines: dict[int, AssessRestore] = {}
+    model = MedQUni(config.model)
+    self._scores = jax.jit(
+      lambda p, chunk, targets: _option_log_likelihoods(model, p, chunk, targets)
+    )
+
+    def prefill(params, chunk, capacity):
+      out = model.apply({"params": params}, chunk, return_kv=True)
+      cache = kv_cache_ops.cache_from_chunk(out["kv"], kv_cache_ops.chunk_ids(chunk), capacity)
+      return out["logits"], cache
+
+    self._prefill = jax.jit(prefill, static_argnums=2)
+
+  def engine(self, max_new_tokens: int | None = None) -> AssessRestore:
+    """The assess-then-restore engine decoding up to `max_new_tokens` (default: descriptions')."""
+    budget = max_new_tokens or self.max_new_tokens
+    if budget not in self._engines:
+      decode = dataclasses.replace(self.settings.decode, max_new_tokens=budget)
+      self._engines[budget] = AssessRestore(
+        self.config.model,
+        self.params,
+        self.vae_params,
+        self.tokenizer,
+        self.spec,
+        dataclasses.replace(self.settings, decode=decode),
+      )
+    return self._engines[budget]
 
   # --------------------------------------------------------------------------- protocol
+  def answer(self, image: np.ndarray, prompt: str) -> str:
+    """The generated answer to an MCQ prompt (VLMEvalKit's way; the caller extracts the letter)."""
+    return assess(self.engine(self.answer_max_new_tokens), grey01(image)[None], [prompt])[0]
+
+  def describe(self, image: np.ndarray, prompt: str) -> str:
+    return assess(self.engine(), grey01(image)[None], [prompt])[0]
+
   def option_log_likelihoods(
     self, image: np.ndarray, question: str, options: list[str]
   ) -> np.ndarray:
-    """[n_options] sum of log P(option tokens, <|im_end|> | image, question)."""
-    rows = []
-    for option in options:
-      row = self._prefix([image], question)
-      row.text([self.special["im_start"], *self._encode(option), self.special["im_end"]], loss=True)
-      rows.append(layout_lib.finish_und(row, self.spec.max_und_len, self.special, "bench"))
-    batch = self._batch(rows, [image])
-    log_probs = jax.nn.log_softmax(self._logits(self.params, batch), axis=-1)
-    targets = np.maximum(batch["und_targets"], 0)
-    picked = np.take_along_axis(np.asarray(log_probs), targets[..., None], axis=-1)[..., 0]
-    return (picked * batch["und_loss_mask"]).sum(axis=-1)
-
-  def generate_ids(self, images: Sequence[np.ndarray], prompt: str) -> list[int]:
-    """Greedy answer token ids (without the closing <|im_end|>) for images and a prompt."""
-    row = self._prefix(images, prompt)
-    row.text([self.special["im_start"]], loss=False)
-    split, position = row.split - 1, row.position  # the answer continues that causal split
-    und = layout_lib.finish_und(row, self.spec.max_und_len, self.special, "bench")
-    batch = self._batch([und], images)
-    cursor = len(row.und["token_ids"])
-    generated = []
-    for _ in range(min(self.max_new_tokens, self.spec.max_und_len - cursor)):
-      logits = self._logits(self.params, batch)
-      next_id = int(jnp.argmax(logits[0, cursor - 1]))
-      if next_id == self.special["im_end"]:
-        break
-      generated.append(next_id)
-      for key, value in (
-        ("token_ids", next_id),
-        ("kind", KIND_TEXT),
-        ("positions", position),
-        ("split_ids", split),
-        ("split_modes", SPLIT_CAUSAL),
-        ("sample_ids", 0),
-      ):
-        batch[f"und_{key}"][0, cursor] = value
-      cursor += 1
-      position += 1
-    return generated
-
-  def _text(self, ids: list[int]) -> str:
-    return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-
-  def describe(self, image: np.ndarray, prompt: str) -> str:
-    return self._text(self.generate_ids([image], prompt))
+    """[n_options] sum of log P(option tokens, <|im_end|> | VAE(image), ViT(image), question)
+    with the question in the instruction slot and the option in the description slot (the
+    context `answer` decodes in); all options in one forward."""
+    if not options:
+      raise ValueError("option_log_likelihoods: no options given")
+    engine = self.engine()
+    grey = grey01(image)[None]
+    cond = engine._encode(
+      self.vae_params, jnp.asarray(grey_to_model_rgb(grey, self.spec.vae_image_size))
+    )
+    vit = grey_to_model_rgb(grey, self.spec.vit_image_size)
+    question_ids = engine._encode_text(question)
+    option_ids = [engine._encode_text(option) for option in options]
+    rows = -(-len(options) // OPTION_ROWS) * OPTION_ROWS
+    padded = option_ids + [option_ids[0]] * (rows - len(options))
+    chunk, *_ = engine._context_chunk(
+      engine.plan,
+      [dict(instruction=question_ids, description=ids) for ids in padded],
+      np.repeat(vit, rows, axis=0),
+      np.repeat(np.asarray(cond), rows, axis=0),
+    )
+    # The description is the last context item: its tokens end at each row's last real token
+    # (<|im_end|>); token k is predicted by the logits at k - 1.
+    last = contexts.last_token_index(chunk)
+    targets = np.full(chunk["und_token_ids"].shape, -1, np.int32)
+    for row, ids in enumerate(padded):
+      first = last[row] - len(ids)  # the first option token (or <|im_end|> for an empty one)
+      targets[row, first - 1 : last[row]] = chunk["und_token_ids"][row, first : last[row] + 1]
+    scores = self._scores(self.params, chunk, jnp.asarray(targets))
+    return np.asarray(scores, np.float64)[: len(options)]
 
   def compare(self, image_a: np.ndarray, image_b: np.ndarray, prompt: str) -> str:
-    return self._text(self.generate_ids([image_a, image_b], prompt))
+    return self.generate_for_images([image_a, image_b], prompt)
+
+  # --------------------------------------------------------------------------- several images
+  def images_context(self, images: Sequence[np.ndarray], prompt: str):
+    """(chunk, open split, next RoPE position) of the context: for each image its VAE condition
+    and ViT items, then <|im_start|> prompt <|im_end|>, then an open <|im_start|>."""
+    engine, spec, special = self.engine(), self.spec, self.engine().special
+    greys = [grey01(image)[None] for image in images]
+    vae_rgb = np.concatenate([grey_to_model_rgb(g, spec.vae_image_size) for g in greys])
+    vit_rgb = np.concatenate([grey_to_model_rgb(g, spec.vit_image_size) for g in greys])
+    cond = np.asarray(engine._encode(self.vae_params, jnp.asarray(vae_rgb)))
+    row = layout_lib.RowBuilder()
+    markers = special["vision_start"], special["vision_end"]
+    for index in range(len(images)):
+      row.vae_image(index, spec.latent_side, spec.max_latent_size, False, *markers)
+      row.vit_image(spec.num_vit_tokens, *markers, first_index=index * spec.num_vit_tokens)
+    row.text([special["im_start"], *engine._encode_text(prompt), special["im_end"]], loss=False)
+    open_split = row.split
+    row.text([special["im_start"]], loss=False)
+    chunk = contexts.stack_context([row], spec, special, None, spec.max_und_len)
+    patches = [
+      layout_lib.image_to_vit_patches(image, spec.vit_patch_size, spec.vit_grid_side)
+      for image in vit_rgb
+    ]
+    chunk["vit_patches"] = np.stack([p for p, _ in patches])[None]
+    chunk["vit_position_ids"] = np.stack([i for _, i in patches])[None]
+    chunk["vit_valid"] = np.ones(chunk["vit_position_ids"].shape, np.bool_)
+    chunk["gen_latents"] = cond.reshape(1, -1, cond.shape[-1])
+    chunk["gen_timesteps"] = np.zeros(chunk["gen_positions"].shape, np.float32)
+    return chunk, open_split, row.position
+
+  def generate_for_images(self, images: Sequence[np.ndarray], prompt: str) -> str:
+    """Greedy (per the settings) answer for several images and a prompt: one prefill of
+    `images_context`, then the engine's KV-cached decoding loop."""
+    engine = self.engine()
+    chunk, open_split, position = self.images_context(images, prompt)
+    length = chunk["und_token_ids"].shape[1] + chunk["gen_positions"].shape[1]
+    capacity = length + engine.settings.decode.max_new_tokens + 2
+    logits, cache = self._prefill(self.params, chunk, capacity)
+    last = int(contexts.last_token_index(chunk)[0])
+    # New tokens go after the whole chunk (und padding and gen tokens), never over them.
+    start = DecodeStart(
+      split=jnp.asarray([open_split], jnp.int32),
+      position=jnp.asarray([position], jnp.int32),
+      slot=jnp.asarray([length], jnp.int32),
+    )
+    key = jax.random.key(self.settings.seed)
+    result = engine._generate(self.params, cache, logits[:, last], start, key)
+    ids = np.asarray(result.tokens)[0, : int(result.lengths[0])].tolist()
+    return self.tokenizer.decode(ids, skip_special_tokens=True).strip() if ids else ""
 
 
 def load_from_workdir(workdir: str, config, dtype: str | None = None) -> MedQUniBenchModel:
-  """The latest checkpoint of a training run (`workdir/checkpoints`, tokenizer in
-  `workdir/tokenizer`) as a BenchModel on the default device: parameters only, no optimizer."""
-  params, _ = checkpoints.restore_params(workdir, config.model, dtype=dtype)
-  tokenizer_dir = checkpoints.run_tokenizer_dir(workdir, config.layout)
-  return MedQUniBenchModel(config, params, load_tokenizer(tokenizer_dir))
+  """A trained model as a BenchModel: a medq-train run or pipeline directory (latest checkpoint,
+  parameters only; its tokenizer; the VAE from `config.init.flux_ae` -- a file or "builtin" --
+  or the pipeline's stage-0 vae/), or a converted directory. A missing VAE fails naming what was
+  looked for."""
+  loaded = load_for_inference(config, workdir, dtype)
+  return MedQUniBenchModel(config, loaded.params, loaded.vae_params, loaded.tokenizer)

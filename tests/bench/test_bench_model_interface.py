@@ -126,3 +126,58 @@ def test_predictions_file_roundtrip_gives_same_scores(examples, tmp_path):
     )
   paired = direct.tracks["paired"].reasoning_summaries[0]
   assert paired.quality_accuracy_rate == 1.0  # noise picks the clean image of every pair
+
+
+class AnsweringNoiseModel(ResidualNoiseModel):
+  """Answers in free text as a generating MLLM would: the likelihood choice in various
+  phrasings, and every fifth answer unparseable."""
+
+  PHRASES = ("{letter}", "The answer is {letter}.", "{letter}. {text}", "I choose ({letter})")
+
+  def __init__(self):
+    super().__init__()
+    self.answers = 0
+
+  def answer(self, image, prompt):
+    self.answers += 1
+    if self.answers % 5 == 0:
+      return "The image is hard to judge."
+    lines = [line for line in prompt.splitlines() if line[:2] in ("A.", "B.", "C.", "D.")]
+    options = [line[3:] for line in lines]
+    scores = self.option_log_likelihoods(image, prompt, options)
+    index = int(np.argmax(scores))
+    phrase = self.PHRASES[self.answers % len(self.PHRASES)]
+    return phrase.format(letter="ABCD"[index], text=options[index])
+
+
+def test_generated_answers_are_scored_and_likelihood_kept(examples, tmp_path):
+  """An answering model's text is the scored prediction: the scorer's letter is the recorded
+  `answer_letter` (the extraction of the text), unparseable answers count wrong with their
+  reason, and the likelihood letter is an extra column of the predictions file."""
+  from medq_jax.bench.extraction import extract_option
+  from medq_jax.bench.io_files import read_rows
+
+  paths = write_items(generate_items(examples), str(tmp_path))
+  items = load_mcq_items(paths["qa"]).items
+  model = AnsweringNoiseModel()
+  assert isinstance(model, model_interface.AnsweringBenchModel)
+  assert not isinstance(ResidualNoiseModel(), model_interface.AnsweringBenchModel)
+  track = score_perception(paths["qa"], model=model, out_dir=str(tmp_path), n_resamples=0)
+  _, rows = read_rows(track.predictions_path)
+  by_index = {row["index"]: row for row in rows}
+  assert model.answers == len(items) == len(rows)
+  unparseable = 0
+  for item, outcome in zip(items, track.perception_outcomes):
+    row = by_index[item.index]
+    extraction = extract_option(row["prediction"], item.options)
+    assert (row["answer_letter"], row["answer_rule"]) == (extraction.letter, extraction.rule)
+    assert outcome.letter == row["answer_letter"]
+    assert (
+      row["likelihood_letter"] == list(item.options)[int(np.argmax(row["option_log_likelihoods"]))]
+    )
+    if row["answer_letter"] is None:
+      unparseable += 1
+      assert not outcome.correct
+    else:
+      assert row["answer_letter"] == row["likelihood_letter"]
+  assert unparseable == len(items) // 5
