@@ -273,11 +273,13 @@ class AssessRestore:
     truncated = np.zeros(count, np.bool_)
     if mode == "generated":
       last = contexts.last_token_index(chunk)
+      chunk_length = chunk["und_token_ids"].shape[1] + chunk["gen_positions"].shape[1]
       first_logits = logits[jnp.arange(count), jnp.asarray(last)]
       start = DecodeStart(
         split=jnp.full((count,), open_split, jnp.int32),
         position=jnp.asarray(position),
-        slot=jnp.asarray(last + 1),
+        # after the whole prefilled chunk (und padding and the VAE condition's slots)
+        slot=jnp.full((count,), chunk_length, jnp.int32),
       )
       result = self._generate(self.params, cache, first_logits, start, decode_key)
       cache, position = result.cache, np.asarray(result.next_position)

@@ -113,3 +113,35 @@ def test_sampling_follows_the_distribution():
 def test_bad_decode_settings(kwargs, message):
   with pytest.raises(ValueError, match=message):
     DecodeSettings(**kwargs)
+
+
+def test_decoding_past_the_context_padding_keeps_the_vae_condition(tmp_path):
+  """Context + generated tokens longer than layout.max_und_len: decoding writes after the VAE
+  condition's cache slots, never over them (the reference recomputes in a wider layout)."""
+  import dataclasses
+
+  config, params, vae_params, tokenizer, spec = tiny_setup(tmp_path)
+  long_instruction = " ".join(["Assess the quality of this image, then restore it."] * 13)
+  settings = InferenceSettings(
+    decode=DecodeSettings(max_new_tokens=100), sampler=SamplerSettings(num_timesteps=2)
+  )
+  engine = AssessRestore(config.model, params, vae_params, tokenizer, spec, settings)
+  context_len = len(engine._encode_text(long_instruction)) + spec.num_vit_tokens + 8
+  assert context_len < spec.max_und_len
+  wide = AssessRestore(
+    config.model,
+    params,
+    vae_params,
+    tokenizer,
+    dataclasses.replace(spec, max_und_len=spec.max_und_len + 128),
+    settings,
+  )
+  global INSTRUCTIONS
+  saved, INSTRUCTIONS = INSTRUCTIONS, [long_instruction]
+  try:
+    batch = images(1, seed=6)
+    reference = _recomputed_greedy(wide, batch, 100)
+  finally:
+    INSTRUCTIONS = saved
+  assert context_len + len(reference[0]) > spec.max_und_len + 40  # the overflow is exercised
+  assert engine(batch, [long_instruction], restore=False).description_ids == reference
