@@ -58,7 +58,7 @@ def run_training(config, workdir: str) -> dict:
 
     result = run_pipeline(config, workdir, tokenizer_dir, barrier=distributed.barrier)
     if config.evaluate.after_training and jax.process_index() == 0:
-      from launch.evaluate import run_evaluation
+      from launch.restoration_eval import run_evaluation
 
       run_evaluation(config, result["final_workdir"])
     return result["metrics"]

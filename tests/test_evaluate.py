@@ -63,7 +63,7 @@ def _restored(paths):
 
 
 def test_evaluate_writes_every_report_file(trained, tmp_path):
-  from launch.evaluate import run_evaluation
+  from launch.restoration_eval import run_evaluation
 
   config, workdir = trained
   paths = run_evaluation(config, workdir, str(tmp_path / "report"), say=lambda _: None)
@@ -81,7 +81,7 @@ def test_evaluate_writes_every_report_file(trained, tmp_path):
 def test_converted_bagel_directory_restores_identically(trained, tmp_path):
   """The same weights exported to BAGEL/FLUX names (ema.safetensors + ae.safetensors + the
   tokenizer) give the same restorations as the Orbax checkpoint."""
-  from launch.evaluate import run_evaluation
+  from launch.restoration_eval import run_evaluation
   from medq_jax.convert.bagel import export_bagel
 
   config, workdir = trained
@@ -137,7 +137,7 @@ def test_vae_file_with_missing_keys_fails_naming_the_file(trained, tmp_path):
 
 
 def test_missing_split_and_missing_run_fail_clearly(trained, tmp_path):
-  from launch.evaluate import run_evaluation
+  from launch.restoration_eval import run_evaluation
   from medq_jax.infer.loading import load_for_inference
 
   config, workdir = trained

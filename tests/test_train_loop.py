@@ -76,6 +76,8 @@ def test_trained_checkpoint_scores_bench_items(data_dir, tmp_path):
 
   workdir = str(tmp_path / "run")
   config = _config(data_dir, 1)
+  with config.unlocked():
+    config.init.flux_ae = "builtin"  # the tiny VAE shipped with the package
   train(config, workdir)
   model = load_from_workdir(workdir, config)
   assert isinstance(model, model_interface.BenchModel)
@@ -88,7 +90,8 @@ def test_trained_checkpoint_scores_bench_items(data_dir, tmp_path):
   rows = model_interface.predict_items(model, mcq)
   assert [r["index"] for r in rows] == [i.index for i in mcq]
   for row, item in zip(rows, mcq):
-    assert row["prediction"] in item.options
+    assert isinstance(row["prediction"], str)  # the generated answer; the scorer extracts it
+    assert row["likelihood_letter"] in item.options
     assert len(row["option_log_likelihoods"]) == len(item.options)
     assert all(s < 0 for s in row["option_log_likelihoods"])
   paired = load_reasoning_items(paths["paired"], "paired").items[:1]

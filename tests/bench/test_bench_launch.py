@@ -130,7 +130,7 @@ def test_checkpoint_mode_names_a_missing_workdir(demo, tmp_path):
     check=False,
   )
   assert result.returncode != 0
-  assert "/nonexistent/ckpt/checkpoints: no such checkpoint directory" in result.stderr
+  assert "/nonexistent/ckpt: no such directory" in result.stderr
 
 
 def test_checkpoint_without_model_config_is_a_usage_error(demo, tmp_path):
