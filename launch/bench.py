@@ -25,7 +25,7 @@ from absl import app, flags, logging
 
 from configs import bench as bench_config
 from launch import cli, distributed
-from medq_jax.bench import alignment, tables
+from medq_jax.bench import alignment, judge_factory, tables
 from medq_jax.bench.generator import FILE_NAMES
 
 _CONFIG = cli.define_config_file("config", "configs/bench.py", "Bench config file.")
@@ -53,23 +53,6 @@ def _generate(config, out_dir: str) -> None:
   for kind, path in write_items(items, out_dir, config.split).items():
     logging.info("wrote %s items to %s", kind, path)
     print(f"{kind}: {path}")
-
-
-def make_judge(judge_config, out_dir: str):
-  """The reasoning judge that config.judge.kind names."""
-  if judge_config.kind == "offline":
-    from medq_jax.bench.judge_offline import OfflineJudge
-
-    return OfflineJudge()
-  from medq_jax.bench.judge_api import make_api_judge
-
-  return make_api_judge(
-    concurrency=judge_config.concurrency,
-    timeout_s=judge_config.timeout_s,
-    max_retries=judge_config.max_retries,
-    message_style=judge_config.message_style,
-    cache_path=judge_config.cache_path or os.path.join(out_dir, "judge_cache.sqlite"),
-  )
 
 
 def _track(config, track: str, kind: str) -> tuple[str, str] | None:
@@ -130,7 +113,7 @@ def _score(config, out_dir: str) -> None:
           f"config.{label}_predictions is required without config.model or config.checkpoint"
         )
   name = name or os.path.splitext(os.path.basename((qa or noref or paired)[1]))[0]
-  judge = make_judge(config.judge, out_dir) if (noref or paired) else None
+  judge = judge_factory.make_judge(config.judge, out_dir) if (noref or paired) else None
   results = runner.run(
     name,
     judge,

@@ -13,8 +13,8 @@ def run_evaluation(config, source: str, out_dir: str | None = None, say=print) -
   """Evaluates the model in `source` on config.evaluate.split; returns {name: path} of the
   report files (markdown: report.md)."""
   from launch import prepare
-  from launch.bench import make_judge
   from medq_jax import layout as layout_lib
+  from medq_jax.bench.judge_factory import make_judge
   from medq_jax.bench.restoration_report import RestorationCase, write_restoration_report
   from medq_jax.infer.assess_restore import AssessRestore, InferenceSettings
   from medq_jax.infer.loading import load_for_inference
