@@ -113,21 +113,46 @@ _FLUX_VAE = dict(
   norm_groups=32,
 )
 
-# FLUX autoencoder layout; tiny/small shrink channels but keep the 8x downsampling.
+# FLUX autoencoder layout. tiny/small shrink channels and downsample 2x (two levels), not 8x:
+# at 32/64 px an 8x VAE cannot reconstruct above the degraded inputs' PSNR, and a 4x one trains
+# too slowly on CPU to (docs/vae.md); a latent patch of 4 keeps 64 tokens per 64-px image. Their
+# trained weights ship in medq_jax/assets/vae/ (stage 0: configs/vae_stage0.py); base and
+# unimedvl_7b load FLUX's ae.safetensors (config.init.flux_ae).
+# scale/shift of tiny/small: the shipped VAE's latent statistics on the train split (its log's
+# latent_stats), so latents enter the flow at unit variance as FLUX's constants make its own.
 _VAE = {
-  "tiny": dict(_FLUX_VAE, ch=16, ch_mult=(1, 1, 1, 1), num_res_blocks=1, norm_groups=8),
-  "small": dict(_FLUX_VAE, ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, norm_groups=8),
+  "tiny": dict(
+    _FLUX_VAE,
+    ch=16,
+    ch_mult=(1, 1),
+    num_res_blocks=1,
+    norm_groups=8,
+    scale_factor=1.3012,
+    shift_factor=-0.0129,
+  ),
+  "small": dict(
+    _FLUX_VAE,
+    ch=32,
+    ch_mult=(1, 2),
+    num_res_blocks=1,
+    norm_groups=8,
+    scale_factor=1.0409,
+    shift_factor=0.0608,
+  ),
   "base": dict(_FLUX_VAE),
   "unimedvl_7b": dict(_FLUX_VAE),
 }
 
-# Image sizes the layout packs: VAE side (multiple of 8 * latent_patch) and ViT side.
+# Image sizes the layout packs: VAE side (multiple of downsampling * latent_patch), ViT side.
 _IMAGES = {
   "tiny": dict(vae_image_size=32, vit_image_size=32, max_latent_size=16),
   "small": dict(vae_image_size=64, vit_image_size=64, max_latent_size=32),
   "base": dict(vae_image_size=256, vit_image_size=224, max_latent_size=64),
   "unimedvl_7b": dict(vae_image_size=512, vit_image_size=518, max_latent_size=64),
 }
+
+# Latent tokens are p x p patches of the VAE latent (BAGEL: p=2 on FLUX's x8 latent).
+_LATENT_PATCH = {"tiny": 4, "small": 4, "base": 2, "unimedvl_7b": 2}
 
 SIZES = tuple(_LLM)
 
@@ -147,7 +172,7 @@ def model_config(size: str, expert_scope: str = "ffn") -> ml_collections.ConfigD
       llm=llm,
       vit=dict(_VIT[size]),
       vae=dict(_VAE[size]),
-      latent_patch_size=2,
+      latent_patch_size=_LATENT_PATCH[size],
       max_latent_size=_IMAGES[size]["max_latent_size"],
       timestep_freq_dim=256,
       dtype="float32",  # compute dtype; "bfloat16" on accelerators
