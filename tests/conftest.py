@@ -29,10 +29,12 @@ def free_port():
 
 @pytest.fixture(scope="session")
 def tiny_vae_config():
-  """A small FLUX-layout autoencoder config: the `small` size's VAE with two res blocks per
-  level, so that conversion tests see block indices above 0."""
+  """A small FLUX-layout autoencoder config: the `small` size's VAE with FLUX's four levels (x8)
+  and two res blocks per level, so that conversion tests see every level and block indices
+  above 0."""
   from configs import model_sizes
 
   config = model_sizes.model_config("small").vae
   config.num_res_blocks = 2
+  config.ch_mult = (1, 2, 2, 2)
   return config
