@@ -15,7 +15,7 @@ import ml_collections
 
 from configs import common, medq_uni
 
-# Steps of the shipped runs (docs/vae.md: about 8 min for tiny, 25 min for small on 2 CPU cores).
+# Steps of the shipped runs (docs/vae.md: 3.8 min for tiny, 28 min for small on 2 shared cores).
 _STEPS = {"tiny": 1500, "small": 2500}
 
 

@@ -19,10 +19,11 @@ from medq_jax.train import vae_stage
 
 flags.FLAGS.mark_as_parsed()  # Grain workers of the precompute read absl flags.
 
-# Measured (tests/test_vae_stage.py data: 2 slices per volume, 32 px; see docs/vae.md):
-SHORT_STEPS = 40  # reaches ~NN dB val PSNR on this data
-SHORT_MIN_PSNR = 0.0
-SHIPPED_MIN_PSNR = 0.0  # the shipped tiny VAE on this data's val split (measured ~NN dB)
+# Measured on this file's data (2 slices per volume, 32 px), docs/vae.md:
+SHORT_STEPS = 40  # the stage-0 command for 40 steps: 19.55 dB val PSNR (20.4 dB at 80)
+SHORT_MIN_PSNR = 18.5
+HELD_OUT_SOURCE = "pydicom:CT_small"  # in val here and in the shipped VAE's val split
+SHIPPED_MIN_PSNR = 30.5  # the shipped tiny VAE on those `high` images: 32.2 dB
 
 
 def _config(data_dir, **train):
@@ -79,49 +80,15 @@ def test_command_reaches_stated_psnr_and_is_idempotent(data_dir, short_run):
     train_vae.run(_short(data_dir, seed=1), workdir)
 
 
-def test_same_seed_same_weights(data_dir, short_run, tmp_path):
-  """Two runs of a few steps with one seed write identical tensors; another seed differs."""
-  files = {}
-  for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-    config = _short(data_dir, steps=3, warmup_steps=1, eval_every=3, log_every=3, seed=seed)
-    files[name] = load_file(vae_stage.train_vae(config, str(tmp_path / name))["path"])
-  for key, value in files["a"].items():
-    np.testing.assert_array_equal(value, files["b"][key], err_msg=key)
-  assert any(not np.array_equal(v, files["c"][k]) for k, v in files["a"].items())
-
-
-def test_evaluation_matches_numpy_reference(data_dir, short_run):
-  """evaluate_vae's PSNR equals 10 log10(1/MSE) recomputed in NumPy from the same
-  reconstructions (posterior mean through the public encode/decode)."""
-  from data_pipeline import loader
-  from medq_jax.models.vae import FluxAutoEncoder
-
+def test_rerun_writes_identical_weights(data_dir, short_run, tmp_path):
+  """The same command in a fresh directory writes bit-identical tensors (deterministic)."""
   _, result = short_run
-  config = _short(data_dir)
-  params = vae_stage.load_vae_params(result["path"], config.model)
-  report = vae_stage.evaluate_vae(params, config.model, config.data, "val", fields=("high",))
-  model = FluxAutoEncoder(config.model.vae)
-  values = []
-  for batch in loader.make_loader(
-    config.data,
-    "val",
-    worker_count=0,
-    batch_size=8,
-    num_epochs=1,
-    shuffle=False,
-    shard_index=0,
-    shard_count=1,
-    drop_remainder=False,
-  ):
-    images = vae_stage.to_rgb_batch(batch["high"])
-    latents = model.apply({"params": params}, images, method=FluxAutoEncoder.encode)
-    decoded = np.asarray(model.apply({"params": params}, latents, method=FluxAutoEncoder.decode))
-    grey = np.clip((decoded.mean(-1) + 1) / 2, 0, 1).astype(np.float64)
-    mse = ((grey - batch["high"].astype(np.float64)) ** 2).mean(axis=(1, 2))
-    values += list(10 * np.log10(1 / mse))
-  assert report["n"] == len(values)
-  np.testing.assert_allclose(report["psnr_mean"], np.mean(values), atol=1e-3)
-  np.testing.assert_allclose(report["psnr_std"], np.std(values), atol=1e-3)
+  again = vae_stage.train_vae(_short(data_dir), str(tmp_path / "again"))
+  first, second = load_file(result["path"]), load_file(again["path"])
+  assert sorted(first) == sorted(second)
+  for key, value in first.items():
+    np.testing.assert_array_equal(value, second[key], err_msg=key)
+  assert again["psnr_mean"] == result["psnr_mean"]
 
 
 def test_written_weights_roundtrip_through_flux_loading_bit_identically(tmp_path):
@@ -165,13 +132,36 @@ def test_missing_key_fails_naming_key_and_file(tmp_path):
 
 
 def test_shipped_tiny_vae_reconstructs_val_images(data_dir):
+  """The shipped tiny VAE on this data's val split: evaluate_vae agrees with PSNR recomputed in
+  NumPy from the public encode (posterior mean) / decode, and the slices the shipped VAE never
+  saw (CT_small, held out of its training split too) come back above the stated PSNR."""
+  from data_pipeline import loader
+  from medq_jax.models.vae import FluxAutoEncoder
+
   config = _config(data_dir)
   params = vae_stage.load_vae_params(assets.builtin_vae_path("tiny"), config.model)
-  report = vae_stage.evaluate_vae(params, config.model, config.data, "val")
-  assert report["psnr_mean"] >= SHIPPED_MIN_PSNR, report
+  report = vae_stage.evaluate_vae(params, config.model, config.data, "val", fields=("high",))
+  model = FluxAutoEncoder(config.model.vae)
+  values, held_out = [], []
+  batches = loader.make_loader(
+    config.data, "val", worker_count=0, batch_size=64, num_epochs=1, shuffle=False,
+    shard_index=0, shard_count=1, drop_remainder=False,
+  )  # fmt: skip
+  for batch in batches:
+    images = vae_stage.to_rgb_batch(batch["high"])
+    latents = model.apply({"params": params}, images, method=FluxAutoEncoder.encode)
+    decoded = np.asarray(model.apply({"params": params}, latents, method=FluxAutoEncoder.decode))
+    grey = np.clip((decoded.mean(-1) + 1) / 2, 0, 1).astype(np.float64)
+    mse = ((grey - batch["high"].astype(np.float64)) ** 2).mean(axis=(1, 2))
+    values += list(10 * np.log10(1 / mse))
+    held_out += [str(i).startswith(HELD_OUT_SOURCE) for i in batch["id"]]
+  assert report["n"] == len(values) and any(held_out)
+  np.testing.assert_allclose(report["psnr_mean"], np.mean(values), atol=1e-3)
+  np.testing.assert_allclose(report["psnr_std"], np.std(values), atol=1e-3)
+  assert np.mean(np.array(values)[held_out]) >= SHIPPED_MIN_PSNR, values
   with open(assets.builtin_vae_log_path("tiny")) as f:
     log = json.load(f)
-  assert log["size"] == "tiny"
+  assert log["size"] == "tiny" and log["final_eval"]["psnr_mean"] > 25.0
   assert log["config"]["vae"]["ch_mult"] == list(config.model.vae.ch_mult)
 
 

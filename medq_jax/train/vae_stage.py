@@ -45,6 +45,10 @@ FIELDS = ("high", "low")
 # VAE fields that do not change the trained weights (the latent scaling is applied outside the
 # encoder/decoder convolutions, and stage 0 decodes unscaled latents).
 _SCALING_FIELDS = ("scale_factor", "shift_factor")
+# vae_train fields that do not change the trained weights (logging and evaluation cadence), and
+# those the compiled train step does not read (the seed enters as its rng argument).
+_CADENCE = ("log_every", "eval_every", "eval_split", "eval_batch_size")
+_NOT_IN_STEP = _CADENCE + ("seed",)
 
 
 def _vae_config(model_config):
@@ -69,13 +73,20 @@ def _param_shapes(vae_config) -> dict[str, Any]:
 _RESIDUAL_OUTPUTS = ("conv2/kernel", "proj_out/kernel")
 
 
+@functools.lru_cache(maxsize=8)
+def _init_fn(vae_json: str):
+  """jit(rng) -> FluxAutoEncoder variables, cached per VAE config (JSON)."""
+  vae_config = ml_collections.ConfigDict(json.loads(vae_json))
+  side = 2 * downsample_factor(vae_config)
+  images = jnp.zeros((1, side, side, vae_config.in_channels), jnp.float32)
+  return jax.jit(lambda rng: FluxAutoEncoder(vae_config).init(rng, images))
+
+
 def init_vae_params(vae_config, rng: jax.Array, zero_init_residual: bool = False):
   """Fresh FluxAutoEncoder params (unboxed). `zero_init_residual` zeroes the last kernel of every
   residual branch (ResnetBlock conv2, AttnBlock proj_out), so that each block starts as the
   identity (Goyal et al. 2017, "zero gamma"); stage 0 converges faster from there."""
-  factor = downsample_factor(vae_config)
-  images = jnp.zeros((1, 2 * factor, 2 * factor, vae_config.in_channels), jnp.float32)
-  params = nn.unbox(jax.jit(FluxAutoEncoder(vae_config).init)(rng, images))["params"]
+  params = nn.unbox(_init_fn(_json(vae_config))(rng))["params"]
   if not zero_init_residual:
     return params
   flat = core.flatten(params)
@@ -96,6 +107,7 @@ def save_vae_params(vae_params: Any, path: str) -> str:
   os.makedirs(directory, exist_ok=True)
   partial = os.path.join(directory, f".partial-{os.getpid()}-{os.path.basename(path)}")
   (written,) = core.save_safetensors(core.export_params(vae_params, flux_vae_rules()), partial)
+  os.chmod(written, 0o644)  # a package data file, readable by all (the writer makes it 0600)
   os.replace(written, path)
   return path
 
@@ -307,14 +319,19 @@ def evaluate_vae(
   return dict(everything, by_field=by_field)
 
 
+@functools.lru_cache(maxsize=8)
+def _posterior_mean_fn(vae_json: str):
+  """jit(params, images) -> unscaled posterior means, cached per VAE config (JSON)."""
+  model = FluxAutoEncoder(ml_collections.ConfigDict(json.loads(vae_json)))
+  return jax.jit(
+    lambda p, x: model.apply({"params": p}, x, method=FluxAutoEncoder.encode_moments)[0]
+  )
+
+
 def latent_statistics(vae_params: Any, model_config, data_config, split: str = "train"):
   """Mean and std of the unscaled posterior means over `split`'s images (both fields), and the
   FLUX-style scale_factor = 1/std, shift_factor = mean that would make latents ~N(0, 1)."""
-  vae_config = _vae_config(model_config)
-  model = FluxAutoEncoder(vae_config)
-  moments = jax.jit(
-    lambda p, x: model.apply({"params": p}, x, method=FluxAutoEncoder.encode_moments)[0]
-  )
+  moments = _posterior_mean_fn(_json(_vae_config(model_config)))
   total, total_sq, count = 0.0, 0.0, 0
   for batch in _split_batches(data_config, split, 32):
     for field in FIELDS:
@@ -334,8 +351,7 @@ def fingerprint(config) -> str:
   """Hash of everything that determines the trained weights: the VAE layout (not its latent
   scaling), `config.vae_train` but its logging/eval cadence, the data and its shuffle seed."""
   vae = {k: v for k, v in config.model.vae.to_dict().items() if k not in _SCALING_FIELDS}
-  runtime = ("log_every", "eval_every", "eval_split", "eval_batch_size")
-  train = {k: v for k, v in config.vae_train.to_dict().items() if k not in runtime}
+  train = {k: v for k, v in config.vae_train.to_dict().items() if k not in _CADENCE}
   content = dict(
     vae=vae,
     train=train,
@@ -364,7 +380,8 @@ def _optimizer(tc):
 def make_train_step(vae_config, tc):
   """(jit(params, opt_state, images [N, H, W, 3] in [-1, 1], rng) -> (params, opt_state,
   metrics), the optimizer, its schedule) for `config.model.vae` and `config.vae_train`."""
-  return _make_train_step(_json(vae_config), _json(tc))
+  step_fields = {k: v for k, v in tc.to_dict().items() if k not in _NOT_IN_STEP}
+  return _make_train_step(_json(vae_config), json.dumps(step_fields, sort_keys=True))
 
 
 @functools.lru_cache(maxsize=8)
@@ -397,7 +414,7 @@ def _make_train_step(vae_json: str, tc_json: str):
     images = augment(images, rng_aug, tc)
     grads, metrics = jax.grad(loss_fn, has_aux=True)(params, images, rng_z)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return optax.apply_updates(params, updates), opt_state, metrics
 
   return train_step, optimizer, schedule
