@@ -17,10 +17,9 @@ Multi-host: --coordinator=HOST:PORT --num_processes=N --process_id=I on every pr
 
 import logging
 
-import jax
 from absl import flags
 
-from launch import cli, distributed
+from launch import cli, distributed, jobs
 
 _CONFIG = cli.define_config_file("config", "configs/medq_uni.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir).")
@@ -41,28 +40,8 @@ def main(argv):
     handler.addFilter(_QuietLibraries())
   logging.getLogger().setLevel(logging.INFO)
   config = _CONFIG.value
-  metrics = run_training(config, _WORKDIR.value or config.workdir)
+  metrics = jobs.run_training(config, _WORKDIR.value or config.workdir)
   print("final:", " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
-
-
-def run_training(config, workdir: str) -> dict:
-  """The main job after flags: prepare the dataset and tokenizer (process 0; the others wait),
-  then train one stage, or the stages of `config.pipeline.stages` in order. Returns the last
-  step's metrics (of the last stage)."""
-  from launch import prepare
-  from medq_jax.train.loop import train
-
-  tokenizer_dir = prepare.prepare_training(config, workdir)
-  if config.get("pipeline") and config.pipeline.stages:
-    from medq_jax.train.pipeline import run_pipeline
-
-    result = run_pipeline(config, workdir, tokenizer_dir, barrier=distributed.barrier)
-    if config.evaluate.after_training and jax.process_index() == 0:
-      from launch.restoration_eval import run_evaluation
-
-      run_evaluation(config, result["final_workdir"])
-    return result["metrics"]
-  return train(config, workdir, tokenizer_dir)
 
 
 def run_main():

@@ -18,7 +18,7 @@ import sys
 
 from absl import flags
 
-from launch import cli
+from launch import cli, jobs
 
 _CONFIG = cli.define_config_file("config", "configs/vae_stage0.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir).")
@@ -51,20 +51,11 @@ def ship(result: dict, size: str) -> list[str]:
   return targets
 
 
-def run(config, workdir: str, command: str | None = None) -> dict:
-  """The job after flags: the precomputed dataset (built when missing), then stage 0."""
-  from launch import prepare
-  from medq_jax.train.vae_stage import train_vae
-
-  prepare.ensure_dataset(config.data)
-  return train_vae(config, workdir, command=command)
-
-
 def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
   config = _CONFIG.value
-  result = run(config, _WORKDIR.value or config.workdir, command_line(sys.argv))
+  result = jobs.run_vae_stage(config, _WORKDIR.value or config.workdir, command_line(sys.argv))
   if _SHIP.value:
     for path in ship(result, config.model.size):
       logging.info("shipped %s", path)

@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
   import jax
   import jax.numpy as jnp
 
-  from launch.train import run_training
+  from launch.jobs import run_training
   from medq_jax.convert.core import export_params, save_safetensors
   from medq_jax.convert.flux_vae import flux_vae_rules
   from medq_jax.models.vae import FluxAutoEncoder

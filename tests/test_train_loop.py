@@ -35,7 +35,7 @@ def _metrics(workdir):
 
 
 def test_resumed_run_matches_uninterrupted_run(data_dir, tmp_path):
-  from launch.train import run_training as train
+  from launch.jobs import run_training as train
 
   straight = str(tmp_path / "straight")
   final_straight = train(_config(data_dir, 3, profile_steps=(1, 2)), straight)
@@ -68,7 +68,7 @@ def test_trained_checkpoint_scores_bench_items(data_dir, tmp_path):
   """The checkpoint of a run restores as a BenchModel and predicts MedQ-Bench items written
   and read back in VLMEvalKit TSV format."""
   from data_pipeline.demo_examples import demo_examples
-  from launch.train import run_training as train
+  from launch.jobs import run_training as train
   from medq_jax.bench import model_interface
   from medq_jax.bench.generator import generate_items, write_items
   from medq_jax.bench.items import load_mcq_items, load_reasoning_items

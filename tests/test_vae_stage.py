@@ -53,14 +53,14 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def short_run(data_dir, tmp_path_factory):
-  from launch import train_vae
+  from launch import jobs
 
   workdir = str(tmp_path_factory.mktemp("vae_run"))
-  return workdir, train_vae.run(_short(data_dir), workdir, command="test")
+  return workdir, jobs.run_vae_stage(_short(data_dir), workdir, command="test")
 
 
 def test_command_reaches_stated_psnr_and_is_idempotent(data_dir, short_run):
-  from launch import train_vae
+  from launch import jobs
 
   workdir, result = short_run
   assert result["psnr_mean"] >= SHORT_MIN_PSNR, result
@@ -73,11 +73,11 @@ def test_command_reaches_stated_psnr_and_is_idempotent(data_dir, short_run):
   assert log["encoding"] == {"train": "posterior sample", "eval": "posterior mean"}
   # The same command again returns the finished run untouched; another config refuses the dir.
   before = os.path.getmtime(result["path"])
-  again = train_vae.run(_short(data_dir), workdir)
+  again = jobs.run_vae_stage(_short(data_dir), workdir)
   assert again["reused"] and again["psnr_mean"] == result["psnr_mean"]
   assert os.path.getmtime(result["path"]) == before
   with pytest.raises(ValueError, match="another config"):
-    train_vae.run(_short(data_dir, seed=1), workdir)
+    jobs.run_vae_stage(_short(data_dir, seed=1), workdir)
 
 
 def test_rerun_writes_identical_weights(data_dir, short_run, tmp_path):
