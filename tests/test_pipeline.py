@@ -57,7 +57,8 @@ def _env(cache_dir):
   cache, so the rerun does not compile stage 2 again."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir))
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env["XLA_FLAGS"])
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
+  env["XLA_FLAGS"] = " ".join(flags.split())  # XLA reads a lone space as a file name
   return env
 
 
@@ -67,8 +68,10 @@ def killed_and_rerun(tmp_path_factory, vae_file):
   base = tmp_path_factory.mktemp("pipeline")
   workdir, data_dir = str(base / "run"), str(base / "data")
   command, env = _command(workdir, data_dir, vae_file), _env(base / "jax_cache")
+  stderr_path = base / "stderr.txt"
+  stderr_file = open(stderr_path, "w")  # noqa: SIM115 (closed below; kept for the assertion)
   process = subprocess.Popen(
-    command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr_file, text=True
   )
   first = []
   for line in process.stdout:
@@ -77,7 +80,8 @@ def killed_and_rerun(tmp_path_factory, vae_file):
       process.send_signal(signal.SIGKILL)
       break
   process.wait(timeout=60)
-  assert process.returncode == -signal.SIGKILL, first
+  stderr_file.close()
+  assert process.returncode == -signal.SIGKILL, (first, stderr_path.read_text()[-3000:])
   rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   return workdir, first, rerun.stdout.splitlines()
