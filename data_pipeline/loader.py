@@ -222,3 +222,20 @@ def make_loader(
   if workers > 0:
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return dataset
+
+
+def one_pass(config, split, batch_size, data_dir=None):
+  """Every example of `split` once, in stored order, in this process, the last batch short:
+  what evaluation, tokenizer training and stage-0 validation read (`make_loader` settings)."""
+  return make_loader(
+    config,
+    split,
+    worker_count=0,
+    batch_size=batch_size,
+    num_epochs=1,
+    shuffle=False,
+    shard_index=0,
+    shard_count=1,
+    drop_remainder=False,
+    data_dir=data_dir,
+  )

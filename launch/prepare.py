@@ -27,17 +27,7 @@ def ensure_dataset(data_config) -> str:
 
 def training_texts(data_config) -> list[str]:
   """Every instruction and description of the train split, read through the data loader."""
-  batches = data_loader.make_loader(
-    data_config,
-    "train",
-    worker_count=0,
-    batch_size=64,
-    num_epochs=1,
-    shuffle=False,
-    shard_index=0,
-    shard_count=1,
-    drop_remainder=False,
-  )
+  batches = data_loader.one_pass(data_config, "train", 64)
   texts = []
   for batch in batches:
     texts += [str(t) for t in batch["instruction"]] + [str(t) for t in batch["description"]]

@@ -36,17 +36,7 @@ def restore_split(
 ) -> list[dict]:
   """Runs the engine over `split` of the precomputed dataset (`data_config`); max_examples > 0
   stops early, `tasks` keeps only those tasks. Returns one dict per example."""
-  batches = data_loader.make_loader(
-    data_config,
-    split,
-    worker_count=0,
-    batch_size=batch_size,
-    num_epochs=1,
-    shuffle=False,
-    shard_index=0,
-    shard_count=1,
-    drop_remainder=False,
-  )
+  batches = data_loader.one_pass(data_config, split, batch_size)
   size = engine.spec.vae_image_size
   records: list[dict] = []
   start = time.perf_counter()

@@ -258,17 +258,7 @@ def _mean_reconstruction_fn(vae_config_json: str):
 
 
 def _split_batches(data_config, split: str, batch_size: int):
-  return data_loader.make_loader(
-    data_config,
-    split,
-    worker_count=0,
-    batch_size=batch_size,
-    num_epochs=1,
-    shuffle=False,
-    shard_index=0,
-    shard_count=1,
-    drop_remainder=False,
-  )
+  return data_loader.one_pass(data_config, split, batch_size)
 
 
 def _summary(psnrs: np.ndarray, ssims: np.ndarray) -> dict[str, float]:
