@@ -16,10 +16,16 @@
 8. the text of exactly one option (the longest when one contains another);
 9. exactly one distinct standalone option letter in the text.
 
-A letter outside the item's options (``D`` on a three-option item) and text naming
-several letters are unparseable. Unparseable answers count as wrong and are counted
-by reason. `extract_option_vlmevalkit` reproduces the reference scorer's simpler
-rules so reports can show both numbers.
+Letters may be lower case where a reader sees a letter (``b)``, ``(c)``, ``[d]``, ``*b*``,
+``answer: a``), and answer phrases in other languages count when they name the letter
+(``答案：B``, ``la respuesta es C``, ``Antwort: D``). A letter outside the item's options
+(``D`` on a three-option item), text naming several letters, "none of the options" and
+refusals ("I cannot determine ...") are unanswerable: they count as wrong and are counted
+and listed by reason.
+
+`extract_option_vlmevalkit` is VLMEvalKit's ``MedqbenchMCQDataset._extract_option_letter``
+rule for rule, quirks included, and `vlmevalkit_correct` its comparison with the answer, so
+a report can show both numbers and the items where they disagree.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import Any
 
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _WHOLE_LETTER = re.compile(r"^\s*[\(\[\{<]?\s*([A-Da-d])\s*[\)\]\}>]?\s*[.:;!]?\s*$")
-_LETTER_CS = r"(?:\(\s*([A-Da-d])\s*\)|\[\s*([A-Da-d])\s*\]|([A-D])(?![A-Za-z0-9])|([a-d])(?=\s*[.)\]:;]|\s*$))"
+_LETTER_CS = r"(?:\(\s*([A-Da-d])\s*\)|\[\s*([A-Da-d])\s*\]|([A-D])(?![A-Za-z0-9])|([a-d])(?=\s*[.)\]:;,。]|\s*$))"
 _ANSWER_PHRASE = re.compile(
   r"(?i:\b(?:final\s+answer|correct\s+answer|best\s+answer|the\s+answer|answer|"
   r"correct\s+option|correct\s+choice|best\s+option|i\s+(?:would\s+)?(?:choose|select|pick)|"
@@ -43,6 +49,23 @@ _ANSWER_PHRASE = re.compile(
 )
 _OPTION_MENTION = re.compile(r"(?i:\b(?:option|choice)\s*[:#]?\s*)" + _LETTER_CS)
 _LEADING = re.compile(r"^\s*[\(\[]?\s*([A-D])\s*(?:([\)\]\.:,\-–—])|\s+(?=\S))")
+# "B and C", "B, C", "B/C": a leading letter joined to a second one
+_SECOND_LETTER = re.compile(r"\s*(?:,|/|&|\band\b|\bor\b)\s*[\(\[]?\s*[A-D](?![A-Za-z0-9])")
+# a lower-case leading letter only with a separator a reader takes for a list mark: "b) Usable"
+_LEADING_LOWER = re.compile(r"^\s*(?:\(\s*([a-d])\s*\)|\[\s*([a-d])\s*\]|([a-d])\s*[\).:])")
+# answer phrases of other languages that name the letter: 答案：B, la respuesta es C, Antwort: D
+_FOREIGN_PHRASE = re.compile(
+  r"(?i:正确答案|答案|选项|选择|回答|答え|正解|정답|respuesta|resposta|r[ée]ponse|antwort|"
+  r"risposta|ответ)"
+  r"(?i:\s*(?:correcta|correta|correcte|correct[ae]?|richtige|правильный)?\s*"
+  r"(?:es|est|ist|[èé]|是|为|為|は|는|:|-|=)?\s*(?:la|le|die|option|opción|opção|选项)?\s*[:\-]?\s*)"
+  r"(?:\(\s*([A-Da-d])\s*\)|\[\s*([A-Da-d])\s*\]|([A-Da-d])(?![A-Za-z0-9]))"
+)
+_REFUSAL = re.compile(
+  r"(?i)\b(?:cannot|can ?not|can't|unable to|not able to|not possible to|impossible to|"
+  r"i(?:'m| am) (?:sorry|not sure|uncertain)|insufficient information|as an ai|"
+  r"none of (?:the|these|those)(?: options| choices| answers)?)\b"
+)
 _STANDALONE = re.compile(r"(?<![A-Za-z0-9'])([A-D])(?![A-Za-z0-9'])")
 
 
@@ -74,7 +97,8 @@ def normalize_text(prediction: str) -> str:
     text = re.split(r"</think>", text, flags=re.IGNORECASE)[-1]
   text = _THINK.sub(" ", text)
   text = unicodedata.normalize("NFKC", text)
-  text = text.replace("**", "").replace("__", "").replace("`", "")
+  text = text.replace("*", "").replace("`", "")
+  text = re.sub(r"(?<![A-Za-z0-9])_+|_+(?![A-Za-z0-9])", "", text)  # _B_, __B__; not snake_case
   return re.sub(r"\s+", " ", text).strip()
 
 
@@ -92,15 +116,26 @@ def _checked(letter: str, options: Mapping[str, str], rule: str) -> Extraction:
   return Extraction(letter, rule)
 
 
-def _yes_no_letter(text: str, options: Mapping[str, str]) -> Extraction | None:
+def _yes_no_words(options: Mapping[str, str]) -> dict[str, str] | None:
   by_word = {_simplify(v): k for k, v in options.items()}
-  if sorted(by_word) != ["no", "yes"]:
-    return None
+  return by_word if sorted(by_word) == ["no", "yes"] else None
+
+
+def _yes_no_leading(text: str, options: Mapping[str, str]) -> Extraction | None:
+  """A Yes/No item answered by its first word: "No, I cannot see blur" is No, not a refusal."""
+  by_word = _yes_no_words(options)
   simple = _simplify(text)
   first = simple.split(" ", 1)[0] if simple else ""
-  if first in by_word:
+  if by_word and first in by_word:
     return Extraction(by_word[first], "yes/no word")
-  words = set(simple.split())
+  return None
+
+
+def _yes_no_letter(text: str, options: Mapping[str, str]) -> Extraction | None:
+  by_word = _yes_no_words(options)
+  if not by_word:
+    return None
+  words = set(_simplify(text).split())
   found = [w for w in ("yes", "no") if w in words]
   if len(found) == 1:
     return Extraction(by_word[found[0]], "yes/no word")
@@ -140,18 +175,32 @@ def extract_option(prediction: Any, options: Mapping[str, str]) -> Extraction:
   phrases = list(_ANSWER_PHRASE.finditer(text))
   if phrases:
     return _checked(_groups_letter(phrases[-1]), options, "answer phrase")
+  foreign = list(_FOREIGN_PHRASE.finditer(text))
+  if foreign:
+    return _checked(_groups_letter(foreign[-1]), options, "answer phrase")
   match = _LEADING.match(text)
+  if match and _SECOND_LETTER.match(text[match.start(1) + 1 :]):
+    return Extraction(None, "ambiguous: several leading letters")
   if match:
     letter = match.group(1)
     rest = _simplify(text[match.end() :])
     option_a = _simplify(options.get("A", ""))
     if letter != "A" or match.group(2) or (option_a and rest.startswith(option_a)):
       return _checked(letter, options, "leading letter")
+  match = _LEADING_LOWER.match(text)
+  if match:
+    return _checked(_groups_letter(match), options, "leading letter")
   mentions = {_groups_letter(m) for m in _OPTION_MENTION.finditer(text)}
   if len(mentions) == 1:
     return _checked(mentions.pop(), options, "option mention")
   if len(mentions) > 1:
     return Extraction(None, f"ambiguous: mentions options {''.join(sorted(mentions))}")
+  found = _yes_no_leading(text, options)
+  if found is not None:
+    return found
+  refusal = _REFUSAL.search(text)
+  if refusal:
+    return Extraction(None, f"no single option: {refusal.group(0).lower()!r}")
   for finder in (_yes_no_letter, _option_text_letter):
     found = finder(text, options)
     if found is not None:
@@ -168,24 +217,59 @@ def extract_option(prediction: Any, options: Mapping[str, str]) -> Extraction:
   return Extraction(None, "no option found")
 
 
-def extract_option_vlmevalkit(prediction: Any) -> str | None:
-  """The reference scorer's rules (VLMEvalKit ``MedqbenchMCQDataset``), for comparison.
+# pandas' default missing-value strings (`pandas.read_csv`/`read_excel` ``na_values``): VLMEvalKit
+# loads a prediction file with pandas, so these predictions arrive as NaN.
+PANDAS_NA_STRINGS = frozenset(
+  ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN")
+  + ("<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+)
+# VLMEvalKit's four patterns, in its order, each applied to the upper-cased prediction. The
+# second is written in lower case in VLMEvalKit, so on upper-cased text it never matches:
+# kept as written, so "A: the answer is C" is read as A there too.
+_VLMEVALKIT_LEADING = re.compile(r"^([A-D])[.\)\s]")
+_VLMEVALKIT_PHRASE = re.compile(r"(?:answer\s+is\s+|option\s+)([A-D])(?:\s|$|[^A-Z])")
+_VLMEVALKIT_DASH = re.compile(r"^([A-D])\s*[-:]")
+_VLMEVALKIT_ISOLATED = re.compile(r"(?:^|[^A-Z])([A-D])(?:[^A-Z]|$)")
 
-  Exact letter; ``^X[.)\\s]``; ``answer is X``/``option X``; ``^X\\s*[-:]``; else the first
-  isolated letter A-D of the upper-cased text. Returns None when nothing matches.
+
+def is_pandas_na(prediction: Any) -> bool:
+  """True where VLMEvalKit's pandas loading gives NaN: None, NaN, '' and pandas' NA strings."""
+  if prediction is None:
+    return True
+  if isinstance(prediction, float):
+    return math.isnan(prediction)
+  return isinstance(prediction, str) and prediction in PANDAS_NA_STRINGS
+
+
+def extract_option_vlmevalkit(prediction: Any) -> str | None:
+  """VLMEvalKit's ``_extract_option_letter``: a letter A-D, else the stripped text; None = NaN.
+
+  Rules in order on ``str(prediction).strip()``: its upper case is one of A-D; ``^X[.)\\s]``;
+  the (never matching) lower-case "answer is X / option X"; ``^X\\s*[-:]``; the first isolated
+  A-D (no letter A-Z either side); otherwise the text itself, which `vlmevalkit_correct` scores
+  wrong. ``prediction`` is the cell as read from the file (strings); pandas' NA strings give None.
   """
-  if is_missing_prediction(prediction):
+  if is_pandas_na(prediction):
     return None
-  text = str(prediction).strip().upper()
-  if text in ("A", "B", "C", "D"):
-    return text
-  for pattern, search in (
-    (r"^([A-D])[.\)\s]", False),
-    (r"(?:ANSWER\s+IS\s+|OPTION\s+)([A-D])(?:\s|$|[^A-Z])", True),
-    (r"^([A-D])\s*[-:]", False),
-    (r"(?:^|[^A-Z])([A-D])(?:[^A-Z]|$)", True),
-  ):
-    match = (re.search if search else re.match)(pattern, text)
-    if match:
-      return match.group(1)
-  return None
+  text = str(prediction).strip()
+  upper = text.upper()
+  if upper in ("A", "B", "C", "D"):
+    return upper
+  match = _VLMEVALKIT_LEADING.match(upper) or _VLMEVALKIT_PHRASE.search(upper)
+  match = match or _VLMEVALKIT_DASH.search(upper)
+  if match:
+    return match.group(1)
+  isolated = _VLMEVALKIT_ISOLATED.findall(upper)
+  if isolated:
+    return isolated[0]
+  return text
+
+
+def vlmevalkit_correct(extracted: str | None, answer: str) -> bool:
+  """VLMEvalKit's test: ``str(answer).upper() == str(extracted).upper()`` (NaN is 'nan')."""
+  return str(answer).upper() == ("nan" if extracted is None else str(extracted)).upper()
+
+
+def vlmevalkit_letter(extracted: str | None) -> str | None:
+  """The option letter VLMEvalKit chose, or None when it kept the raw text (or NaN)."""
+  return extracted if extracted in ("A", "B", "C", "D") else None

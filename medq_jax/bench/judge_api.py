@@ -22,7 +22,7 @@ from data_pipeline.chat_client import (
   ReplyCache,
   map_concurrently,
 )
-from medq_jax.bench.judge_types import JudgeRequest, JudgeResponse, parse_judge_score
+from medq_jax.bench.judge_types import JudgeRequest, JudgeResponse
 from medq_jax.bench.prompts import split_roles
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class ApiJudge:
       all_cached = all_cached and cached
       last_text = text
       problem = "no valid score in the judge's reply"
-      score = parse_judge_score(text, request.allowed_scores)
+      score = request.parse(text)
       if score is not None:
         return JudgeResponse(request, score, text, cached=all_cached)
     return JudgeResponse(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from medq_jax.bench.judge_types import JudgeRequest, JudgeResponse, parse_judge_score
+from medq_jax.bench.judge_types import JudgeRequest, JudgeResponse
 
 NAME = "offline-rule-judge-v1"
 DESCRIPTION = (
@@ -228,7 +228,5 @@ class OfflineJudge:
     responses = []
     for request in requests:
       text = f"Score: {score_request(request)}"
-      responses.append(
-        JudgeResponse(request, parse_judge_score(text, request.allowed_scores), text)
-      )
+      responses.append(JudgeResponse(request, request.parse(text), text))
     return responses

@@ -2,7 +2,9 @@
 
 Accuracy is correct / scored items, where unparseable answers and (by default)
 items without any prediction count as wrong, as in the reference scorer whose
-denominator is every row. The random-guess baseline of a group is the mean over its
+denominator is every row. Every item is scored twice: by our `strict` extraction (the
+reported accuracy) and by VLMEvalKit's rules (`vlmevalkit`, the number VLMEvalKit prints);
+`disagreements` lists the items where the two read different options. The random-guess baseline of a group is the mean over its
 items of 1 / (number of options), so Yes/No items contribute 50 % and four-option
 items 25 %.
 """
@@ -16,7 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from medq_jax.bench.extraction import extract_option, extract_option_vlmevalkit
+from medq_jax.bench.extraction import (
+  extract_option,
+  extract_option_vlmevalkit,
+  vlmevalkit_correct,
+  vlmevalkit_letter,
+)
 from medq_jax.bench.schema import (
   DEGRADATION_LEVELS,
   QUESTION_TYPES,
@@ -47,6 +54,8 @@ class McqOutcome:
   degradation_level: str
   scope: str
   missing: bool = False
+  prediction: str | None = None  # the raw answer text (None when missing or NaN)
+  vlmevalkit_extracted: str | None = None  # VLMEvalKit's reading: a letter, the text, None = NaN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +72,8 @@ class GroupAccuracy:
   random_guess: float
   unparseable: int
   missing: int
+  correct_vlmevalkit: int = 0
+  accuracy_vlmevalkit: float = float("nan")  # VLMEvalKit's rules on the same items
 
 
 def score_item(item: McqItem, prediction: Any, missing: bool = False) -> McqOutcome:
@@ -72,20 +83,22 @@ def score_item(item: McqItem, prediction: Any, missing: bool = False) -> McqOutc
   else:
     extraction = extract_option(prediction, item.options)
     letter, rule = extraction.letter, extraction.rule
-  reference_letter = None if missing else extract_option_vlmevalkit(prediction)
+  reference = None if missing else extract_option_vlmevalkit(prediction)
   return McqOutcome(
     index=item.index,
     answer=item.answer,
     letter=letter,
     rule=rule,
     correct=letter == item.answer,
-    correct_vlmevalkit=reference_letter == item.answer,
+    correct_vlmevalkit=not missing and vlmevalkit_correct(reference, item.answer),
     n_options=item.n_options,
     question_type=item.question_type,
     modality=item.modality,
     degradation_level=item.degradation_level,
     scope=item.scope,
     missing=missing,
+    prediction=None if missing or prediction is None else str(prediction),
+    vlmevalkit_extracted=reference,
   )
 
 
@@ -114,6 +127,7 @@ def group_accuracy(
   outcomes: Sequence[McqOutcome], group: str, value: str, n_resamples: int = 1000, seed: int = 0
 ) -> GroupAccuracy:
   correct = np.array([o.correct for o in outcomes], dtype=np.float64)
+  correct_vlmevalkit = sum(o.correct_vlmevalkit for o in outcomes)
   ci = bootstrap_mean_ci(correct, n_resamples=n_resamples, seed=seed)
   guess = float(np.mean([1.0 / o.n_options for o in outcomes])) if outcomes else float("nan")
   return GroupAccuracy(
@@ -127,6 +141,8 @@ def group_accuracy(
     random_guess=guess,
     unparseable=sum(o.letter is None and not o.missing for o in outcomes),
     missing=sum(o.missing for o in outcomes),
+    correct_vlmevalkit=correct_vlmevalkit,
+    accuracy_vlmevalkit=correct_vlmevalkit / len(outcomes) if outcomes else float("nan"),
   )
 
 
@@ -160,3 +176,41 @@ def unparseable_reasons(outcomes: Sequence[McqOutcome]) -> dict[str, int]:
 def vlmevalkit_accuracy(outcomes: Sequence[McqOutcome]) -> float:
   """Overall accuracy under the reference scorer's extraction rules."""
   return float(np.mean([o.correct_vlmevalkit for o in outcomes])) if outcomes else float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class Disagreement:
+  """An item the two extraction modes read differently (``None``: no option)."""
+
+  index: str
+  answer: str
+  prediction: str | None
+  strict_letter: str | None
+  strict_rule: str
+  vlmevalkit_letter: str | None
+  vlmevalkit_extracted: str | None
+  correct: bool
+  correct_vlmevalkit: bool
+
+
+def disagreements(outcomes: Sequence[McqOutcome]) -> list[Disagreement]:
+  """Items (with a prediction) where strict and VLMEvalKit extraction pick different options."""
+  rows = []
+  for o in outcomes:
+    reference = vlmevalkit_letter(o.vlmevalkit_extracted)
+    if o.missing or o.letter == reference:
+      continue
+    rows.append(
+      Disagreement(
+        o.index,
+        o.answer,
+        o.prediction,
+        o.letter,
+        o.rule,
+        reference,
+        o.vlmevalkit_extracted,
+        o.correct,
+        o.correct_vlmevalkit,
+      )
+    )
+  return rows

@@ -7,6 +7,13 @@ asking the judge (counted). A group's Overall is the sum of its four dimension
 means (0-8), as in the paper's Table 1. Paired quality accuracy is binary; its
 accuracy is the share of items scored 2. Paired items are also reported per
 granularity (fine / coarse).
+
+With ``score_mode="vlmevalkit"`` the run does what VLMEvalKit's scorers do where they differ:
+replies are read by `judge_types.parse_score_vlmevalkit`, placeholders are filled by two
+``replace`` calls, and an empty prediction (NaN to pandas) is sent to the judge as the text
+'nan' instead of scoring 0 unasked. Items absent from the predictions file score 0 in both
+modes (VLMEvalKit's file always has every item). A dimension no item could be scored on has a
+NaN mean (VLMEvalKit prints 0.0). Replies without a valid score are counted per dimension.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from medq_jax.bench.extraction import is_missing_prediction
-from medq_jax.bench.judge_types import Judge, JudgeRequest, JudgeResponse
+from medq_jax.bench.extraction import is_missing_prediction, is_pandas_na
+from medq_jax.bench.judge_types import SCORE_MODES, Judge, JudgeRequest, JudgeResponse
 from medq_jax.bench.prompts import DIMENSIONS
 from medq_jax.bench.schema import GRANULARITIES, UNKNOWN, Exclusion, ReasoningItem
 from medq_jax.bench.stats import bootstrap_mean_ci
@@ -37,6 +44,7 @@ class ItemScores:
   scores: dict[str, float | None]
   rounds: dict[str, list[float]]
   empty_prediction: bool = False
+  unparsed: dict[str, int] = dataclasses.field(default_factory=dict)  # rounds without a score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,16 +59,26 @@ class ReasoningSummary:
   n_scored: dict[str, int]
   overall: float
   quality_accuracy_rate: float | None  # paired only: share of items with quality score 2
+  n_unparsed: dict[str, int] = dataclasses.field(default_factory=dict)  # failed (item, round)s
 
 
 def build_requests(
-  items: Sequence[ReasoningItem], predictions: Mapping[str, Any], rounds: int = 1
+  items: Sequence[ReasoningItem],
+  predictions: Mapping[str, Any],
+  rounds: int = 1,
+  score_mode: str = "strict",
 ) -> tuple[list[JudgeRequest], list[Exclusion]]:
   """One request per (item with a prediction, dimension, round)."""
+  if score_mode not in SCORE_MODES:
+    raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {score_mode!r}")
   requests, exclusions = [], []
   for item in items:
     prediction = predictions.get(item.index)
-    if is_missing_prediction(prediction):
+    as_nan = score_mode == "vlmevalkit" and item.index in predictions and is_pandas_na(prediction)
+    if as_nan:
+      prediction = "nan"  # str(NaN), what VLMEvalKit sends for an empty cell
+      exclusions.append(Exclusion(item.index, "empty prediction (sent to the judge as 'nan')"))
+    elif is_missing_prediction(prediction):
       reason = "missing prediction" if item.index not in predictions else "empty prediction"
       exclusions.append(Exclusion(item.index, f"{reason} (scored 0 on every dimension)"))
       continue
@@ -68,7 +86,13 @@ def build_requests(
       for round_index in range(rounds):
         requests.append(
           JudgeRequest(
-            item.index, item.kind, dimension, round_index, str(prediction), item.description
+            item.index,
+            item.kind,
+            dimension,
+            round_index,
+            str(prediction),
+            item.description,
+            score_mode,
           )
         )
   return requests, exclusions
@@ -116,6 +140,7 @@ def collect_item_scores(
         scores,
         rounds,
         empty_prediction=empty,
+        unparsed={d: len(failures.get((item.index, d), [])) for d in DIMENSIONS},
       )
     )
   return results, exclusions
@@ -143,7 +168,8 @@ def summarize(
       s.scores["quality_accuracy"] for s in scores if s.scores["quality_accuracy"] is not None
     ]
     rate = float(np.mean([q == 2.0 for q in quality])) if quality else float("nan")
-  return ReasoningSummary(kind, group, len(scores), means, ci, n_scored, overall, rate)
+  unparsed = {d: sum(s.unparsed.get(d, 0) for s in scores) for d in DIMENSIONS}
+  return ReasoningSummary(kind, group, len(scores), means, ci, n_scored, overall, rate, unparsed)
 
 
 def summaries(
@@ -171,10 +197,14 @@ def modality_summaries(
 
 
 def score_reasoning(
-  items: Sequence[ReasoningItem], predictions: Mapping[str, Any], judge: Judge, rounds: int = 1
+  items: Sequence[ReasoningItem],
+  predictions: Mapping[str, Any],
+  judge: Judge,
+  rounds: int = 1,
+  score_mode: str = "strict",
 ) -> tuple[list[ItemScores], list[Exclusion], list[JudgeResponse]]:
   """Builds requests, asks the judge, collects per-item scores and every exclusion."""
-  requests, exclusions = build_requests(items, predictions, rounds)
+  requests, exclusions = build_requests(items, predictions, rounds, score_mode)
   responses = judge.judge_all(requests)
   scores, more = collect_item_scores(items, responses)
   return scores, exclusions + more, responses

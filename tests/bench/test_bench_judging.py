@@ -4,7 +4,12 @@ import pytest
 
 from medq_jax.bench import reasoning
 from medq_jax.bench.judge_offline import OfflineJudge, final_label, preferred_image, score_request
-from medq_jax.bench.judge_types import JudgeRequest, JudgeResponse, parse_judge_score
+from medq_jax.bench.judge_types import (
+  JudgeRequest,
+  JudgeResponse,
+  parse_judge_score,
+  parse_score_vlmevalkit,
+)
 from medq_jax.bench.prompts import DIMENSIONS
 from medq_jax.bench.schema import ReasoningItem
 
@@ -31,10 +36,60 @@ from medq_jax.bench.schema import ReasoningItem
     ("", (0, 1, 2), None),
     (None, (0, 1, 2), None),
     ("true", (0, 1, 2), None),
+    ("Score: 10", (0, 1, 2), None),  # ten, not one
+    ("Score: 2.5", (0, 1, 2), None),
+    ("Score: -1", (0, 1, 2), None),
+    ("2.9", (0, 1, 2), None),
+    ('{"score": "2"}', (0, 1, 2), None),  # a string is not a number
   ],
 )
 def test_parse_judge_score(text, allowed, expected):
   assert parse_judge_score(text, tuple(float(a) for a in allowed)) == expected
+
+
+# Written from VLMEvalKit's parse_score_from_response (vlmeval/dataset/medqbench_caption.py at
+# e8e78f0; the paired scorer's copy is the same): rule 1 the first case-sensitive
+# "Score" [:：] [0-2](.digits)?; rule 2 json.loads of the whole text, a number or
+# {"score"|"Score": x} with 0 <= float(x) <= 2; rule 3 the whole text [0-2](.digits)?.
+VLMEVALKIT_SCORES = [
+  ("Score: 2", 2.0),  # rule 1
+  ("Score:1", 1.0),
+  ("Score：0", 0.0),  # full-width colon
+  ("Score : 1.5", 1.5),
+  ("Score: 10", 1.0),  # rule 1 reads one digit: "10" is 1
+  ("Score: 2.7", 2.7),  # decimals after 2 are kept
+  ("Score: 3", None),  # rule 1 fails, the text is no JSON, not a bare number
+  ("score: 2", None),  # rule 1 is case-sensitive
+  ("**Score:** 2", None),  # "**" between ":" and the digit
+  ("Score: 1\nScore: 2", 1.0),  # the first one
+  ("Reasoning... Score: 2", 2.0),
+  ('{"score": 2}', 2.0),  # rule 2
+  ('{"Score": 1}', 1.0),
+  ('{"score": "2"}', 2.0),  # float("2")
+  ('{"score": 5, "Score": 1}', 1.0),  # "score" out of range, then "Score"
+  ('{"score": null}', None),  # float(None) raises: rule 2 ends, rule 3 fails
+  ("true", 1.0),  # JSON true is an int in Python
+  ("1.5", 1.5),  # JSON number
+  ("2.9", 2.9),  # JSON number out of range, then rule 3 takes it
+  (" 2 ", 2.0),
+  ("02", None),  # not JSON (leading zero), rule 3 wants one digit
+  ("NaN", None),  # JSON NaN fails the range test
+  ("", None),
+  (None, None),
+  ("I think it's good", None),
+]
+
+
+@pytest.mark.parametrize("text,expected", VLMEVALKIT_SCORES)
+def test_parse_score_vlmevalkit(text, expected):
+  assert parse_score_vlmevalkit(text) == expected
+
+
+def test_request_reads_its_mode():
+  strict = JudgeRequest("1", "paired", "quality_accuracy", 0, "p", "g")
+  vlm = JudgeRequest("1", "paired", "quality_accuracy", 0, "p", "g", "vlmevalkit")
+  assert strict.parse("Score: 1") is None and vlm.parse("Score: 1") == 1.0  # binary only in strict
+  assert strict.parse("Score: 10") is None and vlm.parse("Score: 10") == 1.0
 
 
 GOLDEN = (
@@ -128,7 +183,7 @@ class ScriptedJudge:
     out = []
     for r in requests:
       text = self.replies.get((r.item_index, r.dimension, r.round))
-      score = parse_judge_score(text, r.allowed_scores)
+      score = r.parse(text)
       out.append(JudgeResponse(r, score, text, error=None if score is not None else "no score"))
     return out
 
@@ -197,3 +252,23 @@ def test_reasoning_aggregation_matches_hand_computation():
   assert rows["fine"].n_items == 2 and rows["coarse"].n_items == 1
   assert rows["fine"].means["completeness"] == pytest.approx(0.75)
   assert rows["coarse"].means["completeness"] == pytest.approx(2.0)
+
+  assert overall.n_unparsed == {
+    "completeness": 1,
+    "preciseness": 0,
+    "consistency": 0,
+    "quality_accuracy": 2,
+  }
+
+
+def test_vlmevalkit_mode_sends_empty_predictions_as_nan():
+  items = [ReasoningItem("a", "noref", "g"), ReasoningItem("b", "noref", "g")]
+  requests, exclusions = reasoning.build_requests(items, {"a": "", "b": "text"}, 1, "vlmevalkit")
+  assert {(r.item_index, r.prediction) for r in requests} == {("a", "nan"), ("b", "text")}
+  assert all(r.score_mode == "vlmevalkit" for r in requests)
+  assert "[nan]" in next(r for r in requests if r.item_index == "a").prompt
+  assert exclusions[0].reason == "empty prediction (sent to the judge as 'nan')"
+  strict, excluded = reasoning.build_requests(items, {"a": "", "b": "text"}, 1)
+  assert {r.item_index for r in strict} == {"b"} and "scored 0" in excluded[0].reason
+  with pytest.raises(ValueError, match="score_mode"):
+    reasoning.build_requests(items, {}, 1, "lenient")
