@@ -97,10 +97,41 @@ def read_png(path):
   try:
     with Image.open(path) as image:
       image.load()
-      array = np.asarray(image)
+      array = image_levels(image)
+  except BadInput:
+    raise
   except Exception as error:
     raise BadInput(path, f"corrupt image ({type(error).__name__})") from error
   return to_grey(array, path)
+
+
+def image_levels(image):
+  """A PIL image -> the array of its grey or colour levels, whatever the PNG's storage.
+
+  Palette images ('P', 'PA') are looked up in their palette (their raw values are indices, not
+  levels); 'LA' and 'RGBA' drop the alpha channel; '1' becomes 0/255; 16-bit grey ('I;16*')
+  stays uint16 and 32-bit integer ('I') is read as 16-bit when its values fit, as a 16-bit PNG
+  decoded to 'I' does.
+  """
+  mode = image.mode
+  if mode in ("P", "PA"):
+    return np.asarray(image.convert("RGB"))
+  if mode == "1":
+    return np.asarray(image.convert("L"))
+  array = np.asarray(image)
+  if mode in ("LA", "La"):
+    return array[..., 0]
+  if mode in ("RGBA", "RGBa"):
+    return array[..., :3]
+  if mode == "I":
+    if array.min() < 0 or array.max() > 65535:
+      raise BadInput(getattr(image, "filename", "image"), "32-bit integer pixels outside 0-65535")
+    return array.astype(np.uint16)
+  if mode.startswith("I;16"):
+    return array.astype(np.uint16)
+  if mode == "F":
+    raise BadInput(getattr(image, "filename", "image"), "floating-point image mode 'F'")
+  return array
 
 
 def encode_png_base64(image):

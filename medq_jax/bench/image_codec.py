@@ -15,9 +15,15 @@ import io
 import numpy as np
 from PIL import Image
 
-from data_pipeline.readers import encode_png_base64
+from data_pipeline.readers import BadInput, encode_png_base64, image_levels
 
-__all__ = ["decode_bytes", "decode_image", "encode_png_base64", "is_row_reference"]
+__all__ = [
+  "decode_bytes",
+  "decode_image",
+  "encode_png_base64",
+  "is_row_reference",
+  "pil_to_uint8",
+]
 
 REFERENCE_MAX_CHARS = 64  # VLMEvalKit: image values this short point to another row
 _SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
@@ -42,14 +48,26 @@ def decode_bytes(value: str) -> bytes:
   return data
 
 
+def pil_to_uint8(image: Image.Image) -> np.ndarray:
+  """A PIL image -> uint8 [H, W] or [H, W, 3] of its levels (`readers.image_levels`: palette
+  looked up, alpha dropped); 16-bit levels rounded to 8 bits (x / 257)."""
+  try:
+    levels = image_levels(image)
+  except BadInput as error:
+    raise ValueError(error.reason) from None
+  if levels.dtype == np.uint16:
+    levels = np.round(levels.astype(np.float64) / 257.0).astype(np.uint8)
+  if levels.dtype != np.uint8:
+    raise ValueError(f"unsupported image mode {image.mode!r}")
+  return levels
+
+
 def decode_image(value: str) -> np.ndarray:
   """Base64 text -> uint8 array [H, W] (grayscale) or [H, W, 3] (colour)."""
   data = decode_bytes(value)
   try:
     with Image.open(io.BytesIO(data)) as image:
       image.load()
-      if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
-      return np.asarray(image)
+      return pil_to_uint8(image)
   except (OSError, SyntaxError) as error:
     raise ValueError(f"image bytes could not be decoded ({error})") from None

@@ -185,7 +185,7 @@ def load_image(ref: str) -> np.ndarray:
     from PIL import Image
 
     with Image.open(ref[5:]) as image:
-      return np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
+      return image_codec.pil_to_uint8(image)
   return image_codec.decode_image(ref)
 
 
