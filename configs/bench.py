@@ -23,6 +23,7 @@ from configs import common
 MODES = ("generate", "score", "align", "restoration")
 JUDGES = ("offline", "api")
 MESSAGE_STYLES = ("single", "split")
+SCORE_MODES = ("strict", "vlmevalkit")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -50,6 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model_name = ""  # Shown in reports (default: from the inputs).
   config.bootstrap = 1000  # Resamples for confidence intervals.
   config.skip_bad_rows = False  # Exclude malformed rows (counted in the report) instead of failing.
+  # Published rows shown beside ours: "builtin" (the MedQ-Bench README leaderboard shipped in
+  # medq_jax/bench), a CSV path of the same layout, or "" for none.
+  config.leaderboard = "builtin"
 
   config.judge = judge_config(arg.judge)
 
@@ -76,6 +80,9 @@ def judge_config(kind: str = "offline") -> ml_collections.ConfigDict:
       max_retries=5,  # On 429/5xx/timeouts.
       # single: the template as one user message (the reference scorer); split: system + user.
       message_style="single",
+      # strict: scores outside the dimension's scale rejected; vlmevalkit: VLMEvalKit's
+      # parse_score_from_response and placeholder filling, quirks included.
+      score_mode="strict",
       cache_path="",  # Empty: OUT_DIR/judge_cache.sqlite.
     )
   )

@@ -19,14 +19,19 @@ r"""MedQ-Bench entry point: every setting comes from configs/bench.py (`config.m
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 
 from absl import app, flags, logging
 
 from configs import bench as bench_config
+from data_pipeline.chat_client import ChatError
 from launch import cli, distributed
-from medq_jax.bench import alignment, judge_factory, tables
+from medq_jax.bench import alignment, judge_factory, out_dir, tables
 from medq_jax.bench.generator import FILE_NAMES
+from medq_jax.bench.runner import BenchRunError
+from medq_jax.bench.schema import BenchInputError
 
 _CONFIG = cli.define_config_file("config", "configs/bench.py", "Bench config file.")
 _MODEL_CONFIG = cli.define_config_file(
@@ -36,6 +41,12 @@ _MODEL_CONFIG = cli.define_config_file(
   "configs/medq_uni.py:size=tiny,stage=2).",
 )
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output directory.", required=True)
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite",
+  False,
+  "Replace an earlier run's outputs in a non-empty --out_dir (generate refuses a non-empty "
+  "directory without it; other modes refuse files no earlier run listed).",
+)
 flags.adopt_module_key_flags(distributed)
 
 
@@ -113,6 +124,10 @@ def _score(config, out_dir: str) -> None:
           f"config.{label}_predictions is required without config.model or config.checkpoint"
         )
   name = name or os.path.splitext(os.path.basename((qa or noref or paired)[1]))[0]
+  if config.leaderboard:
+    from medq_jax.bench import leaderboard
+
+    leaderboard.load(leaderboard.BUILTIN if config.leaderboard == "builtin" else config.leaderboard)
   judge = judge_factory.make_judge(config.judge, out_dir) if (noref or paired) else None
   results = runner.run(
     name,
@@ -126,8 +141,15 @@ def _score(config, out_dir: str) -> None:
     on_error="exclude" if config.skip_bad_rows else "raise",
     n_resamples=config.bootstrap,
     seed=config.seed,
+    score_mode=config.judge.score_mode,
   )
-  written = write_report(results, out_dir)
+  results.settings["split"] = config.split if config.items_dir else ""
+  board = config.leaderboard
+  if board == "builtin":
+    from medq_jax.bench import leaderboard
+
+    board = leaderboard.BUILTIN
+  written = write_report(results, out_dir, board or None)
   with open(written["markdown"], encoding="utf-8") as handle:
     print(handle.read())
 
@@ -171,14 +193,17 @@ def _align(config, out_dir: str) -> None:
         {
           "dimension": r.dimension,
           "n": r.n,
-          "kappa": r.kappa,
+          "kappa": None if math.isnan(r.kappa) else r.kappa,
+          "kappa_undefined_reason": alignment.kappa_undefined_reason(r),
           "accuracy": r.accuracy,
+          "recall_per_human_class": [None if math.isnan(x) else x for x in r.recall_per_class],
           "confusion": r.confusion.tolist(),
         }
         for r in results
       ],
       handle,
       indent=2,
+      allow_nan=False,
     )
   text = "# Human-judge alignment\n\n" + tables.markdown(table) + "\n"
   with open(os.path.join(out_dir, "alignment.md"), "w", encoding="utf-8") as handle:
@@ -206,6 +231,23 @@ def _restoration(config, out_dir: str) -> None:
 _MODES = {"generate": _generate, "score": _score, "align": _align, "restoration": _restoration}
 
 
+def _inputs(config) -> list[str]:
+  """Files this run reads (never cleared from --out_dir)."""
+  paths = [
+    config[f"{t}_{kind}"] for t in ("qa", "noref", "paired") for kind in ("items", "predictions")
+  ]
+  paths += [config.human_scores, config.judge_scores, config.restoration_npz]
+  if config.items_dir:
+    for kind in FILE_NAMES:
+      for ext in ("tsv", "jsonl"):
+        paths.append(
+          os.path.join(config.items_dir, FILE_NAMES[kind].format(split=config.split) + f".{ext}")
+        )
+  if config.leaderboard not in ("", "builtin"):
+    paths.append(config.leaderboard)
+  return [p for p in paths if p]
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -214,13 +256,19 @@ def main(argv) -> None:
     ("mode", config.mode, bench_config.MODES),
     ("judge.kind", config.judge.kind, bench_config.JUDGES),
     ("judge.message_style", config.judge.message_style, bench_config.MESSAGE_STYLES),
+    ("judge.score_mode", config.judge.score_mode, bench_config.SCORE_MODES),
   ):
     if value not in valid:
       raise app.UsageError(f"config.{key}={value!r}: expected one of {valid}")
   if config.checkpoint:  # only our model runs on JAX devices; the other jobs do not start JAX
     distributed.initialize()
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
-  _MODES[config.mode](config, _OUT_DIR.value)
+  try:
+    started = out_dir.prepare(_OUT_DIR.value, config.mode, _inputs(config), _OVERWRITE.value)
+    _MODES[config.mode](config, _OUT_DIR.value)
+    out_dir.finish(_OUT_DIR.value, config.mode, started)
+  except (BenchInputError, BenchRunError, ChatError) as error:  # one message, no traceback
+    sys.stderr.write(f"FATAL medq-bench: {error}\n")
+    sys.exit(1)
 
 
 def run_main() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -153,6 +154,23 @@ def align(pairs: Mapping[str, tuple[Sequence[int], Sequence[int]]]) -> list[Dime
   return results
 
 
+def kappa_undefined_reason(result: DimensionAlignment) -> str | None:
+  """Why kappa is undefined (None when it is defined): with quadratic weights on a fixed scale
+  the expected disagreement is zero only when both raters give every item one same score."""
+  if not math.isnan(result.kappa):
+    return None
+  if result.n == 0:
+    return "no (human, judge) pairs"
+  human = result.confusion.sum(axis=1)
+  judge = result.confusion.sum(axis=0)
+  used_h = [SCALE[i] for i in range(len(SCALE)) if human[i]]
+  used_j = [SCALE[j] for j in range(len(SCALE)) if judge[j]]
+  return (
+    f"expected disagreement is 0: the human scores are all {used_h} and the judge's all "
+    f"{used_j}, so chance agreement is certain and kappa is 0/0"
+  )
+
+
 def plot_confusion(result: DimensionAlignment, path: str) -> str:
   """Writes one confusion-matrix PNG (human rows vs judge columns) and returns its path."""
   import matplotlib
@@ -161,7 +179,7 @@ def plot_confusion(result: DimensionAlignment, path: str) -> str:
   import matplotlib.pyplot as plt
 
   figure, axis = plt.subplots(figsize=(3.6, 3.2), dpi=120)
-  axis.imshow(result.confusion, cmap="Blues")
+  image = axis.imshow(result.confusion, cmap="Blues")
   for i in range(len(SCALE)):
     for j in range(len(SCALE)):
       axis.text(j, i, str(result.confusion[i, j]), ha="center", va="center")
@@ -169,9 +187,9 @@ def plot_confusion(result: DimensionAlignment, path: str) -> str:
   axis.set_yticks(range(len(SCALE)), [str(s) for s in SCALE])
   axis.set_xlabel("judge score")
   axis.set_ylabel("human score")
-  axis.set_title(
-    f"{result.dimension}\nacc {result.accuracy:.1%}, kappa_w {result.kappa:.3f}", fontsize=9
-  )
+  kappa = "undefined" if math.isnan(result.kappa) else f"{result.kappa:.3f}"
+  axis.set_title(f"{result.dimension}\nacc {result.accuracy:.1%}, kappa_w {kappa}", fontsize=9)
+  figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="items")
   figure.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   figure.savefig(path)

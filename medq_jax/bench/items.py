@@ -6,13 +6,17 @@ Files: ``medqbench_QA_{dev,test}.tsv`` (perception), ``medqbench_description_{de
 Every problem is reported with file, data row number, index and field. With
 ``on_error="raise"`` (default) all problems are raised together; with
 ``on_error="exclude"`` bad rows are left out and returned as `Exclusion` records so
-reports can count them. A missing required column always raises.
+reports can count them. Rows whose image or answer (golden description) is simply absent
+are always skipped, logged and counted ("missing image (skipped)", ...), whatever
+``on_error``: there is nothing to score them on. A missing required column, and a file
+that leaves no item to score ("0 items"), always raise.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -36,6 +40,7 @@ LEVEL_COLUMNS = ("degradation_level", "level", "degradation", "severity")
 SCOPE_COLUMNS = ("question_scope", "scope", "general_or_specific", "question_category")
 GRANULARITY_COLUMNS = ("granularity", "comparison_granularity", "difficulty", "group")
 MAX_LISTED_PROBLEMS = 20
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -53,6 +58,7 @@ class _Problem:
   index: str
   field: str
   message: str
+  skip: bool = False  # an absent image/answer: skipped and counted, never an error
 
   def text(self, path: str) -> str:
     return f"{path}: row {self.row} (index {self.index!r}), field '{self.field}': {self.message}"
@@ -198,7 +204,13 @@ def _require_columns(path: str, columns: Sequence[str], required: Sequence[str])
     )
 
 
-def _finish(path: str, items: list, problems: list[_Problem], on_error: str) -> LoadResult:
+def _finish(
+  path: str, items: list, problems: list[_Problem], on_error: str, n_rows: int
+) -> LoadResult:
+  skipped = list({p.row: p for p in reversed(problems) if p.skip}.values())[::-1]  # one per row
+  problems = [p for p in problems if not p.skip]
+  for problem in skipped:
+    logger.warning("skipped: %s", problem.text(path))
   if problems and on_error == "raise":
     lines = [p.text(path) for p in problems[:MAX_LISTED_PROBLEMS]]
     more = len(problems) - len(lines)
@@ -206,8 +218,15 @@ def _finish(path: str, items: list, problems: list[_Problem], on_error: str) -> 
       lines.append(f"... and {more} more problem(s)")
     raise BenchInputError(f"{len(problems)} problem(s) in {path}:\n" + "\n".join(lines))
   exclusions = [
+    Exclusion(p.index or f"row{p.row}", f"missing {p.field} (skipped)", p.text(path))
+    for p in skipped
+  ]
+  exclusions += [
     Exclusion(p.index or f"row{p.row}", f"bad input: {p.field}", p.text(path)) for p in problems
   ]
+  if not items:
+    detail = f" of {n_rows} row(s); {len(exclusions)} skipped or excluded" if n_rows else ""
+    raise BenchInputError(f"{path}: 0 items to score{detail or ' (the file has no data rows)'}")
   return LoadResult(items=items, exclusions=exclusions, path=path)
 
 
@@ -252,7 +271,9 @@ def load_mcq_items(path: str, on_error: str = "raise", check_images: bool = True
       )
     raw_answer = first_present(row, ["answer"])
     answer = normalize_answer(raw_answer)
-    if answer is None:
+    if not raw_answer:
+      problems.append(_Problem(row["_row"], index, "answer", "no answer", skip=True))
+    elif answer is None:
       problems.append(
         _Problem(
           row["_row"], index, "answer", f"unknown answer {raw_answer!r} (expected A-D or 0-3)"
@@ -271,10 +292,10 @@ def load_mcq_items(path: str, on_error: str = "raise", check_images: bool = True
     try:
       if "image" in columns and first_present(row, ["image"]):
         image = images.resolve(row["image"], check_images)
-      elif row.get("image_path"):
+      elif row.get("image_path") and parse_path_list(row["image_path"]):
         image = images.path(parse_path_list(row["image_path"])[0])
       else:
-        raise ValueError("no image")
+        problems.append(_Problem(row["_row"], index, "image", "no image", skip=True))
     except ValueError as error:
       problems.append(_Problem(row["_row"], index, "image", str(error)))
     if len(problems) > before:
@@ -298,7 +319,7 @@ def load_mcq_items(path: str, on_error: str = "raise", check_images: bool = True
         source=path,
       )
     )
-  return _finish(path, items, problems, on_error)
+  return _finish(path, items, problems, on_error, len(rows))
 
 
 def load_reasoning_items(
@@ -325,10 +346,15 @@ def load_reasoning_items(
       continue
     description = first_present(row, ["description"])
     if not description:
-      problems.append(_Problem(row["_row"], index, "description", "empty golden description"))
+      problems.append(
+        _Problem(row["_row"], index, "description", "empty golden description", skip=True)
+      )
       continue
     try:
       refs = _row_images(row, columns, images, kind, check_images)
+    except _NoImage as error:
+      problems.append(_Problem(row["_row"], index, "image", str(error), skip=True))
+      continue
     except ValueError as error:
       problems.append(_Problem(row["_row"], index, "image", str(error)))
       continue
@@ -345,12 +371,21 @@ def load_reasoning_items(
         source=path,
       )
     )
-  return _finish(path, items, problems, on_error)
+  return _finish(path, items, problems, on_error, len(rows))
+
+
+class _NoImage(ValueError):
+  """A row without (all of) its images: skipped and counted."""
 
 
 def _row_images(row, columns, images: _ImageTable, kind: str, check: bool) -> list[str]:
-  if kind == "paired" and first_present(row, ["image_a"]) and first_present(row, ["image_b"]):
-    return [images.resolve(row["image_a"], check), images.resolve(row["image_b"], check)]
+  if kind == "paired" and ("image_a" in columns or "image_b" in columns):
+    present = [first_present(row, [name]) for name in ("image_a", "image_b")]
+    if all(present):
+      return [images.resolve(row["image_a"], check), images.resolve(row["image_b"], check)]
+    if not row.get("image_path") and not first_present(row, ["image"]):
+      missing = [n for n, v in zip(("image_a", "image_b"), present) if not v]
+      raise _NoImage(f"no {' and no '.join(missing)}")
   if row.get("image_path"):
     refs = [images.path(p) for p in parse_path_list(row["image_path"])]
   elif "image" in columns and first_present(row, ["image"]):
@@ -360,7 +395,7 @@ def _row_images(row, columns, images: _ImageTable, kind: str, check: bool) -> li
     else:
       refs = [images.resolve(value, check)]
   else:
-    raise ValueError("no image (expected image_a/image_b, image_path or image)")
+    raise _NoImage("no image (expected image_a/image_b, image_path or image)")
   expected = 2 if kind == "paired" else 1
   if len(refs) != expected:
     raise ValueError(f"expected {expected} image(s), found {len(refs)}")

@@ -1,7 +1,7 @@
 """Reading a predictions file and joining it to items.
 
-A predictions file has columns ``index`` and ``prediction`` (TSV, CSV or JSONL);
-VLMEvalKit result files qualify (extra columns are ignored). Joining never drops
+A predictions file has columns ``index`` and ``prediction`` (TSV, CSV, XLSX or JSONL);
+VLMEvalKit result files qualify, its ``.xlsx`` included (extra columns are ignored). Joining never drops
 anything silently: items without a prediction and predictions for unknown indices
 are both returned so reports can count them.
 """
@@ -32,6 +32,8 @@ def read_predictions(path: str, on_error: str = "raise") -> tuple[dict[str, Any]
   missing = [c for c in ("index", "prediction") if c not in columns]
   if missing:
     raise BenchInputError(f"{path}: missing required column(s) {missing}; found columns {columns}")
+  if not rows:
+    raise BenchInputError(f"{path}: 0 predictions (the file has no data rows)")
   predictions: dict[str, Any] = {}
   first_row: dict[str, int] = {}
   problems, exclusions = [], []

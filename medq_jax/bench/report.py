@@ -16,8 +16,9 @@ import json
 import math
 import os
 
-from medq_jax.bench import plots, tables
-from medq_jax.bench.perception import unparseable_reasons, vlmevalkit_accuracy
+from medq_jax.bench import leaderboard, plots, tables
+from medq_jax.bench.perception import disagreements, unparseable_reasons, vlmevalkit_accuracy
+from medq_jax.bench.prompts import DIMENSIONS
 from medq_jax.bench.runner import BenchResults
 
 
@@ -48,8 +49,48 @@ def _write_jsonl(path: str, records) -> None:
       handle.write(json.dumps(_clean(record), ensure_ascii=False) + "\n")
 
 
-def write_report(results: BenchResults, out_dir: str) -> dict[str, str]:
-  """Writes every artifact; returns {name: path}."""
+MAX_LISTED_DISAGREEMENTS = 50
+
+
+def _leaderboard_md(results: BenchResults, path: str, out_dir: str, written: dict) -> list[str]:
+  """The published rows beside ours, per scored track (perception under both extractions)."""
+  published = leaderboard.load(path)
+  md = [f"## Beside the MedQ-Bench leaderboard (`{os.path.basename(path)}`)", ""]
+  split = results.settings.get("split", "")
+  note = "this run" + (f", {split} split" if split else "")
+  for track_name in ("perception", "noref", "paired"):
+    track = results.tracks.get(track_name)
+    if not track:
+      continue
+    if track_name == "perception":
+      rows = {(r.group, r.value): r for r in track.perception_rows}
+      ours = []
+      for label, attr in (("VLMEvalKit rules", "accuracy_vlmevalkit"), ("strict", "accuracy")):
+        values = [
+          100 * getattr(rows[("question_type", q)], attr) if ("question_type", q) in rows else None
+          for q in ("Yes-or-No", "What", "How")
+        ]
+        overall = 100 * getattr(rows[("overall", "all")], attr)
+        ours.append((f"{results.model} [{label}]", values, overall, note))
+    else:
+      summary = track.reasoning_summaries[0]
+      values = [summary.means[d] for d in DIMENSIONS]
+      source = f"{note}, judge {results.judge_name}"
+      ours = [(results.model, values, summary.overall, source)]
+    columns, body = leaderboard.table(track_name, published[track_name], ours)
+    table = (columns, body)
+    written[f"leaderboard_{track_name}"] = write_csv(
+      os.path.join(out_dir, "tables", f"leaderboard_{track_name}.csv"), table
+    )
+    md += [f"### {track_name}", "", tables.markdown(table), ""]
+  return md
+
+
+def write_report(
+  results: BenchResults, out_dir: str, leaderboard_path: str | None = None
+) -> dict[str, str]:
+  """Writes every artifact; returns {name: path}. ``leaderboard_path``: published rows to
+  show beside ours (`leaderboard.BUILTIN` for the shipped copy)."""
   os.makedirs(out_dir, exist_ok=True)
   written: dict[str, str] = {}
   perception = results.tracks.get("perception")
@@ -94,7 +135,23 @@ def write_report(results: BenchResults, out_dir: str) -> dict[str, str]:
       os.path.join(out_dir, "tables", "perception_by_modality.csv"), modality
     )
     reasons = unparseable_reasons(perception.perception_outcomes)
+    disagree = disagreements(perception.perception_outcomes)
+    disagree_table = tables.disagreement_table(disagree)
+    written["perception_disagreements"] = write_csv(
+      os.path.join(out_dir, "tables", "perception_disagreements.csv"), disagree_table
+    )
+    overall_row = rows[0]
     md += [
+      "## Perception accuracy",
+      "",
+      f"- strict extraction (ours): {tables.pct(overall_row.accuracy)} "
+      f"({overall_row.correct}/{overall_row.n}), 95% CI "
+      f"[{tables.pct(overall_row.ci_low)}, {tables.pct(overall_row.ci_high)}]",
+      f"- VLMEvalKit rules (the number VLMEvalKit prints): "
+      f"{tables.pct(overall_row.accuracy_vlmevalkit)} "
+      f"({overall_row.correct_vlmevalkit}/{overall_row.n})",
+      f"- items where the two read different options: {len(disagree)}",
+      "",
       "## Perception accuracy per modality",
       "",
       tables.markdown(modality),
@@ -103,13 +160,20 @@ def write_report(results: BenchResults, out_dir: str) -> dict[str, str]:
       "",
       tables.markdown(breakdown),
       "",
-      f"Accuracy with the reference scorer's (VLMEvalKit) extraction rules: "
-      f"{tables.pct(vlmevalkit_accuracy(perception.perception_outcomes))}.",
-      "",
     ]
     if reasons:
       md += ["Answers that could not be read (counted wrong):", ""]
       md += [f"- {reason}: {count}" for reason, count in reasons.items()] + [""]
+    if disagree:
+      shown = (disagree_table[0], disagree_table[1][:MAX_LISTED_DISAGREEMENTS])
+      md += [
+        "## Items where strict and VLMEvalKit extraction disagree",
+        "",
+        tables.markdown(shown),
+        "",
+      ]
+      if len(disagree) > MAX_LISTED_DISAGREEMENTS:
+        md += [f"... all {len(disagree)} in `tables/perception_disagreements.csv`.", ""]
     _write_jsonl(
       os.path.join(out_dir, "items", "perception_items.jsonl"),
       (dataclasses.asdict(o) for o in perception.perception_outcomes),
@@ -164,6 +228,9 @@ def write_report(results: BenchResults, out_dir: str) -> dict[str, str]:
     if path:
       written[f"plot_reasoning_{track.track}"] = path
 
+  if leaderboard_path:
+    md += _leaderboard_md(results, leaderboard_path, out_dir, written)
+
   exclusions = results.exclusions
   counts = tables.exclusions_table(exclusions)
   md += [
@@ -192,6 +259,7 @@ def write_report(results: BenchResults, out_dir: str) -> dict[str, str]:
     "perception_unparseable": unparseable_reasons(perception.perception_outcomes)
     if perception
     else None,
+    "perception_disagreements": [dataclasses.asdict(d) for d in disagree] if perception else None,
     "reasoning": {
       t.track: [dataclasses.asdict(s) for s in t.reasoning_summaries] for t in (noref, paired) if t
     },

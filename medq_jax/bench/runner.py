@@ -7,6 +7,7 @@ is left out of a score, or counted wrong for want of an answer, appears in
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from typing import Any
@@ -17,6 +18,10 @@ from medq_jax.bench.judge_types import Judge
 from medq_jax.bench.model_interface import BenchModel, predict_items
 from medq_jax.bench.predictions import join_predictions, read_predictions, write_predictions
 from medq_jax.bench.schema import Exclusion
+
+
+class BenchRunError(RuntimeError):
+  """A run that produced no usable score (e.g. every judge request failed)."""
 
 
 @dataclasses.dataclass
@@ -110,13 +115,17 @@ def score_reasoning_track(
   on_error: str = "raise",
   n_resamples: int = 1000,
   seed: int = 0,
+  score_mode: str = "strict",
 ) -> TrackResult:
   loaded = load_reasoning_items(items_path, kind, on_error=on_error, check_images=True)
   predictions, exclusions, used = _predictions(
     loaded.items, predictions_path, model, out_dir, kind, on_error
   )
   join = join_predictions(loaded.items, predictions)
-  scores, more, responses = reasoning.score_reasoning(loaded.items, predictions, judge, rounds)
+  scores, more, responses = reasoning.score_reasoning(
+    loaded.items, predictions, judge, rounds, score_mode
+  )
+  check_judge_responses(kind, responses)
   unmatched = [e for e in join.exclusions if e.reason == "prediction for unknown index"]
   return TrackResult(
     kind,
@@ -132,6 +141,16 @@ def score_reasoning_track(
   )
 
 
+def check_judge_responses(kind: str, responses) -> None:
+  """Raises BenchRunError when requests were sent and not one reply held a score."""
+  if responses and all(r.score is None for r in responses):
+    errors = collections.Counter(r.error or "no score in the reply" for r in responses)
+    common, count = errors.most_common(1)[0]
+    raise BenchRunError(
+      f"{kind}: all {len(responses)} judge requests failed; most common cause ({count}x): {common}"
+    )
+
+
 def run(
   model_name: str,
   judge: Judge | None,
@@ -144,8 +163,12 @@ def run(
   on_error: str = "raise",
   n_resamples: int = 1000,
   seed: int = 0,
+  score_mode: str = "strict",
 ) -> BenchResults:
-  """Scores whichever tracks are given as (items path, predictions path or None)."""
+  """Scores whichever tracks are given as (items path, predictions path or None).
+
+  ``score_mode`` is how judge replies are read (`judge_types.SCORE_MODES`); perception is
+  always scored both ways."""
   tracks = {}
   if qa:
     tracks["perception"] = score_perception(
@@ -156,10 +179,21 @@ def run(
       if judge is None:
         raise ValueError(f"{kind} reasoning needs a judge (offline or api)")
       tracks[kind] = score_reasoning_track(
-        spec[0], kind, judge, spec[1], model, out_dir, rounds, on_error, n_resamples, seed
+        spec[0],
+        kind,
+        judge,
+        spec[1],
+        model,
+        out_dir,
+        rounds,
+        on_error,
+        n_resamples,
+        seed,
+        score_mode,
       )
   settings = {
     "judge_rounds": rounds,
+    "judge_score_mode": score_mode,
     "bootstrap_resamples": n_resamples,
     "seed": seed,
     "on_error": on_error,

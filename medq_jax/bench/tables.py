@@ -85,6 +85,7 @@ def perception_breakdown_table(rows: Sequence[GroupAccuracy]) -> Table:
     "correct",
     "accuracy",
     "95% CI",
+    "accuracy (VLMEvalKit rules)",
     "random guess",
     "unparseable",
     "missing",
@@ -97,6 +98,7 @@ def perception_breakdown_table(rows: Sequence[GroupAccuracy]) -> Table:
       r.correct,
       pct(r.accuracy),
       f"[{pct(r.ci_low)}, {pct(r.ci_high)}]",
+      pct(r.accuracy_vlmevalkit),
       pct(r.random_guess),
       r.unparseable,
       r.missing,
@@ -106,14 +108,50 @@ def perception_breakdown_table(rows: Sequence[GroupAccuracy]) -> Table:
 
 
 def modality_table(model: str, rows: Sequence[GroupAccuracy]) -> Table:
+  """Table 7 layout: one row with our (strict) extraction, one with VLMEvalKit's rules."""
   modalities = [r for r in rows if r.group == "modality"]
   return ["Model"] + [r.value for r in modalities], [
-    [model] + [pct(r.accuracy) for r in modalities]
+    [model] + [pct(r.accuracy) for r in modalities],
+    [f"{model} (VLMEvalKit rules)"] + [pct(r.accuracy_vlmevalkit) for r in modalities],
   ]
+
+
+def disagreement_table(rows) -> Table:
+  """Items where strict and VLMEvalKit extraction read different options."""
+  columns = [
+    "index",
+    "answer",
+    "prediction",
+    "strict",
+    "strict rule",
+    "VLMEvalKit",
+    "strict correct",
+    "VLMEvalKit correct",
+  ]
+  body = []
+  for d in rows:
+    text = (d.prediction or "").replace("\n", " ").replace("|", "/")
+    reference = d.vlmevalkit_letter or (
+      "NaN" if d.vlmevalkit_extracted is None else "(raw text: no letter)"
+    )
+    body.append(
+      [
+        d.index,
+        d.answer,
+        text[:80] + ("..." if len(text) > 80 else ""),
+        d.strict_letter or "-",
+        d.strict_rule,
+        reference,
+        "yes" if d.correct else "no",
+        "yes" if d.correct_vlmevalkit else "no",
+      ]
+    )
+  return columns, body
 
 
 def reasoning_table(summaries: Sequence[ReasoningSummary]) -> Table:
   columns = ["Group", "n items"] + [DIMENSION_TITLES[d] for d in DIMENSIONS] + ["Overall"]
+  columns.append("unparsed replies C/P/Co/Q")
   paired = any(s.kind == "paired" for s in summaries)
   if paired:
     columns.append("Quality acc.")
@@ -125,6 +163,7 @@ def reasoning_table(summaries: Sequence[ReasoningSummary]) -> Table:
       low, high = s.ci[dimension]
       row.append(f"{num(s.means[dimension])} [{num(low)}, {num(high)}] (n={s.n_scored[dimension]})")
     row.append(num(s.overall))
+    row.append("/".join(str(s.n_unparsed.get(d, 0)) for d in DIMENSIONS))
     if paired:
       row.append(pct(s.quality_accuracy_rate))
     rows.append(row)

@@ -150,7 +150,8 @@ def test_bad_settings_fail_naming_the_key(tmp_path):
   assert misspelt.returncode != 0
   assert (
     "--config.judge.rouns: config.judge has no key 'rouns'; valid keys: cache_path, "
-    "concurrency, kind, max_retries, message_style, rounds, timeout_s" in misspelt.stderr
+    "concurrency, kind, max_retries, message_style, rounds, score_mode, timeout_s"
+    in misspelt.stderr
   )
   assert "Traceback" not in misspelt.stderr
   bad_mode = _bench("--config.mode=grade", f"--out_dir={tmp_path}", check=False)
@@ -163,11 +164,14 @@ def test_bad_settings_fail_naming_the_key(tmp_path):
   assert bad_arg.returncode != 0 and "config arg: mode must be one of" in bad_arg.stderr
 
 
-def test_bad_items_fail_with_row_and_field(tmp_path):
+def test_bad_items_fail_with_row_and_field(tmp_path, phantom):
+  from data_pipeline.readers import encode_png_base64
+
   (tmp_path / "qa.tsv").write_text(
     "index\timage\tquestion\tA\tB\tanswer\n1\tQUJD\tQ?\tYes\tNo\tA\n"
+    f"2\t{encode_png_base64(phantom)}\tQ?\tYes\tNo\tB\n"
   )
-  (tmp_path / "pred.tsv").write_text("index\tprediction\n1\tA\n")
+  (tmp_path / "pred.tsv").write_text("index\tprediction\n1\tA\n2\tB\n")
   files = [
     f"--config.qa_items={tmp_path / 'qa.tsv'}",
     f"--config.qa_predictions={tmp_path / 'pred.tsv'}",
@@ -175,6 +179,7 @@ def test_bad_items_fail_with_row_and_field(tmp_path):
   result = _bench(*files, f"--out_dir={tmp_path / 'out'}", check=False)
   assert result.returncode != 0
   assert "qa.tsv: row 1 (index '1'), field 'image'" in result.stderr
+  assert "Traceback" not in result.stderr
   skipped = _bench(*files, "--config.skip_bad_rows", f"--out_dir={tmp_path / 'out2'}")
   assert "bad input: image | 1" in skipped.stdout
 
