@@ -1,37 +1,26 @@
 r"""Ahead-of-time memory check of the sharded train step: compiles the step the trainer runs
-(`medq_jax/train/loop.py`: same state shardings, donation, batch sharding) from abstract shapes
-only, so no parameter is ever allocated, and prints the per-device bytes that XLA's
-`memory_analysis()` reports beside the worked budget of docs/scale.md.
+from abstract shapes only (no parameter is ever allocated) and prints the per-device bytes of
+XLA's `memory_analysis()` beside the worked budget of docs/scale.md (`launch/memory_budget.py`).
 
-  # 8 fake CPU devices (any machine):
+  # 8 fake CPU devices (any machine; ~40 s and 2 GB of RAM for the 7B):
   python -m launch.compile_check --config=configs/unimedvl_7b_stage2.py --local_devices=8
-  # a TPU topology from a CPU machine, as MaxText's train_compile does (needs libtpu installed):
-  python -m launch.compile_check --config=configs/unimedvl_7b_stage2.py --topology=v5p:2x2x2
+  # a TPU topology from a CPU machine, as MaxText's train_compile does (needs libtpu):
+  python -m launch.compile_check --config=configs/unimedvl_7b_stage2.py:mesh=1x-1x1 \
+      --topology=v5p:2x2x2
 
-`--layers=N` compiles a copy with N decoder layers and scales the per-layer parts (saved
-activations, parameters, optimizer state) to the config's depth; the table says so. The last
-line is `per_device_gib=<x>`: the compiled per-device peak (arguments + temporaries + outputs
-not aliased to donated arguments) at the config's depth.
+The last line is `per_device_gib=<x>`: the compiled per-device peak (arguments + temporaries +
+outputs not aliased to the donated state).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Any
-
-import flax.linen as nn
 import jax
 import numpy as np
 from absl import flags
 
 from launch import cli, distributed
-from medq_jax import layout as layout_lib
-from medq_jax import sharding as sharding_lib
-from medq_jax.train import state as state_lib
-from medq_jax.train import step as step_lib
-from medq_jax.train.timing import compile_seconds, print_table
-from medq_jax.types import latent_dim
+from launch import memory_budget as budget_lib
+from medq_jax.train.timing import print_table
 
 _CONFIG = cli.define_config_file("config", "configs/unimedvl_7b_stage2.py", "Config file.")
 _TOPOLOGY = flags.DEFINE_string(
@@ -40,306 +29,36 @@ _TOPOLOGY = flags.DEFINE_string(
   "Compile for this TPU topology (e.g. v5p:2x2x2, v5e:2x4) through libtpu instead of the local "
   "devices; the mesh must use all of its chips.",
 )
-_LAYERS = flags.DEFINE_integer(
-  "layers", 0, "> 0: compile with this many decoder layers and scale to the config's depth."
-)
 flags.adopt_module_key_flags(distributed)
 
-GIB = 2**30
-
-
-@dataclasses.dataclass
-class AbstractStep:
-  """The trainer's jitted step and its abstract arguments (ShapeDtypeStructs with shardings)."""
-
-  config: Any
-  jitted: Any
-  state: Any
-  vae_params: Any
-  batch: dict
-  rng: Any
-  mesh: Any
-  spec: layout_lib.LayoutSpec
-  replicated_moments: bool  # whether loop.py's own init would replicate the AdamW moments
-
-
-def _sds(tree, shardings):
-  return jax.tree_util.tree_map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
-  )
-
-
-def train_state_shardings(state_shape, params, mesh) -> Any:
-  """Shardings of a TrainState for `params` (ShapeDtypeStructs with shardings): every leaf that
-  mirrors a parameter (the parameter itself, the AdamW moments of a trainable one) takes that
-  parameter's sharding, matched by tree-path suffix and shape; the rest (step, counts) is
-  replicated."""
-  keystr = jax.tree_util.keystr
-  by_path = [(keystr(path), p) for path, p in jax.tree_util.tree_flatten_with_path(params)[0]]
-
-  def pick(path, leaf):
-    name = keystr(path)
-    for param_path, param in by_path:
-      if name.endswith(param_path) and leaf.shape == param.shape:
-        return param.sharding
-    return sharding_lib.replicated(mesh)
-
-  return jax.tree_util.tree_map_with_path(pick, state_shape)
-
-
-def abstract_step(config, devices=None) -> AbstractStep:
-  """The train step jitted as `loop.train` jits it (donated state, state shardings in and out,
-  batch over ('data', 'fsdp')), with abstract sharded arguments; nothing is allocated.
-
-  Parameter shardings come from the logical rules (as `state.init_params_sharded`); the AdamW
-  moments take their parameter's sharding (`train_state_shardings`: FSDP shards them too).
-  """
-  spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, config.train.stage)
-  model, vae = state_lib.build_models(config.model)
-  mesh = sharding_lib.make_mesh(config.mesh, devices)
-  # The init functions init_params_sharded uses (one definition of what a model inits from).
-  model_init, vae_init = state_lib._init_fns(model, vae, spec, config.model)
-  key = jax.random.key(0)
-  trees = []
-  for init_fn in (model_init, vae_init):
-    boxed = jax.eval_shape(init_fn, key)
-    trees.append(
-      _sds(nn.unbox(boxed), sharding_lib.mesh_shardings(boxed, mesh, config.sharding_rules))
-    )
-  params, vae_params = trees
-  optimizer = state_lib.make_optimizer(config.train)
-  init_state = jax.jit(lambda p: state_lib.create_train_state(p, optimizer))
-  state_shape = jax.eval_shape(init_state, params)
-  state_shardings = train_state_shardings(state_shape, params, mesh)
-  state = _sds(state_shape, state_shardings)
-  # What loop.py does today: jit(create_train_state) and read the shardings off its result.
-  loop_shardings = init_state.lower(params).compile().output_shardings
-  replicated_moments = any(
-    mine.spec != theirs.spec and not theirs.spec
-    for mine, theirs in zip(
-      jax.tree_util.tree_leaves(state_shardings.opt_state),
-      jax.tree_util.tree_leaves(loop_shardings.opt_state),
-    )
-  )
-
-  batch_sharding = sharding_lib.batch_sharding(mesh)
-  zeros = layout_lib.zeros_batch(spec, 1, latent_dim(config.model))
-  batch = {
-    k: jax.ShapeDtypeStruct(
-      (config.train.batch_size,) + v.shape[1:], v.dtype, sharding=batch_sharding
-    )
-    for k, v in zeros.items()
-    if k not in ("gen_latents", "gen_timesteps")
-  }
-  key_shape = jax.eval_shape(lambda: jax.random.key(0))
-  rng = jax.ShapeDtypeStruct(
-    key_shape.shape, key_shape.dtype, sharding=sharding_lib.replicated(mesh)
-  )
-  step = step_lib.make_train_step(model, vae, optimizer, config.model, config.train)
-  vae_shardings = jax.tree_util.tree_map(lambda a: a.sharding, vae_params)
-  jitted = jax.jit(
-    step,
-    in_shardings=(state_shardings, vae_shardings, None, None),
-    out_shardings=(state_shardings, None),
-    donate_argnums=(0,),
-  )
-  return AbstractStep(config, jitted, state, vae_params, batch, rng, mesh, spec, replicated_moments)
-
-
-def shard_bytes(tree) -> int:
-  """Bytes one device holds of a tree of sharded ShapeDtypeStructs (its shard of every leaf)."""
-  return sum(
-    math.prod(leaf.sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
-    for leaf in jax.tree_util.tree_leaves(tree)
-  )
-
-
-@dataclasses.dataclass
-class Budget:
-  """The worked per-device budget (bytes), docs/scale.md's arithmetic from the shapes."""
-
-  params: int
-  moments: int
-  vae_params: int
-  batch: int
-  grads: int
-  saved_activations: int
-  layer_working_set: int
-  logits: int
-  gathered_weights: int
-
-  @property
-  def arguments(self) -> int:
-    return self.params + self.moments + self.vae_params + self.batch
-
-  @property
-  def temporaries(self) -> int:
-    return (
-      self.grads
-      + self.saved_activations
-      + self.layer_working_set
-      + self.logits
-      + self.gathered_weights
-    )
-
-
-def rows_per_device(config, mesh) -> int:
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  return -(-config.train.batch_size // shards)
-
-
-def activation_bytes(config, spec, mesh) -> tuple[int, int, int]:
-  """(saved across the decoder's layers, one layer's backward working set, LM-head logits and
-  their gradient) per device under `config.model.remat_policy`; docs/scale.md derives them.
-
-  b rows of T = und + gen tokens, hidden H, L layers, compute dtype of dt bytes:
-  - saved: `full` keeps each layer's input, L b T H dt; `dots_with_no_batch_dims_saveable`
-    also each projection's output, L b T (2H + 2 kv hd + H + 2 I) dt; `none` keeps every layer's
-    working set.
-  - working set of one layer: fp32 attention logits and weights 2 b nh T^2 4, the MLP's
-    gate/up/activation 3 b T I dt, q/k/v/o b T (2H + 2 kv hd) dt.
-  - logits (stage 2's CE): b Lu V 4, twice (values and gradient), V split over `tensor`.
-  """
-  llm, mesh_shape = config.model.llm, mesh.shape
-  b = rows_per_device(config, mesh)
-  t = spec.max_und_len + spec.gen_len
-  h, inter, layers = llm.hidden_size, llm.intermediate_size, llm.num_layers
-  heads = llm.num_heads // mesh_shape["tensor"]
-  kv = max(1, llm.num_kv_heads // mesh_shape["tensor"])
-  inter_shard = inter // mesh_shape["tensor"]
-  dt = np.dtype(config.model.dtype).itemsize
-  projections = b * t * (2 * heads * llm.head_dim + 2 * kv * llm.head_dim) * dt
-  working = 2 * b * heads * t * t * 4 + 3 * b * t * inter_shard * dt + projections
-  carry = b * t * h * dt
-  policy = config.model.remat_policy
-  if policy == "full":
-    saved = layers * carry
-  elif policy == "dots_with_no_batch_dims_saveable":
-    saved = layers * (carry + projections + 3 * b * t * inter_shard * dt)
-  else:
-    saved = layers * (carry + working)
-  logits = 2 * b * spec.max_und_len * (llm.vocab_size // mesh_shape["tensor"]) * 4
-  return saved, working, logits if config.train.stage == 2 else 0
-
-
-def gathered_weight_bytes(step: AbstractStep) -> int:
-  """Whole weights FSDP gathers onto a device: two decoder layers in the compute dtype (the one
-  computing and the next, all-gathered ahead), and the token embedding and LM head (fp32)."""
-  config = step.config
-  dt = np.dtype(config.model.dtype).itemsize
-  layers = step.state.params["decoder"]["layers"]
-  per_layer = sum(leaf.size for leaf in jax.tree_util.tree_leaves(layers)) // (
-    config.model.llm.num_layers
-  )
-  tables = sum(
-    step.state.params[name][leaf].size
-    for name, leaf in (("embed_tokens", "embedding"), ("lm_head", "kernel"))
-    if name in step.state.params
-  )
-  return 2 * per_layer * dt + tables * 4
-
-
-def worked_budget(step: AbstractStep) -> Budget:
-  config = step.config
-  trainable, _ = state_lib.split_params(step.state.params, config.train)
-  saved, working, logits = activation_bytes(config, step.spec, step.mesh)
-  return Budget(
-    params=shard_bytes(step.state.params),
-    moments=shard_bytes(step.state.opt_state),
-    vae_params=shard_bytes(step.vae_params),
-    batch=shard_bytes(step.batch),
-    grads=shard_bytes(trainable),
-    saved_activations=saved,
-    layer_working_set=working,
-    logits=logits,
-    gathered_weights=gathered_weight_bytes(step),
-  )
-
-
-def compiled_peak(memory) -> int:
-  """Per-device peak from `memory_analysis()`: arguments + temporaries + the outputs that do
-  not reuse a donated argument's buffer."""
-  return (
-    memory.argument_size_in_bytes
-    + memory.temp_size_in_bytes
-    + memory.output_size_in_bytes
-    - memory.alias_size_in_bytes
-  )
-
-
-def table(budget: Budget, memory) -> list[list[Any]]:
-  """Rows of (item, worked GiB, compiled GiB) for print_table."""
-  gib = lambda n: round(n / GIB, 3)
-  out = memory.output_size_in_bytes - memory.alias_size_in_bytes
-  return [
-    ["parameters (fp32 master, sharded)", gib(budget.params), ""],
-    ["AdamW moments (2 x trainable, sharded)", gib(budget.moments), ""],
-    ["VAE parameters (replicated)", gib(budget.vae_params), ""],
-    ["batch shard", gib(budget.batch), ""],
-    ["= arguments", gib(budget.arguments), gib(memory.argument_size_in_bytes)],
-    ["gradients (trainable, fp32)", gib(budget.grads), ""],
-    ["saved activations (remat policy)", gib(budget.saved_activations), ""],
-    ["one layer's backward working set", gib(budget.layer_working_set), ""],
-    ["LM-head logits + gradient (stage 2)", gib(budget.logits), ""],
-    ["gathered weights (2 layers, embedding, LM head)", gib(budget.gathered_weights), ""],
-    ["= temporaries (worked parts)", gib(budget.temporaries), gib(memory.temp_size_in_bytes)],
-    ["outputs not aliased to the donated state", 0.0, gib(out)],
-    ["peak per device", gib(budget.arguments + budget.temporaries), gib(compiled_peak(memory))],
-  ]
-
-
-def topology_devices(name: str):
-  """The devices of a TPU topology (no TPU needed: libtpu's compiler), as MaxText's
-  train_compile gets them."""
-  from jax.experimental import topologies
-
-  try:
-    return topologies.get_topology_desc(platform="tpu", topology_name=name).devices
-  except Exception as error:  # libtpu missing, or a topology it does not know
-    raise SystemExit(
-      f"--topology={name}: no TPU topology ({type(error).__name__}: {error}); it needs libtpu "
-      "matching jaxlib (`pip install 'libtpu==0.0.42.*'`) and a name such as v5p:2x2x2"
-    ) from None
-
-
-def check(config, devices=None) -> tuple[Budget, Any, float, AbstractStep]:
-  """Compiles the sharded train step of `config`; returns (worked budget, memory analysis,
-  compile seconds, the abstract step)."""
-  step = abstract_step(config, devices)
-  with sharding_lib.mesh_context(step.mesh, config.sharding_rules):
-    compiled, seconds = compile_seconds(
-      step.jitted, step.state, step.vae_params, step.batch, step.rng
-    )
-  memory = compiled.memory_analysis()
-  if memory is None:
-    raise SystemExit(f"backend {step.mesh.devices.flat[0].platform}: no memory_analysis()")
-  return worked_budget(step), memory, seconds, step
+GIB = budget_lib.GIB
 
 
 def main(argv):
   del argv
   distributed.initialize()
   config = _CONFIG.value
-  devices = topology_devices(_TOPOLOGY.value) if _TOPOLOGY.value else None
-  budget, memory, seconds, step = check(config, devices)
+  devices = budget_lib.topology_devices(_TOPOLOGY.value) if _TOPOLOGY.value else None
+  budget, memory, seconds, step = budget_lib.check(config, devices)
   llm = config.model.llm
   print(
     f"size={config.model.size} stage={config.train.stage} scope={config.model.expert_scope} "
     f"mesh={dict(step.mesh.shape)} platform={step.mesh.devices.flat[0].platform} "
     f"layers={llm.num_layers} batch={config.train.batch_size} "
-    f"rows/device={rows_per_device(config, step.mesh)} "
+    f"rows/device={budget_lib.rows_per_device(config, step.mesh)} "
     f"tokens/row={step.spec.max_und_len + step.spec.gen_len} dtype={config.model.dtype} "
-    f"remat={config.model.remat_policy} compile_s={seconds:.1f}"
+    f"remat={config.model.remat_policy} attention={config.model.attention_impl} "
+    f"compile_s={seconds:.1f}"
   )
-  print_table(["per device", "worked GiB", "compiled GiB"], table(budget, memory))
-  if step.replicated_moments:
+  print_table(["per device", "worked GiB", "compiled GiB"], budget_lib.table(budget, memory))
+  if step.loop_init_problem:
     moments = jax.tree_util.tree_leaves(step.state.opt_state)
     extra = sum(leaf.size * np.dtype(leaf.dtype).itemsize for leaf in moments) - budget.moments
     print(
-      "note: loop.py's own init (jit(create_train_state)) replicates the AdamW moments on every "
-      f"device: +{extra / GIB:.2f} GiB per device over this table"
+      f"note: loop.py's init (jit(create_train_state)) {step.loop_init_problem}; replicated "
+      f"AdamW moments would add {extra / GIB:.2f} GiB per device to this table"
     )
-  print(f"per_device_gib={compiled_peak(memory) / GIB:.3f}")
+  print(f"per_device_gib={budget_lib.compiled_peak(memory) / GIB:.3f}")
 
 
 def run_main():
