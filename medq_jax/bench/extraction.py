@@ -82,13 +82,13 @@ class Extraction:
 
 
 def is_missing_prediction(prediction: Any) -> bool:
-  """True for None, NaN, empty/whitespace text and the strings 'nan'/'none'/'null'."""
+  """True for None, NaN, empty/whitespace text and 'nan', 'none', 'null', 'n/a', 'na', '#n/a'."""
   if prediction is None:
     return True
   if isinstance(prediction, float) and math.isnan(prediction):
     return True
   text = str(prediction).strip()
-  return not text or text.lower() in ("nan", "none", "null")
+  return not text or text.lower() in ("nan", "none", "null", "n/a", "na", "#n/a")
 
 
 def normalize_text(prediction: str) -> str:

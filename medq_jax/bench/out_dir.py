@@ -10,12 +10,13 @@ listed in ``manifest.json``, and a directory holding anything else is refused.
   writing one) are deleted, except this run's inputs and the judge's reply cache (kept so a
   killed run resumes without asking again). Unknown files are never deleted.
 
-`finish(out_dir, mode, started)` lists every file written since ``started`` (size and SHA-256)
-in ``manifest.json``.
+`finish(out_dir, mode, run)` lists every file created or changed since `prepare` (size and
+SHA-256) in ``manifest.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fnmatch
 import hashlib
@@ -71,12 +72,28 @@ def _previous(out_dir: str) -> set[str]:
     return {MANIFEST}  # a damaged manifest: our output names still identify the earlier run
 
 
-def prepare(out_dir: str, mode: str, inputs: Iterable[str] = (), overwrite: bool = False) -> str:
-  """Checks and clears ``out_dir`` for a run of ``mode``; returns the start time (ISO, UTC)."""
-  started = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """When a run started and the files it found (path -> (mtime_ns, size)) after clearing."""
+
+  started: str
+  before: dict
+
+
+def _stat(out_dir: str) -> dict:
+  stats = {}
+  for path in _files(out_dir):
+    info = os.stat(os.path.join(out_dir, path))
+    stats[path] = (info.st_mtime_ns, info.st_size)
+  return stats
+
+
+def prepare(out_dir: str, mode: str, inputs: Iterable[str] = (), overwrite: bool = False) -> Run:
+  """Checks and clears ``out_dir`` for a run of ``mode``; returns what `finish` needs."""
+  started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
   if not os.path.isdir(out_dir):
     os.makedirs(out_dir, exist_ok=True)
-    return started
+    return Run(started, {})
   present = _files(out_dir)
   keep = {
     os.path.relpath(os.path.abspath(p), os.path.abspath(out_dir)).replace(os.sep, "/")
@@ -105,18 +122,17 @@ def prepare(out_dir: str, mode: str, inputs: Iterable[str] = (), overwrite: bool
       full = os.path.join(root, name)
       if not os.listdir(full):
         os.rmdir(full)
-  return started
+  return Run(started, _stat(out_dir))
 
 
-def finish(out_dir: str, mode: str, started: str) -> str:
-  """Writes ``manifest.json``: every file this run wrote (modified since ``started``)."""
-  since = datetime.datetime.fromisoformat(started).timestamp()
+def finish(out_dir: str, mode: str, run: Run) -> str:
+  """Writes ``manifest.json``: every file this run created or changed."""
   files, other = [], []
-  for path in _files(out_dir):
+  for path, stat in _stat(out_dir).items():
     if path == MANIFEST:
       continue
     full = os.path.join(out_dir, path)
-    if os.path.getmtime(full) + 1e-3 < since:
+    if run.before.get(path) == stat:
       other.append(path)
       continue
     digest = hashlib.sha256()
@@ -126,7 +142,7 @@ def finish(out_dir: str, mode: str, started: str) -> str:
     files.append({"path": path, "bytes": os.path.getsize(full), "sha256": digest.hexdigest()})
   payload = {
     "mode": mode,
-    "started": started,
+    "started": run.started,
     "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "command": sys.argv,
     "files": files,

@@ -117,6 +117,7 @@ CASES = [
   ("None of the above.", FOUR, None),
   ("I'm sorry, I can't assess this image.", THREE, None),
   ("B and C", FOUR, None),
+  ("N/A", FOUR, None),  # not applicable, not option A
 ]
 
 

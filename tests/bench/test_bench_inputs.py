@@ -156,13 +156,22 @@ def test_reasoning_file_checks(tmp_path, phantom):
       },
       {"index": "2", "image_a": image, "image_b": "", "description": "y"},
       {"index": "3", "image_a": image, "image_b": image, "description": ""},
+      {"index": "4", "image_a": image, "image_b": "QUJD", "description": "z"},
     ],
   )
-  with pytest.raises(BenchInputError) as error:
+  with pytest.raises(BenchInputError) as error:  # a malformed image fails the load
     load_reasoning_items(path, "paired")
   message = str(error.value)
-  assert "row 2 (index '2'), field 'image'" in message
-  assert "row 3 (index '3'), field 'description': empty golden description" in message
+  assert "1 problem(s)" in message and "row 4 (index '4'), field 'image'" in message
+  # absent images and golden texts are skipped and counted, whatever on_error
+  loaded = load_reasoning_items(path, "paired", on_error="exclude")
+  assert [item.index for item in loaded.items] == ["1"]
+  assert [(e.index, e.reason) for e in loaded.exclusions] == [
+    ("2", "missing image (skipped)"),
+    ("3", "missing description (skipped)"),
+    ("4", "bad input: image"),
+  ]
+  assert "row 2 (index '2'), field 'image': no image_b" in loaded.exclusions[0].detail
   no_images = str(tmp_path / "bad.tsv")
   write_rows(no_images, [{"index": "1", "description": "d"}])
   with pytest.raises(BenchInputError, match="paired items need columns 'image_a' and 'image_b'"):
