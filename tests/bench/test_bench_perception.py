@@ -140,3 +140,49 @@ def test_bootstrap_width_shrinks_with_more_items():
   small = bootstrap_mean_ci(rng.random(40) < 0.5, seed=0)
   large = bootstrap_mean_ci(rng.random(4000) < 0.5, seed=0)
   assert (large.high - large.low) < (small.high - small.low) / 5
+
+
+def test_both_accuracies_and_the_disagreements(fixture_items, tmp_path):
+  """Strict and VLMEvalKit readings of the same answers, computed by hand from each rule set."""
+  predictions = {
+    "1": "Yes",  # strict A (yes/no word, right); VLMEvalKit keeps "Yes": wrong
+    "2": "A: the answer is B",  # strict B (right); VLMEvalKit A (rule 4): wrong
+    "3": "C",  # both C, right
+    "4": "b) Usable",  # both B, right
+    "5": "Ｄ",  # strict D (NFKC, right); VLMEvalKit keeps the full-width letter: wrong
+    "6": "The image shows undersampling, so option B",  # both B (VLMEvalKit: first isolated B)
+  }
+  outcomes, _ = perception.score_items(fixture_items, predictions)
+  overall = perception.group_accuracy(outcomes, "overall", "all", n_resamples=0)
+  assert (overall.correct, overall.correct_vlmevalkit) == (6, 3)
+  assert overall.accuracy_vlmevalkit == pytest.approx(3 / 6)
+  assert perception.vlmevalkit_accuracy(outcomes) == pytest.approx(3 / 6)
+  rows = {(r.group, r.value): r for r in perception.breakdown(outcomes, n_resamples=0)}
+  assert rows[("modality", "CT")].accuracy_vlmevalkit == pytest.approx(2 / 3)  # items 3, 6
+  assert rows[("modality", "MRI")].accuracy_vlmevalkit == pytest.approx(1 / 3)  # item 4
+  found = {d.index: d for d in perception.disagreements(outcomes)}
+  assert sorted(found) == ["1", "2", "5"]
+  assert (found["2"].strict_letter, found["2"].vlmevalkit_letter) == ("B", "A")
+  assert found["1"].vlmevalkit_letter is None and found["1"].vlmevalkit_extracted == "Yes"
+
+  from medq_jax.bench.report import write_report
+  from medq_jax.bench.runner import BenchResults, TrackResult
+
+  track = TrackResult(
+    "perception",
+    "qa.tsv",
+    "pred.tsv",
+    6,
+    [],
+    perception_outcomes=outcomes,
+    perception_rows=perception.breakdown(outcomes, n_resamples=0),
+  )
+  results = BenchResults("m", None, None, {"perception": track}, {})
+  written = write_report(results, str(tmp_path))
+  text = (tmp_path / "report.md").read_text()
+  assert "strict extraction (ours): 100.00% (6/6)" in text
+  assert "VLMEvalKit rules (the number VLMEvalKit prints): 50.00% (3/6)" in text
+  assert "| 2 | B | A: the answer is B | B | answer phrase | A | yes | no |" in text
+  disagreements_csv = (tmp_path / "tables" / "perception_disagreements.csv").read_text()
+  assert len(disagreements_csv.strip().splitlines()) == 1 + 3
+  assert "leaderboard_perception" not in written  # none asked for
