@@ -97,27 +97,21 @@ def load_pretrained_parts(
   model_config, target: dict, qwen2_path: str | None = None, siglip_path: str | None = None
 ) -> dict[str, Any]:
   """{flax path: ndarray} for the parameters that come from separately pretrained checkpoints
-  in transformers' naming: the decoder's und expert from a `Qwen2ForCausalLM` (and the gen
-  expert as a copy of it, BAGEL's initialisation) and the ViT from a `SiglipVisionModel`.
+  in transformers' naming: the decoder's und expert from a `Qwen2ForCausalLM`, tied or not (and
+  the gen expert as a copy of it, BAGEL's `init_moe`), and the ViT from a `SiglipVisionModel`
+  (its layers beyond `model.vit.num_layers` dropped, as BAGEL drops so400m's last layer).
 
   target: the full MedQUni tree with `.shape` leaves; only the loaded paths are returned.
   """
   from medq_jax.convert.core import flatten
-  from medq_jax.convert.qwen2 import gen_twins, qwen2_rules
+  from medq_jax.convert.qwen2 import gen_twins, load_und_expert
   from medq_jax.convert.siglip import load_siglip
   from medq_jax.types import GEN_SUFFIX as GEN
 
   loaded: dict[str, Any] = {}
   if qwen2_path is not None:
     is_und_llm = lambda p: p.startswith(("decoder/", "embed_tokens/", "lm_head/")) and GEN not in p
-    und = flatten(
-      load_params(
-        _select(target, is_und_llm),
-        iter_safetensors(qwen2_path),
-        qwen2_rules(model_config.expert_scope, model_config.llm.qk_norm),
-        ignore=QWEN2_IGNORE,
-      )
-    )
+    und = load_und_expert(model_config, _select(target, is_und_llm), qwen2_path)
     loaded.update(und)
     for und_path, gen_path in gen_twins(flatten(target)).items():  # gen expert = copy of und
       if und_path in und:
@@ -128,6 +122,7 @@ def load_pretrained_parts(
       siglip_path,
       scan_layers=model_config.scan_layers,
       num_channels=model_config.vit.num_channels,
+      max_layers=model_config.vit.num_layers,
     )
     loaded.update(flatten({"vit": vit}))
   return loaded

@@ -4,7 +4,14 @@ BAGEL/UniMedVL's `language_model.*` names (with `_moe_gen` copies for the genera
 
 from __future__ import annotations
 
-from medq_jax.convert.core import KeyRule, linear_from_flax, linear_to_flax
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from medq_jax.convert.core import KeyRule, _expand_paths, linear_from_flax, linear_to_flax
 from medq_jax.types import GEN_SUFFIX as GEN
 
 
@@ -74,6 +81,101 @@ def qwen2_rules(expert_scope: str = "ffn", qk_norm: bool = False) -> list[KeyRul
 
 
 QWEN2_IGNORE = (r"rotary_emb\.inv_freq$",)
+
+EMBED_KEY = "model.embed_tokens.weight"
+LM_HEAD_KEY = "lm_head.weight"
+_QK_NORM_KEY = re.compile(r"\.self_attn\.[qk]_norm\.weight$")
+
+
+def hf_config(llm_config, **overrides):
+  """The transformers `Qwen2Config` of `config.model.llm` (the decoder's und expert): what our
+  tests build reference models from and what a Qwen2 export would carry."""
+  from transformers import Qwen2Config
+
+  fields = dict(
+    vocab_size=llm_config.vocab_size,
+    hidden_size=llm_config.hidden_size,
+    intermediate_size=llm_config.intermediate_size,
+    num_hidden_layers=llm_config.num_layers,
+    num_attention_heads=llm_config.num_heads,
+    num_key_value_heads=llm_config.num_kv_heads,
+    rope_theta=llm_config.rope_theta,
+    rms_norm_eps=llm_config.rms_norm_eps,
+    tie_word_embeddings=False,
+  )
+  fields.update(overrides)
+  return Qwen2Config(**fields)
+
+
+def _config_json(paths: str | Sequence[str]) -> dict[str, Any] | None:
+  """The transformers config.json beside a checkpoint (dir, file or index), or None."""
+  first = paths if isinstance(paths, (str, os.PathLike)) else paths[0]
+  first = str(first)
+  folder = first if os.path.isdir(first) else os.path.dirname(first)
+  path = os.path.join(folder, "config.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def checkpoint_keys(paths: str | Sequence[str]) -> set[str]:
+  """Every tensor name in the safetensors files `paths` names (headers only, no tensor read)."""
+  from safetensors import safe_open
+
+  keys: set[str] = set()
+  for path in _expand_paths(paths):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path}: checkpoint file does not exist")
+    with safe_open(path, framework="np") as handle:
+      keys.update(handle.keys())
+  return keys
+
+
+def has_tied_embeddings(paths: str | Sequence[str], keys: Iterable[str]) -> bool:
+  """Whether the LM head of a transformers Qwen2 checkpoint is its input embedding: config.json's
+  `tie_word_embeddings` (Qwen2.5-0.5B/1.5B/3B: true, and no `lm_head.weight` is saved), or, with
+  no config.json beside the files, the absence of `lm_head.weight`."""
+  config = _config_json(paths)
+  if config is not None:
+    return bool(config.get("tie_word_embeddings", False))
+  return LM_HEAD_KEY not in set(keys)
+
+
+def tie_lm_head(tensors: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+  """The tensor stream of a tied checkpoint with `lm_head.weight` = `model.embed_tokens.weight`
+  (any saved head dropped: transformers ties it to the embedding on load)."""
+  for key, tensor in tensors:
+    if key == LM_HEAD_KEY:
+      continue
+    yield key, tensor
+    if key == EMBED_KEY:
+      yield LM_HEAD_KEY, tensor
+
+
+def load_und_expert(model_config, target: dict, paths: str | Sequence[str]) -> dict[str, Any]:
+  """{flax path: ndarray} of the decoder's und expert, embeddings and LM head from a
+  transformers Qwen2/Qwen2.5 `Qwen2ForCausalLM` checkpoint (dir, file or index.json).
+
+  target: the und parameters with `.shape` leaves. A tied checkpoint (`has_tied_embeddings`)
+  gives the LM head a copy of the embedding, so the head is untied from here on. When the model
+  has QK-norm and the checkpoint none (Qwen2/2.5 never do), q_norm/k_norm keep their fresh
+  initialisation (ones: the identity scale), as BAGEL's `from_pretrained` leaves them.
+  """
+  from medq_jax.convert.core import flatten, iter_safetensors, load_params, unflatten
+
+  keys = checkpoint_keys(paths)
+  qk_norm = model_config.llm.qk_norm and any(_QK_NORM_KEY.search(k) for k in keys)
+  if model_config.llm.qk_norm and not qk_norm:
+    logging.info("%s has no q_norm/k_norm: they keep their initialisation", paths)
+    flat = flatten(target)
+    target = unflatten({p: v for p, v in flat.items() if not re.search(r"/[qk]_norm/", p)})
+  tensors = iter_safetensors(paths)
+  if has_tied_embeddings(paths, keys):
+    logging.info("%s: tied embeddings, the LM head starts as a copy of embed_tokens", paths)
+    tensors = tie_lm_head(tensors)
+  rules = qwen2_rules(model_config.expert_scope, qk_norm)
+  return flatten(load_params(target, tensors, rules, ignore=QWEN2_IGNORE))
 
 
 def gen_twins(paths) -> dict[str, str]:

@@ -23,6 +23,7 @@ Inside a whole-model rule set use `siglip_rules(prefix, "vit")` with
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -187,12 +188,16 @@ def load_siglip(
   source_prefix: str | None = None,
   scan_layers: bool = True,
   num_channels: int = 3,
+  max_layers: int | None = None,
 ) -> dict[str, Any]:
   """Loads a `SiglipVisionEncoder` param tree (shaped like `target`) from safetensors files.
 
   `source_prefix` is detected from the key names when None, so a hub SigLIP file
   (``vision_model.``), a transformers-5 `SiglipVisionModel` save (no prefix) and BAGEL's
   ``ema.safetensors`` (``vit_model.vision_model.``) all load; keys outside the tower are skipped.
+  `max_layers`: encoder layers from this index on are skipped (BAGEL builds its ViT with
+  `vit_select_layer=-2`, one layer fewer than SigLIP so400m's 27, and drops the last); None
+  keeps every layer, so a checkpoint deeper than `target` is an error.
   """
   if source_prefix is None:
     from safetensors import safe_open
@@ -204,7 +209,24 @@ def load_siglip(
     source_prefix = detect_siglip_prefix(keys)
   rules = siglip_rules(source_prefix, "", num_channels=num_channels, scan_layers=scan_layers)
   ignore = siglip_ignore_patterns(source_prefix, outside_prefix=True)
-  return load_params(target, iter_safetensors(paths), rules, ignore=ignore)
+  tensors = iter_safetensors(paths)
+  if max_layers is not None:
+    tensors = _drop_layers_from(tensors, f"{source_prefix}encoder.layers.", max_layers)
+  return load_params(target, tensors, rules, ignore=ignore)
+
+
+def _drop_layers_from(tensors, layer_prefix: str, first_dropped: int):
+  """The tensor stream without encoder layers `first_dropped` and above (logged once)."""
+  pattern = re.compile(re.escape(layer_prefix) + r"(\d+)\.")
+  dropped = set()
+  for key, tensor in tensors:
+    match = pattern.match(key)
+    if match and int(match.group(1)) >= first_dropped:
+      dropped.add(int(match.group(1)))
+      continue
+    yield key, tensor
+  if dropped:
+    logging.info("SigLIP layers %s dropped (the model has %d)", sorted(dropped), first_dropped)
 
 
 def config_from_siglip(hf_config: Mapping[str, Any]) -> ml_collections.ConfigDict:

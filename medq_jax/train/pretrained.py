@@ -17,6 +17,7 @@ import jax
 from medq_jax import checkpoints
 from medq_jax.convert import bagel, core
 from medq_jax.convert.flux_vae import flux_vae_rules
+from medq_jax.convert.qwen2 import gen_twins
 
 
 def _shapes(tree: Any) -> Any:
@@ -29,6 +30,15 @@ def _place(tree: Any, loaded: dict[str, Any]) -> Any:
   for path, value in loaded.items():
     leaf = flat[path]
     flat[path] = jax.device_put(value.astype(leaf.dtype), leaf.sharding)
+  return core.unflatten(flat)
+
+
+def _copy_und_to_gen(params: Any) -> Any:
+  """BAGEL's `init_moe` on placed parameters: every `*_moe_gen` leaf becomes a copy of its und
+  twin, including twins no checkpoint provided (e.g. a fresh q_norm when a Qwen2 has none)."""
+  flat = core.flatten(params)
+  for und, gen in gen_twins(flat).items():
+    flat[gen] = jax.device_put(flat[und], flat[gen].sharding, may_alias=False)
   return core.unflatten(flat)
 
 
@@ -90,6 +100,8 @@ def load_initial_weights(
       model_config, _shapes(params), init_config.qwen2 or None, init_config.siglip or None
     )
   params = _place(params, loaded)
+  if not from_checkpoint and not init_config.bagel_ema and init_config.qwen2:
+    params = _copy_und_to_gen(params)
   flux_ae = flux_ae_path(init_config, model_config)
   if flux_ae:
     logging.info("loading the frozen VAE from %s", flux_ae)
