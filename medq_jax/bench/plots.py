@@ -26,7 +26,8 @@ def _save(figure, path: str) -> str:
 
 
 def accuracy_bars(rows: Sequence[GroupAccuracy], group: str, path: str, title: str) -> str | None:
-  """Bars of accuracy (%) per value of ``group`` with 95 % CI whiskers and the random guess."""
+  """Bars of accuracy (%) per value of ``group`` with 95 % CI whiskers, the random guess, and
+  the accuracy under VLMEvalKit's extraction rules as a marker."""
   selected = [r for r in rows if r.group == group]
   if not selected:
     return None
@@ -48,6 +49,15 @@ def accuracy_bars(rows: Sequence[GroupAccuracy], group: str, path: str, title: s
     color="#C44E52",
     label="random guess",
     zorder=3,
+  )
+  axis.scatter(
+    x,
+    [100 * r.accuracy_vlmevalkit for r in selected],
+    marker="D",
+    s=22,
+    color="#DD8452",
+    label="VLMEvalKit rules",
+    zorder=4,
   )
   for xi, r in zip(x, selected):
     axis.text(xi, 2, f"n={r.n}", ha="center", fontsize=7, color="white")
