@@ -62,9 +62,11 @@ _FOREIGN_PHRASE = re.compile(
   r"(?:\(\s*([A-Da-d])\s*\)|\[\s*([A-Da-d])\s*\]|([A-Da-d])(?![A-Za-z0-9]))"
 )
 _REFUSAL = re.compile(
-  r"(?i)\b(?:cannot|can ?not|can't|unable to|not able to|not possible to|impossible to|"
-  r"i(?:'m| am) (?:sorry|not sure|uncertain)|insufficient information|as an ai|"
-  r"none of (?:the|these|those)(?: options| choices| answers)?)\b"
+  r"(?i)\b(?:(?:i|we)\s+(?:cannot|can ?not|can't|am unable to|'m unable to|am not able to)|"
+  r"(?:cannot|can ?not|can't|unable to|not able to|not possible to|impossible to)\s+(?:be\s+)?"
+  r"(?:determine|determined|tell|told|assess|assessed|answer|answered|evaluate|evaluated|judge|"
+  r"judged|say|decide|decided)|i(?:'m| am) (?:sorry|not sure|uncertain)|insufficient information|"
+  r"as an ai|none of (?:the|these|those)(?: options| choices| answers| above)?)\b"
 )
 _STANDALONE = re.compile(r"(?<![A-Za-z0-9'])([A-D])(?![A-Za-z0-9'])")
 

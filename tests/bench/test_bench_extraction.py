@@ -118,6 +118,8 @@ CASES = [
   ("I'm sorry, I can't assess this image.", THREE, None),
   ("B and C", FOUR, None),
   ("N/A", FOUR, None),  # not applicable, not option A
+  ("The streaks cannot be ignored, but it is usable.", THREE, "B"),  # no refusal
+  ("It is not possible to determine the artifact type.", FOUR, None),
 ]
 
 
