@@ -103,7 +103,7 @@ def test_header_only_input_exits_1(files):
     f"--out_dir={files / 'o1'}",
   )
   assert result.returncode == 1 and "empty.tsv: 0 items to score" in result.stderr
-  assert "Traceback" not in result.stderr
+  assert "Traceback" not in result.stderr and "FATAL medq-bench: " in result.stderr
   # non-UTF-8 input: the same FATAL path (message tested in test_bench_bad_files.py)
 
 
