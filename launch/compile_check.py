@@ -39,7 +39,12 @@ def main(argv):
   distributed.initialize()
   config = _CONFIG.value
   devices = budget_lib.topology_devices(_TOPOLOGY.value) if _TOPOLOGY.value else None
-  budget, memory, seconds, step = budget_lib.check(config, devices)
+  try:
+    budget, memory, seconds, step = budget_lib.check(config, devices)
+  except ValueError as error:  # a mesh the devices cannot fill, a batch it cannot split, ...
+    raise SystemExit(
+      f"compile_check: {error} (8 fake CPU devices: --local_devices=8; a TPU slice: --topology)"
+    ) from None
   llm = config.model.llm
   print(
     f"size={config.model.size} stage={config.train.stage} scope={config.model.expert_scope} "

@@ -83,12 +83,13 @@ def _loop_init_problem(init_state, params, state_shardings) -> str:
   return "replicates them on every device" if replicated else ""
 
 
-def abstract_step(config, devices=None) -> AbstractStep:
+def abstract_step(config, devices=None, check_loop_init: bool = True) -> AbstractStep:
   """The train step jitted as `loop.train` jits it (donated state, state shardings in and out,
   batch over ('data', 'fsdp')), with abstract sharded arguments; nothing is allocated.
 
   Parameter shardings come from the logical rules (as `state.init_params_sharded`); the AdamW
   moments take their parameter's sharding (`train_state_shardings`: FSDP shards them too).
+  `check_loop_init` also compiles loop.py's own init to report how it places the moments.
   """
   spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, config.train.stage)
   model, vae = state_lib.build_models(config.model)
@@ -109,7 +110,9 @@ def abstract_step(config, devices=None) -> AbstractStep:
   state_shardings = train_state_shardings(state_shape, params, mesh)
   state = _sds(state_shape, state_shardings)
   # What loop.py does today: jit(create_train_state) and read the shardings off its result.
-  loop_init_problem = _loop_init_problem(init_state, params, state_shardings)
+  loop_init_problem = (
+    _loop_init_problem(init_state, params, state_shardings) if check_loop_init else ""
+  )
 
   batch_sharding = sharding_lib.batch_sharding(mesh)
   zeros = layout_lib.zeros_batch(spec, 1, latent_dim(config.model))

@@ -8,6 +8,7 @@ import re
 import shlex
 import stat
 import subprocess
+import sys
 import time
 
 import pytest
@@ -16,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL = os.path.join(ROOT, "launch", "cluster", "local.sh")
 SLURM = os.path.join(ROOT, "launch", "cluster", "slurm_gpu.sbatch")
 TPU = os.path.join(ROOT, "launch", "cluster", "tpu_pod.sh")
-PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
+PYTHON = sys.executable
 
 
 def _env(**extra):
