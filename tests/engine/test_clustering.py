@@ -3,6 +3,7 @@ own, prototypes are centroids, small and bad inputs handled by name."""
 
 import numpy as np
 import pytest
+from scipy import spatial
 from sklearn import cluster as sk_cluster
 from sklearn import datasets, metrics
 
@@ -16,16 +17,38 @@ def _blobs(n_clusters, n=240, seed=0):
   return x.astype(np.float32), y
 
 
+def _by_first_appearance(labels):
+  order = {}
+  return np.array([order.setdefault(label, len(order)) for label in labels])
+
+
+def test_condensed_distances_equal_scipy_pdist():
+  x = np.random.default_rng(5).normal(size=(300, 7))
+  np.testing.assert_allclose(
+    clustering.condensed_distances(x, block=64), spatial.distance.pdist(x), rtol=1e-9, atol=1e-9
+  )
+
+
+def test_same_partitions_as_sklearn_on_unstructured_data():
+  x = np.random.default_rng(6).normal(size=(150, 10))  # no planted structure: a harder tree
+  tree = clustering.ward_tree(x)
+  for k in (2, 7, 20):
+    theirs = sk_cluster.AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(x)
+    np.testing.assert_array_equal(clustering.cut(tree, k), _by_first_appearance(theirs))
+
+
 @pytest.mark.parametrize("planted", [3, 5])
 def test_recovers_planted_clusters_and_equals_sklearn(planted):
   x, truth = _blobs(planted)
   result = clustering.cluster(x, visual_dim=8, k_range=(2, 8))
   assert result.n_clusters == planted
   assert metrics.adjusted_rand_score(truth, result.labels) == pytest.approx(1.0)
-  ours = sk_cluster.AgglomerativeClustering(n_clusters=planted, linkage="ward").fit_predict(x)
-  np.testing.assert_array_equal(result.labels, ours)
+  theirs = sk_cluster.AgglomerativeClustering(n_clusters=planted, linkage="ward").fit_predict(x)
+  np.testing.assert_array_equal(result.labels, _by_first_appearance(theirs))
+  tree = clustering.ward_tree(x)
   for k, score in result.silhouettes.items():
     labels = sk_cluster.AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(x)
+    np.testing.assert_array_equal(clustering.cut(tree, k), _by_first_appearance(labels))
     assert score == pytest.approx(metrics.silhouette_score(x, labels), rel=1e-5)
   assert max(result.silhouettes, key=result.silhouettes.get) == planted
   for j in range(planted):
