@@ -1,0 +1,193 @@
+r"""Benchmark of MedQ-Engine's exact retrieval: cosine top-k of prototypes against a pool read
+from the memory-mapped pool store, ours (`medq_jax.engine.retrieval.top_k_cosine`, what the
+engine runs) against faiss-cpu `IndexFlatIP` in the same process.
+
+  nice python -m launch.bench_retrieval --pool_size=1000000 --dim=512 --prototypes=64
+
+The pool (seeded Gaussian rows, norms varied; --pool_dir, reused when it already holds the same
+rows, so a killed build resumes) is written once through `PoolWriter`. Then, after one warm-up
+of each (compilation, page cache), the best of --repeats runs of:
+  * ours: top_k_cosine(prototypes, PoolStore(pool_dir), k): the store streamed in chunks
+    through the jitted matmul + running top-k, on every local device;
+  * faiss: the same store read into an IndexFlatIP (rows L2-normalised, added shard by shard)
+    and searched with the normalised prototypes: "faiss total" (read + add + search, the same
+    job as ours) and "faiss search" (an index already in memory).
+Peak memory is the peak resident set (`resource.getrusage` ru_maxrss) during each method,
+reset before each (Linux /proc/self/clear_refs), minus the resident set before it.
+Both results are compared (rows and scores). The last line is
+`retrieval_vs_faiss=<our time / faiss total time>` (target <= 1.0).
+"""
+
+import os
+import resource
+import time
+
+import numpy as np
+from absl import flags, logging
+
+from launch import cli
+
+_POOL_SIZE = flags.DEFINE_integer("pool_size", 1_000_000, "Pool rows.")
+_DIM = flags.DEFINE_integer("dim", 512, "Embedding dimension.")
+_PROTOTYPES = flags.DEFINE_integer("prototypes", 64, "Prototypes (queries).")
+_K = flags.DEFINE_integer("k", 256, "Top-k per prototype.")
+_CHUNK_ROWS = flags.DEFINE_integer("chunk_rows", 65536, "Pool rows per streamed chunk (ours).")
+_SHARD_ROWS = flags.DEFINE_integer("shard_rows", 131072, "Rows per pool shard on disk.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs of each method (the best counts).")
+_POOL_DIR = flags.DEFINE_string(
+  "pool_dir", None, "Pool directory (default runs/bench_retrieval/pool_<size>x<dim>)."
+)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the pool and prototypes.")
+
+
+def _rss_kib() -> int:
+  with open("/proc/self/status") as handle:
+    for line in handle:
+      if line.startswith("VmRSS:"):
+        return int(line.split()[1])
+  return 0
+
+
+def _reset_peak() -> int:
+  """Resets the peak resident set (Linux); returns the resident set now, KiB."""
+  try:
+    with open("/proc/self/clear_refs", "w") as handle:
+      handle.write("5")
+  except OSError:
+    logging.warning("cannot reset the peak RSS: peaks include earlier phases")
+  return _rss_kib()
+
+
+def _peak_mib(before_kib: int) -> float:
+  return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_kib) / 1024
+
+
+def _pool_rows(start: int, stop: int, dim: int, seed: int) -> np.ndarray:
+  """Rows [start, stop) of the seeded pool: Gaussian, every 7th row scaled (norms vary)."""
+  rng = np.random.default_rng([seed, start])
+  rows = rng.standard_normal((stop - start, dim), dtype=np.float32)
+  rows[(np.arange(start, stop) % 7) == 0] *= 4.0
+  return rows
+
+
+def build_pool(pool_dir: str, size: int, dim: int, shard_rows: int, seed: int):
+  """Writes the seeded pool shard by shard (resuming a partial one); returns its PoolStore."""
+  from medq_jax.engine.pool_store import PoolStore, PoolWriter
+
+  writer = PoolWriter(pool_dir, dim, f"bench-gaussian-seed{seed}", shard_rows=shard_rows)
+  done = len(writer.done_ids())
+  for start in range(done - done % shard_rows, size, shard_rows):
+    stop = min(start + shard_rows, size)
+    ids = [f"row{i:08d}" for i in range(start, stop)]
+    writer.add(_pool_rows(start, stop, dim, seed), ids)
+  writer.close()
+  store = PoolStore(pool_dir)
+  if len(store) != size:
+    raise ValueError(f"--pool_dir={pool_dir}: holds {len(store)} rows, not --pool_size={size}")
+  return store
+
+
+def _prototypes(store, count: int, dim: int, seed: int) -> np.ndarray:
+  """Half random directions, half pool rows plus noise (so that the top-k holds real matches)."""
+  rng = np.random.default_rng(seed + 1)
+  prototypes = rng.standard_normal((count, dim), dtype=np.float32)
+  rows = rng.choice(len(store), count // 2, replace=False)
+  for j, row in enumerate(sorted(rows)):
+    prototypes[j] = store.read_rows(int(row), int(row) + 1)[0] + 0.5 * prototypes[j]
+  return prototypes
+
+
+def faiss_search(store, prototypes: np.ndarray, k: int, read_rows: int):
+  """(scores, rows, seconds to build, seconds to search): IndexFlatIP over the normalised pool."""
+  import faiss
+
+  start = time.perf_counter()
+  index = faiss.IndexFlatIP(store.dim)
+  for _, chunk in store.iter_chunks(read_rows):
+    chunk = np.array(chunk, np.float32)
+    faiss.normalize_L2(chunk)
+    index.add(chunk)
+  built = time.perf_counter()
+  queries = np.array(prototypes, np.float32)
+  faiss.normalize_L2(queries)
+  scores, rows = index.search(queries, k)
+  return scores, rows, built - start, time.perf_counter() - built
+
+
+def _best(function, repeats: int):
+  """(best seconds, peak MiB above the start, results) over `repeats` timed calls."""
+  times, peak, results = [], 0.0, []
+  for _ in range(repeats):
+    before = _reset_peak()
+    start = time.perf_counter()
+    results.append(function())
+    times.append(time.perf_counter() - start)
+    peak = max(peak, _peak_mib(before))
+  return min(times), peak, results
+
+
+def main(argv):
+  del argv
+  import jax
+
+  from medq_jax.engine import retrieval
+
+  size, dim = _POOL_SIZE.value, _DIM.value
+  pool_dir = _POOL_DIR.value or os.path.join("runs", "bench_retrieval", f"pool_{size}x{dim}")
+  start = time.perf_counter()
+  store = build_pool(pool_dir, size, dim, _SHARD_ROWS.value, _SEED.value)
+  print(
+    f"pool: {len(store)} x {dim} float32 ({len(store) * dim * 4 / 2**30:.2f} GiB) in "
+    f"{len(store.shards)} shards under {pool_dir} ({time.perf_counter() - start:.1f} s)"
+  )
+  prototypes = _prototypes(store, _PROTOTYPES.value, dim, _SEED.value)
+  k, repeats = _K.value, _REPEATS.value
+  mesh = retrieval.pool_mesh()
+  ours = lambda: retrieval.top_k_cosine(prototypes, store, k, _CHUNK_ROWS.value, mesh)
+  start = time.perf_counter()
+  ours()
+  first = time.perf_counter() - start
+  our_time, our_peak, results = _best(ours, repeats)
+  our_scores, our_rows = results[-1]
+
+  try:
+    import faiss
+  except ImportError:
+    print("faiss is not installed (pip install faiss-cpu): no comparison")
+    print(f"ours: {our_time:.3f} s, peak +{our_peak:.0f} MiB")
+    return
+  run_faiss = lambda: faiss_search(store, prototypes, k, _CHUNK_ROWS.value)
+  run_faiss()
+  faiss_time, faiss_peak, results = _best(run_faiss, repeats)
+  faiss_scores, faiss_rows, build_s, search_s = results[-1]
+  search_time = min(result[3] for result in results)
+  same_rows = float((our_rows == faiss_rows).mean())
+  max_diff = float(np.abs(our_scores - faiss_scores).max())
+
+  print(
+    f"{len(prototypes)} prototypes, top-{k}, best of {repeats} runs after a warm-up; "
+    f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
+    f"faiss {faiss.__version__} with {faiss.omp_get_max_threads()} threads"
+  )
+  print("| method | seconds | peak RSS above start (MiB) |")
+  print("|---|---|---|")
+  print(
+    f"| ours (store streamed, chunks of {_CHUNK_ROWS.value}) | {our_time:.3f} "
+    f"(first call {first:.3f}, compiles) | {our_peak:.0f} |"
+  )
+  print(
+    f"| faiss IndexFlatIP total (read + add + search) | {faiss_time:.3f} "
+    f"(add {build_s:.3f}, search {search_s:.3f}) | {faiss_peak:.0f} |"
+  )
+  print(f"| faiss IndexFlatIP search only (index in memory) | {search_time:.3f} | - |")
+  print(f"agreement: {same_rows:.6f} of the rows equal, max |score difference| {max_diff:.2e}")
+  print(f"ours / faiss search only = {our_time / search_time:.3f}")
+  print(f"retrieval_vs_faiss={our_time / faiss_time:.3f}")
+
+
+def run_main():
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run_main()
