@@ -38,3 +38,39 @@ def tiny_vae_config():
   config.num_res_blocks = 2
   config.ch_mult = (1, 2, 2, 2)
   return config
+
+
+@pytest.fixture(scope="session")
+def placed_params():
+  """A function (config, seed) -> (params, vae_params) of `config.model`: random values placed in
+  `config.mesh`'s shardings. A stand-in for a fresh initialisation where only the values' home
+  matters (jitting the real init takes ~20 s on 2 cores)."""
+  import flax.linen as nn
+  import jax
+  import numpy as np
+
+  from medq_jax import layout as layout_lib
+  from medq_jax import sharding as sharding_lib
+  from medq_jax.train import state as state_lib
+
+  def make(config, seed):
+    spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, 2)
+    model, vae = state_lib.build_models(config.model)
+    mesh = sharding_lib.make_mesh(config.mesh)
+    rng = np.random.default_rng(seed)
+    trees = []
+    for init_fn in state_lib._init_fns(model, vae, spec, config.model):
+      abstract = jax.eval_shape(init_fn, jax.random.key(0))
+      shardings = sharding_lib.mesh_shardings(abstract, mesh, config.sharding_rules)
+      trees.append(
+        jax.tree_util.tree_map(
+          lambda leaf, sharding: jax.device_put(
+            rng.standard_normal(leaf.shape).astype(leaf.dtype), sharding
+          ),
+          nn.unbox(abstract),
+          shardings,
+        )
+      )
+    return tuple(trees)
+
+  return make

@@ -3,7 +3,6 @@ Qwen2, loading straight into the parameters' shardings."""
 
 import logging
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from transformers import Qwen2ForCausalLM
 
 from configs import medq_uni
 from medq_jax import layout as layout_lib
-from medq_jax import sharding as sharding_lib
 from medq_jax.convert import bagel, core, qwen2
 from medq_jax.convert.qwen2 import gen_twins
 from medq_jax.train import state as state_lib
@@ -21,32 +19,9 @@ from medq_jax.train.pretrained import load_initial_weights
 from medq_jax.types import latent_dim
 
 
-def _sharded(config, seed):
-  """(params, vae_params) of `config.model` in their mesh shardings, random values (a stand-in
-  for a fresh initialisation, which jitting the real init would take ~20 s to give)."""
-  spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, 2)
-  model, vae = state_lib.build_models(config.model)
-  mesh = sharding_lib.make_mesh(config.mesh)
-  rng = np.random.default_rng(seed)
-  trees = []
-  for init_fn in state_lib._init_fns(model, vae, spec, config.model):
-    abstract = jax.eval_shape(init_fn, jax.random.key(0))
-    shardings = sharding_lib.mesh_shardings(abstract, mesh, config.sharding_rules)
-    trees.append(
-      jax.tree_util.tree_map(
-        lambda leaf, sharding: jax.device_put(
-          rng.standard_normal(leaf.shape).astype(leaf.dtype), sharding
-        ),
-        nn.unbox(abstract),
-        shardings,
-      )
-    )
-  return tuple(trees)
-
-
-def test_bagel_files_load_into_sharded_params(tmp_path):
+def test_bagel_files_load_into_sharded_params(tmp_path, placed_params):
   config = medq_uni.get_config("size=tiny,scope=all,stage=2,mesh=2x2x2")
-  source, source_vae = _sharded(config, seed=1)
+  source, source_vae = placed_params(config, seed=1)
   host = jax.tree_util.tree_map(np.asarray, source)
   host_vae = jax.tree_util.tree_map(np.asarray, source_vae)
   bagel.export_bagel(
@@ -56,7 +31,7 @@ def test_bagel_files_load_into_sharded_params(tmp_path):
     str(tmp_path / "ema.safetensors"),
     str(tmp_path / "ae.safetensors"),
   )
-  fresh, fresh_vae = _sharded(config, seed=2)
+  fresh, fresh_vae = placed_params(config, seed=2)
   with config.unlocked():
     config.init.bagel_ema = str(tmp_path / "ema.safetensors")
     config.init.flux_ae = str(tmp_path / "ae.safetensors")
@@ -68,12 +43,12 @@ def test_bagel_files_load_into_sharded_params(tmp_path):
     np.testing.assert_array_equal(np.asarray(leaf), core.flatten(host_vae)[path], err_msg=path)
 
 
-def test_qwen2_start_copies_und_into_gen_and_keeps_the_rest(tmp_path):
+def test_qwen2_start_copies_und_into_gen_and_keeps_the_rest(tmp_path, placed_params):
   config = medq_uni.get_config("size=tiny,scope=all,stage=2,mesh=1x-1x2")
   llm = config.model.llm
   hf = Qwen2ForCausalLM(qwen2.hf_config(llm))
   hf.save_pretrained(tmp_path / "qwen2")
-  fresh, fresh_vae = _sharded(config, seed=0)
+  fresh, fresh_vae = placed_params(config, seed=0)
   with config.unlocked():
     config.init.qwen2 = str(tmp_path / "qwen2")
   params, vae_params = load_initial_weights(config.init, config.model, fresh, fresh_vae)
@@ -91,10 +66,10 @@ def test_qwen2_start_copies_und_into_gen_and_keeps_the_rest(tmp_path):
   )
 
 
-def test_wrong_checkpoint_stops_naming_keys(tmp_path):
+def test_wrong_checkpoint_stops_naming_keys(tmp_path, placed_params):
   config = medq_uni.get_config("size=tiny,scope=ffn,stage=2,mesh=1x-1x1")
   other = medq_uni.get_config("size=tiny,scope=all,stage=2,mesh=1x-1x1")
-  source, source_vae = _sharded(other, seed=1)
+  source, source_vae = placed_params(other, seed=1)
   bagel.export_bagel(
     other.model,
     jax.tree_util.tree_map(np.asarray, source),
@@ -102,7 +77,7 @@ def test_wrong_checkpoint_stops_naming_keys(tmp_path):
     str(tmp_path / "ema.safetensors"),
     str(tmp_path / "ae.safetensors"),
   )
-  fresh, fresh_vae = _sharded(config, seed=2)
+  fresh, fresh_vae = placed_params(config, seed=2)
   with config.unlocked():
     config.init.bagel_ema = str(tmp_path / "ema.safetensors")
   with pytest.raises(core.ConversionError, match="q_proj_moe_gen"):
@@ -138,12 +113,12 @@ def _assert_gen_is_und(params):
 
 
 @pytest.mark.parametrize("scope", ["all", "ffn"])
-def test_tied_qwen2_start_matches_transformers_logits(tmp_path, scope):
+def test_tied_qwen2_start_matches_transformers_logits(tmp_path, scope, placed_params):
   config = medq_uni.get_config(f"size=tiny,scope={scope},stage=2,mesh=1x-1x2")
   hf = _tied_qwen2(config.model.llm, tmp_path / "qwen2")
   saved = load_file(tmp_path / "qwen2" / "model.safetensors")
   assert "lm_head.weight" not in saved  # what fails to load without the tie
-  fresh, fresh_vae = _sharded(config, seed=0)
+  fresh, fresh_vae = placed_params(config, seed=0)
   with config.unlocked():
     config.init.qwen2 = str(tmp_path / "qwen2")
   params, _ = load_initial_weights(config.init, config.model, fresh, fresh_vae)
@@ -172,14 +147,14 @@ def test_tied_qwen2_start_matches_transformers_logits(tmp_path, scope):
   np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
 
 
-def test_qwen2_without_qk_norm_into_a_qk_norm_model(tmp_path):
+def test_qwen2_without_qk_norm_into_a_qk_norm_model(tmp_path, placed_params):
   """Qwen2.5 has no q_norm/k_norm; a QK-norm model (base, unimedvl_7b) keeps their fresh ones and
   copies them to the gen expert, as BAGEL's from_pretrained + init_moe do."""
   config = medq_uni.get_config("size=tiny,scope=all,stage=2,mesh=1x-1x1")
   with config.unlocked():
     config.model.llm.qk_norm = True
   _tied_qwen2(config.model.llm, tmp_path / "qwen2")
-  fresh, fresh_vae = _sharded(config, seed=0)
+  fresh, fresh_vae = placed_params(config, seed=0)
   with config.unlocked():
     config.init.qwen2 = str(tmp_path / "qwen2")
   params, _ = load_initial_weights(config.init, config.model, fresh, fresh_vae)
@@ -194,11 +169,11 @@ def test_qwen2_without_qk_norm_into_a_qk_norm_model(tmp_path):
   _assert_gen_is_und(params)
 
 
-def test_tie_is_read_from_config_json_or_the_missing_head(tmp_path):
+def test_tie_is_read_from_config_json_or_the_missing_head(tmp_path, placed_params):
   config = medq_uni.get_config("size=tiny,scope=ffn,stage=2,mesh=1x-1x1")
   _tied_qwen2(config.model.llm, tmp_path / "qwen2")
   tensors = load_file(tmp_path / "qwen2" / "model.safetensors")
-  target_llm = core.flatten(_sharded(config, 0)[0])
+  target_llm = core.flatten(placed_params(config, 0)[0])
   target_llm = core.unflatten(
     {
       p: v
@@ -225,7 +200,7 @@ def test_tie_is_read_from_config_json_or_the_missing_head(tmp_path):
   np.testing.assert_array_equal(loaded["lm_head/kernel"], tensors["model.embed_tokens.weight"].T)
 
 
-def test_bagel_style_start_qwen2_siglip_and_flux_ae(tmp_path, caplog):
+def test_bagel_style_start_qwen2_siglip_and_flux_ae(tmp_path, caplog, placed_params):
   """config.init.qwen2 + siglip + flux_ae together: the ViT from a SigLIP one layer deeper than
   the model (BAGEL's vit_select_layer=-2 drops the last), the VAE from an ae.safetensors."""
   from transformers import SiglipVisionConfig, SiglipVisionModel
@@ -246,7 +221,7 @@ def test_bagel_style_start_qwen2_siglip_and_flux_ae(tmp_path, caplog):
       layer_norm_eps=vit.layer_norm_eps,
     )
   ).save_pretrained(tmp_path / "siglip")
-  source, source_vae = _sharded(config, seed=1)
+  source, source_vae = placed_params(config, seed=1)
   bagel.export_bagel(
     config.model,
     jax.tree_util.tree_map(np.asarray, source),
@@ -254,7 +229,7 @@ def test_bagel_style_start_qwen2_siglip_and_flux_ae(tmp_path, caplog):
     str(tmp_path / "ema.safetensors"),
     str(tmp_path / "ae.safetensors"),
   )
-  fresh, fresh_vae = _sharded(config, seed=0)
+  fresh, fresh_vae = placed_params(config, seed=0)
   with config.unlocked():
     config.init.qwen2 = str(tmp_path / "qwen2")
     config.init.siglip = str(tmp_path / "siglip")
