@@ -12,8 +12,7 @@ Only refused credentials (ChatAuthError) stop the run: no later request could pa
 
 `OfflineOracle` answers from the built-in data's labels, wrong on a seeded fraction `error_rate`
 of the items (an MCQ: another option letter; a description: another item's label that is text,
-not a letter), the same on
-every call. Every result it returns says it is offline (`offline=True`, `source`).
+not a letter), the same on every call. Every result it returns says it is offline (`offline=True`, `source`).
 """
 
 from __future__ import annotations
