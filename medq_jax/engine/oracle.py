@@ -7,7 +7,8 @@ what was never answered; `salt` separates iterations). A reply is:
            that letter), or a description with at least one word (the answer is the stripped text);
   invalid  HTTP 200 without usable text, an MCQ reply naming no single option, a description
            without a word ("nonsense": counted, its answer None);
-  failed   no reply after the client's retries and timeouts (counted, its answer None).
+  failed   no reply after the client's retries and timeouts, or an image that cannot be
+           encoded as PNG (not sent) (counted, its answer None).
 Only refused credentials (ChatAuthError) stop the run: no later request could pass.
 
 `OfflineOracle` answers from the built-in data's labels, wrong on a seeded fraction `error_rate`
@@ -100,23 +101,29 @@ class ChatOracle:
 
   def annotate(self, requests: Sequence[OracleRequest], salt: str = "") -> OracleResult:
     _check_ids(requests)
-    messages = []
+    answers, asked, messages = {}, [], []
     for request in requests:
       content = [{"type": "text", "text": prompt(request)}]
       if request.image is not None:
-        content.insert(0, chat_client.image_content(request.image))
+        try:
+          content.insert(0, chat_client.image_content(request.image))
+        except (ValueError, TypeError) as error:  # not an image PNG can hold: skip, counted
+          reason = f"image not encodable ({type(error).__name__}: {error})"
+          answers[request.id] = OracleAnswer(request.id, None, "failed", reason)
+          continue
+      asked.append(request)
       messages.append([{"role": "user", "content": content}])
     replies = self.client.complete_all(
       messages, concurrency=self.concurrency, salt=salt, return_exceptions=True, **self.params
     )
-    answers = {}
-    for request, reply in zip(requests, replies):
+    for request, reply in zip(asked, replies):
       if isinstance(reply, chat_client.ChatReplyError):
         answers[request.id] = OracleAnswer(request.id, None, "invalid", str(reply))
       elif isinstance(reply, chat_client.ChatError):
         answers[request.id] = OracleAnswer(request.id, None, "failed", str(reply))
       else:
         answers[request.id] = read_reply(request, reply)
+    answers = {request.id: answers[request.id] for request in requests}  # input order
     return OracleResult(answers, _counts(answers), offline=False, source=self.source)
 
 

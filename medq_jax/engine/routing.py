@@ -83,9 +83,14 @@ def token_f1(a: str, b: str) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
-def agreement(self_answer: str, oracle_answer: str, options: Mapping[str, str] | None) -> float:
+def agreement(
+  self_answer: str | None, oracle_answer: str | None, options: Mapping[str, str] | None
+) -> float | None:
   """delta: for an MCQ (options given) 1.0 when both answers name the same option letter (the
-  project's `extract_option`), else 0.0; for a description the token F1."""
+  project's `extract_option`), else 0.0; for a description the token F1. None when either
+  answer is missing (`route` then sends the sample to review)."""
+  if self_answer is None or oracle_answer is None:
+    return None
   if options:
     mine = extraction.extract_option(self_answer, options).letter
     theirs = extraction.extract_option(oracle_answer, options).letter

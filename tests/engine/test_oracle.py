@@ -95,6 +95,7 @@ def _requests():
     oracle.OracleRequest("d2", "SLOW: describe.", image),
     oracle.OracleRequest("d3", "BROKEN: describe.", image),
     oracle.OracleRequest("d4", "BLANK: describe.", image),
+    oracle.OracleRequest("d5", "Describe this one.", np.zeros((4, 4, 7), np.float32)),
   ]
 
 
@@ -109,8 +110,12 @@ def test_chat_oracle_counts_bad_replies_and_resumes(server, tmp_path):
     "d2": ("failed", None),
     "d3": ("invalid", None),
     "d4": ("invalid", None),
+    "d5": ("failed", None),  # a 7-channel array is no PNG: never sent
   }
-  assert result.counts == {"ok": 2, "invalid": 3, "failed": 1}
+  assert list(result.answers) == [r.id for r in _requests()]
+  assert result.answers["d5"].reason.startswith("image not encodable")
+  assert not any("Describe this one." in json.dumps(b) for b in server.requests)
+  assert result.counts == {"ok": 2, "invalid": 3, "failed": 2}
   assert not result.offline and result.source.startswith("chat: tiny-oracle at http://127.0.0.1")
   assert "tiny-oracle" in result.answers["d2"].reason or "timed out" in result.answers["d2"].reason
   first = server.requests[0]

@@ -62,6 +62,8 @@ def test_mcq_agreement_uses_the_option_letter():
   assert routing.agreement("B", "The answer is B.", OPTIONS) == 1.0
   assert routing.agreement("A. Yes", "No", OPTIONS) == 0.0
   assert routing.agreement("I cannot determine", "I cannot determine", OPTIONS) == 0.0
+  assert routing.agreement("B", None, OPTIONS) is None
+  assert routing.agreement(None, "noise", None) is None
 
 
 @pytest.mark.parametrize(
