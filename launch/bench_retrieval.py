@@ -20,6 +20,7 @@ Both results are compared (rows and scores). The last line is
 
 import os
 import resource
+import sys
 import time
 
 import numpy as np
@@ -75,11 +76,11 @@ def build_pool(pool_dir: str, size: int, dim: int, shard_rows: int, seed: int):
   from medq_jax.engine.pool_store import PoolStore, PoolWriter
 
   writer = PoolWriter(pool_dir, dim, f"bench-gaussian-seed{seed}", shard_rows=shard_rows)
-  done = len(writer.done_ids())
+  done = len(writer.done_ids())  # rows [0, done) are committed: they were written in order
   for start in range(done - done % shard_rows, size, shard_rows):
     stop = min(start + shard_rows, size)
-    ids = [f"row{i:08d}" for i in range(start, stop)]
-    writer.add(_pool_rows(start, stop, dim, seed), ids)
+    rows = _pool_rows(start, start + shard_rows, dim, seed)[max(done - start, 0) : stop - start]
+    writer.add(rows, [f"row{i:08d}" for i in range(max(start, done), stop)])
   writer.close()
   store = PoolStore(pool_dir)
   if len(store) != size:
@@ -127,6 +128,16 @@ def _best(function, repeats: int):
 
 
 def main(argv):
+  from medq_jax.engine.pool_store import PoolError
+
+  try:
+    run(argv)
+  except (PoolError, ValueError) as error:
+    sys.stderr.write(f"FATAL bench_retrieval: {error}\n")
+    sys.exit(1)
+
+
+def run(argv):
   del argv
   import jax
 

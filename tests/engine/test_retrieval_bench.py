@@ -1,0 +1,60 @@
+"""launch/bench_retrieval.py at 10K rows: the table, both methods agreeing, the last line; the
+pool is built once, resumed and grown, and a pool of another size is one FATAL line."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from medq_jax.engine.pool_store import PoolStore
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMALL = ["--dim=32", "--prototypes=8", "--k=10", "--repeats=1", "--chunk_rows=4096"]
+
+
+def _bench(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  return subprocess.run(
+    [sys.executable, "-m", "launch.bench_retrieval", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+def test_bench_at_10k_and_pool_reuse(tmp_path):
+  pytest.importorskip("faiss")
+  pool = str(tmp_path / "pool")
+  done = _bench("--pool_size=10000", f"--pool_dir={pool}", "--shard_rows=3000", *SMALL)
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = done.stdout.strip().splitlines()
+  assert re.fullmatch(r"retrieval_vs_faiss=\d+\.\d{3}", lines[-1]), lines[-1]
+  assert float(lines[-1].split("=")[1]) > 0
+  assert any(line.startswith("| ours (store streamed") for line in lines)
+  assert any(line.startswith("| faiss IndexFlatIP total") for line in lines)
+  agreement = next(line for line in lines if line.startswith("agreement:"))
+  assert float(agreement.split()[1]) >= 0.99, agreement
+  store = PoolStore(pool)
+  assert len(store) == 10000 and store.dim == 32 and len(store.shards) == 4
+  first = store.read_rows(0, 10000).copy()
+
+  grown = _bench("--pool_size=11000", f"--pool_dir={pool}", "--shard_rows=3000", *SMALL)
+  assert grown.returncode == 0, grown.stderr[-3000:]
+  store = PoolStore(pool)
+  assert len(store) == 11000 and store.ids[-1] == "row00010999"
+  np.testing.assert_array_equal(store.read_rows(0, 10000), first)  # nothing rewritten
+
+  fresh = str(tmp_path / "fresh")
+  _bench("--pool_size=11000", f"--pool_dir={fresh}", "--shard_rows=3000", *SMALL)
+  np.testing.assert_array_equal(PoolStore(fresh).read_rows(0, 11000), store.read_rows(0, 11000))
+
+  smaller = _bench("--pool_size=5000", f"--pool_dir={pool}", *SMALL)
+  assert smaller.returncode == 1
+  assert smaller.stderr.strip().splitlines()[-1] == (
+    f"FATAL bench_retrieval: --pool_dir={pool}: holds 11000 rows, not --pool_size=5000"
+  )
