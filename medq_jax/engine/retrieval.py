@@ -164,14 +164,16 @@ def top_k_cosine(
     best_scores, best_rows, first_bad = step(
       best_scores, best_rows, first_bad, units, chunk, np.int32(offset), np.int32(n_valid)
     )
-  first_bad = int(first_bad)
+  # Replicated results: read this process's copy (np.asarray needs every device addressable).
+  best_scores, best_rows = (np.asarray(x.addressable_data(0)) for x in (best_scores, best_rows))
+  first_bad = int(first_bad.addressable_data(0))
   if first_bad != np.iinfo(np.int32).max:
     item_id, _, shard = store.row_info(first_bad)
     raise PoolError(
       f"{shard}.npy: embedding of {item_id!r} (pool row {first_bad}) is not finite (a corrupt "
       "shard: re-embed it)"
     )
-  return np.asarray(best_scores), np.asarray(best_rows)
+  return best_scores, best_rows
 
 
 def _check_prototypes(prototypes, store: PoolStore) -> np.ndarray:
