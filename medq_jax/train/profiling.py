@@ -1,0 +1,257 @@
+"""Where a train step's time goes: the step `medq-train` runs, on the batches its loader makes.
+
+`profile_training(config, tokenizer_dir, steps)` builds the run exactly as the loop does
+(`state.build_setup`, `step.make_train_step`, `data.make_train_iterator`, the same jit shardings
+and donation), then
+  * times `steps` real steps, each blocked on, with the host's wait for the next batch apart;
+  * reads the step's FLOPs from XLA's cost analysis and counts them analytically beside it;
+  * measures the fp32 (or the compute dtype's) matmul peak of this process on this device;
+  * splits the step into parts by timing jitted sub-computations on the same batch and params:
+    the model forward (loss without pixel terms), its backward, the frozen VAE's encode, the pixel
+    losses (x0_hat decode + L1/SSIM, forward and backward), the optimizer update, and host time.
+The parts are measured as separate programs, so they need not add up exactly to the step; the
+table shows the sum beside the step. A `jax.profiler` trace of the timed steps is written too.
+FLOPs and the peak are totals over the mesh's devices; on fake CPU devices (which share the same
+cores) the peak is not additive, so profile CPU runs on one device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from medq_jax import sharding as sharding_lib
+from medq_jax.train import data as data_lib
+from medq_jax.train import state as state_lib
+from medq_jax.train import step as step_lib
+
+
+@dataclasses.dataclass
+class StepProfile:
+  """The figures `medq-profile` prints (seconds are medians over the timed steps)."""
+
+  step_seconds: float
+  data_wait_seconds: float
+  examples_per_second: float
+  tokens_per_second: float  # packed row positions (und + gen, padding included) per second
+  real_tokens_per_second: float  # the same without padding
+  xla_flops: float  # per step, all devices (XLA's per-device figure x devices)
+  analytic_flops: float  # per step, all devices
+  peak_flops_per_second: float  # one device's measured matmul peak x devices
+  parts: dict[str, float]  # part name -> seconds
+  trace_dir: str | None
+
+  @property
+  def mfu(self) -> float:
+    """Achieved XLA FLOP/s of the step over the measured matmul peak."""
+    return self.xla_flops / self.step_seconds / self.peak_flops_per_second
+
+  @property
+  def data_wait_fraction(self) -> float:
+    return self.data_wait_seconds / (self.step_seconds + self.data_wait_seconds)
+
+
+def xla_flops(compiled) -> float:
+  """FLOPs of a compiled program per device from XLA's cost analysis (0 when unavailable)."""
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # not every backend implements it
+    return 0.0
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", 0.0))
+
+
+def matmul_peak_flops(dtype=jnp.float32, size: int = 1024, iters: int = 10) -> float:
+  """FLOP/s of a square [size, size] matmul chain on the default device: the peak the step's
+  MFU is measured against (same process, same threads)."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), dtype)
+  b = jnp.asarray(np.random.default_rng(1).standard_normal((size, size)), dtype)
+  chain = 8
+
+  @jax.jit
+  def run(a, b):
+    x = a
+    for _ in range(chain):
+      x = (x @ b) * (1.0 / size)
+    return x
+
+  seconds = _median_seconds(lambda: run(a, b), iters)
+  return 2.0 * size**3 * chain / seconds
+
+
+def _median_seconds(fn: Callable, iters: int, warmup: int = 2) -> float:
+  return _interleaved_medians({"fn": fn}, iters, warmup)["fn"]
+
+
+def _interleaved_medians(fns: dict[str, Callable], iters: int, warmup: int = 2) -> dict:
+  """Median seconds of each zero-argument callable, timed round-robin (one of each per round) so
+  that load from other processes drifts over all of them alike."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      jax.block_until_ready(fn())
+  times = {name: [] for name in fns}
+  for _ in range(iters):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(values) for name, values in times.items()}
+
+
+def analytic_step_flops(model_config, batch: dict, stage: int) -> float:
+  """Matmul FLOPs of one train step counted from the shapes (padding included, as computed):
+  decoder projections, MLPs, attention scores and values, the LM head on und tokens, the ViT,
+  forward x 3 for forward + backward (the usual 6N rule; stage 1's frozen und weights still need
+  activation gradients, so this over-counts stage 1 by their weight gradients). The VAE and the
+  pixel losses are not counted (convolutions; XLA's figure includes them)."""
+  llm = model_config.llm
+  rows, und_len = batch["und_token_ids"].shape
+  gen_len = batch["gen_positions"].shape[1]
+  d, heads, kv_heads, ff = llm.hidden_size, llm.num_heads, llm.num_kv_heads, llm.intermediate_size
+  head_dim = llm.get("head_dim") or d // heads
+  per_token_layer = 2 * (d * heads * head_dim * 2 + d * kv_heads * head_dim * 2 + 3 * d * ff)
+  length = und_len + gen_len
+  attention_layer = 2 * 2 * length * length * heads * head_dim
+  decoder = llm.num_layers * (per_token_layer * length + attention_layer)
+  lm_head = 2 * und_len * d * llm.vocab_size
+  vit = model_config.vit
+  vit_tokens = batch["vit_patches"].shape[-2]
+  vit_layer = (
+    2 * vit_tokens * (4 * vit.hidden_size**2 + 2 * vit.hidden_size * vit.intermediate_size)
+  )
+  vit_layer += 2 * 2 * vit_tokens**2 * vit.hidden_size
+  forward = rows * (decoder + lm_head + vit.num_layers * vit_layer)
+  del stage
+  return 3.0 * forward
+
+
+def _real_tokens(batch: dict) -> int:
+  return int((batch["und_sample_ids"] >= 0).sum() + (batch["gen_sample_ids"] >= 0).sum())
+
+
+def _variant(train_config, **overrides):
+  config = ml_collections.ConfigDict(train_config.to_dict())
+  config.update(overrides)
+  return config
+
+
+def _part_programs(setup, config, params, vae_params, batch, rng) -> dict[str, Callable]:
+  """Zero-argument callables, one per part of the step, jitted on the same inputs."""
+  model, vae, train = setup.model, setup.vae, config.train
+  no_pixels = _variant(train, alpha_l1=0.0, beta_ssim=0.0)
+  loss_plain = step_lib.make_loss_fn(model, vae, config.model, no_pixels)
+  loss_full = step_lib.make_loss_fn(model, vae, config.model, train)
+  grad_plain = jax.jit(step_lib.make_grad_fn(loss_plain, no_pixels))
+  grad_full = jax.jit(step_lib.make_grad_fn(loss_full, train))
+  forward = jax.jit(loss_plain)
+  sample_posterior = bool(train.get("sample_vae_posterior", True))
+
+  def encode(vae_params, images, rng):
+    flat = images.reshape((-1,) + images.shape[2:])
+    return vae.apply(
+      {"params": vae_params}, flat, rng if sample_posterior else None, method=vae.encode
+    )
+
+  encode = jax.jit(encode)
+  trainable, _ = state_lib.split_params(params, train)
+  opt_state = setup.optimizer.init(trainable)
+  update = jax.jit(lambda g, s, p: setup.optimizer.update(g, s, p))
+  grads = jax.tree_util.tree_map(jnp.zeros_like, trainable)
+  return {
+    "vae_encode": lambda: encode(vae_params, batch["vae_images"], rng),
+    "forward": lambda: forward(params, vae_params, batch, rng),
+    "forward_backward": lambda: grad_plain(params, vae_params, batch, rng),
+    "forward_backward_pixels": lambda: grad_full(params, vae_params, batch, rng),
+    "optimizer": lambda: update(grads, opt_state, trainable),
+  }
+
+
+def profile_training(
+  config,
+  tokenizer_dir: str,
+  steps: int = 10,
+  warmup: int = 2,
+  trace_dir: str | None = None,
+  part_iters: int = 5,
+  say: Callable[[str], None] = print,
+) -> StepProfile:
+  """Runs `warmup + steps` real train steps of `config` and measures them (see module doc)."""
+  init_rng, loop_rng = jax.random.split(jax.random.key(config.train.seed))
+  setup = state_lib.build_setup(config, init_rng)
+  optimizer, mesh = setup.optimizer, setup.mesh
+  state = jax.jit(lambda p: state_lib.create_train_state(p, optimizer))(setup.params)
+  shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+  step_fn = step_lib.make_train_step(setup.model, setup.vae, optimizer, config.model, config.train)
+  iterator = data_lib.make_train_iterator(config, tokenizer_dir, setup.spec)
+  next_batch = lambda: sharding_lib.global_batch(data_lib.as_numpy_batch(next(iterator)), mesh)
+  batch = next_batch()
+  host_batch = {k: np.asarray(v) for k, v in batch.items()}
+  with sharding_lib.mesh_context(mesh, config.sharding_rules):
+    compiled = (
+      jax.jit(
+        step_fn,
+        in_shardings=(shardings, setup.vae_shardings, None, None),
+        out_shardings=(shardings, None),
+        donate_argnums=(0,),
+      )
+      .lower(state, setup.vae_params, batch, loop_rng)
+      .compile()
+    )
+  say(f"profile: step compiled; {warmup} warm-up + {steps} timed steps")
+  step_times, wait_times = [], []
+  trace = jax.profiler.trace(trace_dir) if trace_dir else contextlib.nullcontext()
+  for _ in range(warmup):
+    state, metrics = compiled(state, setup.vae_params, batch, loop_rng)
+    jax.block_until_ready(metrics)
+    batch = next_batch()
+  with trace:
+    for index in range(steps):
+      start = time.perf_counter()
+      state, metrics = compiled(state, setup.vae_params, batch, loop_rng)
+      jax.block_until_ready((state, metrics))
+      step_times.append(time.perf_counter() - start)
+      start = time.perf_counter()
+      if index + 1 < steps:
+        batch = next_batch()
+        wait_times.append(time.perf_counter() - start)
+  step_seconds = statistics.median(step_times)
+  wait = statistics.median(wait_times) if wait_times else 0.0
+  rows = config.train.batch_size
+  devices = mesh.devices.size
+  positions = host_batch["und_token_ids"].size + host_batch["gen_positions"].size
+
+  say("profile: timing the step's parts")
+  params = jax.device_get(state.params)
+  parts_fns = _part_programs(setup, config, params, setup.vae_params, host_batch, loop_rng)
+  seconds = _interleaved_medians(parts_fns, part_iters)
+  parts = {
+    "model forward (decoder, ViT, embeddings; VAE encode inside)": seconds["forward"],
+    "  of which frozen VAE encode": seconds["vae_encode"],
+    "model backward (trainable subtree)": seconds["forward_backward"] - seconds["forward"],
+    "pixel losses (x0_hat VAE decode + L1/SSIM, fwd+bwd)": (
+      seconds["forward_backward_pixels"] - seconds["forward_backward"]
+    ),
+    "optimizer update": seconds["optimizer"],
+  }
+  parts["host: waiting for the next batch"] = wait
+  return StepProfile(
+    step_seconds=step_seconds,
+    data_wait_seconds=wait,
+    examples_per_second=rows / step_seconds,
+    tokens_per_second=positions / step_seconds,
+    real_tokens_per_second=_real_tokens(host_batch) / step_seconds,
+    xla_flops=xla_flops(compiled) * devices,
+    analytic_flops=analytic_step_flops(config.model, host_batch, config.train.stage),
+    peak_flops_per_second=matmul_peak_flops() * devices,
+    parts=parts,
+    trace_dir=trace_dir,
+  )
