@@ -28,6 +28,7 @@ from data_pipeline import readers
 MAX_DISTANCE = 4
 TEXT_THRESHOLD = 0.9
 _CHUNK = 4096
+_TEXT_BLOCK = 512
 
 
 def phash(image) -> int:
@@ -117,13 +118,16 @@ def dedup_images(
     clean &= distance > max_distance
   overlap_before = len(against)
   kept_index: list[int] = []
+  kept_hashes = np.zeros(len(ids), np.uint64)  # the kept hashes so far, in order
   within: dict[str, str] = {}
   for i in np.flatnonzero(clean):
     if kept_index:
-      distance, index = _nearest(hashes[i : i + 1], hashes[kept_index])
-      if distance[0] <= max_distance:
-        within[ids[i]] = ids[kept_index[index[0]]]
+      distance = np.bitwise_count(kept_hashes[: len(kept_index)] ^ hashes[i])
+      j = int(distance.argmin())  # the nearest kept image (ties: the first)
+      if distance[j] <= max_distance:
+        within[ids[i]] = ids[kept_index[j]]
         continue
+    kept_hashes[len(kept_index)] = hashes[i]
     kept_index.append(int(i))
   kept = [ids[i] for i in kept_index]
   overlap_after = 0
@@ -157,19 +161,26 @@ def dedup_descriptions(texts: Sequence[str], threshold: float = TEXT_THRESHOLD) 
     matrix = sk_text.TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(texts)
   except ValueError:  # no text has a word: nothing to compare, keep the first of equal texts
     matrix = None
+  has_words = np.diff(matrix.indptr) > 0 if matrix is not None else np.zeros(len(texts), bool)
   kept: list[int] = []
+  is_kept = np.zeros(len(texts), bool)
   dropped: dict[int, tuple[int, float]] = {}
-  for i in range(len(texts)):
-    if kept and matrix is not None and matrix[i].nnz:
-      sims = (matrix[kept] @ matrix[i].T).toarray()[:, 0]  # rows are L2-normalised
-      j = int(sims.argmax())
-      if sims[j] >= threshold - 1e-9:
-        dropped[i] = (kept[j], float(sims[j]))
-        continue
-    elif kept and (matrix is None or not matrix[i].nnz):
-      same = [k for k in kept if texts[k].strip() == texts[i].strip()]
-      if same:
-        dropped[i] = (same[0], 1.0)
-        continue
-    kept.append(i)
+  for start in range(0, len(texts), _TEXT_BLOCK):
+    stop = min(start + _TEXT_BLOCK, len(texts))
+    # cosine of this block's rows to every earlier row (TF-IDF rows are L2-normalised)
+    sims = (matrix[start:stop] @ matrix[:stop].T).toarray() if matrix is not None else None
+    for i in range(start, stop):
+      if has_words[i]:
+        earlier = np.where(is_kept[:i], sims[i - start, :i], -1.0)
+        j = int(earlier.argmax()) if i else 0
+        if i and earlier[j] >= threshold - 1e-9:
+          dropped[i] = (j, float(earlier[j]))
+          continue
+      else:  # no word: compared literally
+        same = [k for k in kept if texts[k].strip() == texts[i].strip()]
+        if same:
+          dropped[i] = (same[0], 1.0)
+          continue
+      kept.append(i)
+      is_kept[i] = True
   return TextDedup(kept, dropped)

@@ -138,3 +138,54 @@ def test_description_edge_cases():
     dedup.dedup_descriptions(["a b", 3])
   with pytest.raises(ValueError, match="threshold"):
     dedup.dedup_descriptions(["a"], threshold=0)
+
+
+def _greedy_reference(n, is_duplicate):
+  kept, dropped = [], {}
+  for i in range(n):
+    match = [k for k in kept if is_duplicate(i, k)]
+    if match:
+      dropped[i] = match
+    else:
+      kept.append(i)
+  return kept, dropped
+
+
+def test_image_dedup_equals_a_brute_force_greedy_at_scale():
+  rng = np.random.default_rng(7)
+  base = rng.integers(0, 2**63, 600, dtype=np.uint64)
+  copies = base[rng.integers(0, 600, 300)].copy()
+  for k in range(len(copies)):  # flip 0..6 bits: some within max_distance, some not
+    for bit in rng.choice(64, rng.integers(0, 7), replace=False):
+      copies[k] ^= np.uint64(1) << np.uint64(bit)
+  hashes = np.concatenate([base, copies])[rng.permutation(900)]
+  new = {f"n{i}": int(h) for i, h in enumerate(hashes)}
+  result = dedup.dedup_images(new, {})
+
+  def distance(i, k):
+    return bin(int(hashes[i]) ^ int(hashes[k])).count("1")
+
+  kept, dropped = _greedy_reference(900, lambda i, k: distance(i, k) <= dedup.MAX_DISTANCE)
+  assert result.kept == [f"n{i}" for i in kept]
+  assert set(result.within) == {f"n{i}" for i in dropped}
+  for i, matches in dropped.items():
+    nearest = min(matches, key=lambda k: (distance(i, k), kept.index(k)))
+    assert result.within[f"n{i}"] == f"n{nearest}"
+
+
+def test_description_dedup_equals_a_brute_force_greedy_across_blocks():
+  rng = np.random.default_rng(8)
+  words = [f"w{i}" for i in range(400)]
+  texts = [" ".join(rng.choice(words, 12)) for _ in range(500)]
+  texts += [t + " extra" for t in texts[:150]] + texts[:150]  # near and exact copies past 512
+  order = rng.permutation(len(texts))
+  texts = [texts[i] for i in order]
+  result = dedup.dedup_descriptions(texts, threshold=0.8)
+  matrix = sk_text.TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(texts)
+  sims = cosine_similarity(matrix)
+  kept, dropped = _greedy_reference(len(texts), lambda i, k: sims[i, k] >= 0.8)
+  assert result.kept == kept and set(result.dropped) == set(dropped)
+  assert len(dropped) >= 150
+  for i, (j, sim) in result.dropped.items():
+    assert j == max(dropped[i], key=lambda k: (sims[i, k], -k))
+    assert sim == pytest.approx(sims[i, j])
