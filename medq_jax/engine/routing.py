@@ -147,7 +147,7 @@ def tau_h_for_rate(entropies_: Sequence[float], uncertain_rate: float) -> float:
   return float(np.quantile(values, 1.0 - uncertain_rate, method="higher"))
 
 
-def iteration_stats(routes: Mapping[str, Route], decisions: Mapping[str, str]) -> dict:
+def iteration_stats(routes: Mapping[str, Route], decisions: Mapping) -> dict:
   """Table 3 for one iteration: route counts and rates over all samples; accept / edit / reject
   rates over the reviewed samples that have a decision (None before any decision)."""
   unknown = sorted(set(decisions) - {i for i, r in routes.items() if r == Route.REVIEW})
@@ -155,7 +155,8 @@ def iteration_stats(routes: Mapping[str, Route], decisions: Mapping[str, str]) -
     raise ValueError(f"decisions for samples not routed to review: {unknown[:5]}")
   n = len(routes)
   counts = collections.Counter(Route(r) for r in routes.values())
-  decided = collections.Counter(d.lower() for d in decisions.values())
+  # a decision is its text ("accept") or a review_queue.Decision
+  decided = collections.Counter(getattr(d, "decision", d).lower() for d in decisions.values())
   bad = set(decided) - {"accept", "edit", "reject"}
   if bad:
     raise ValueError(f"decisions: expected accept / edit / reject, got {sorted(bad)}")

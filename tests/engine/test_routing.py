@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from medq_jax.engine import routing
+from medq_jax.engine import review_queue, routing
 from medq_jax.engine.routing import Route
 
 OPTIONS = {"A": "Yes", "B": "No"}
@@ -119,6 +119,8 @@ def test_iteration_stats_like_table_3():
   assert stats["decided"] == 9 and stats["pending"] == 1
   assert stats["accept_rate"] == pytest.approx(5 / 9)
   assert stats["edit_rate"] == pytest.approx(3 / 9) and stats["reject_rate"] == pytest.approx(1 / 9)
+  as_objects = {i: review_queue.Decision(i, d.lower()) for i, d in decisions.items()}
+  assert routing.iteration_stats(routes, as_objects) == stats
   empty = routing.iteration_stats({}, {})
   assert empty["review_rate"] is None and empty["accept_rate"] is None
   with pytest.raises(ValueError, match=r"not routed to review: \['o1'\]"):
