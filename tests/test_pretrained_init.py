@@ -191,6 +191,10 @@ def test_tie_is_read_from_config_json_or_the_missing_head(tmp_path, placed_param
   (tmp_path / "untied" / "config.json").write_text('{"tie_word_embeddings": false}')
   with pytest.raises(core.ConversionError, match="lm_head/kernel"):
     qwen2.load_und_expert(config.model, target_llm, str(tmp_path / "untied"))
+  # A directory without safetensors (e.g. only pytorch_model.bin): one error naming it.
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="empty: no .safetensors files"):
+    qwen2.load_und_expert(config.model, target_llm, str(tmp_path / "empty"))
   # Tied with a stale lm_head.weight saved too: the embedding wins, as transformers ties it.
   (tmp_path / "stale").mkdir()
   stale = dict(tensors, **{"lm_head.weight": np.zeros((512, 64), np.float32)})

@@ -124,7 +124,13 @@ def checkpoint_keys(paths: str | Sequence[str]) -> set[str]:
   from safetensors import safe_open
 
   keys: set[str] = set()
-  for path in _expand_paths(paths):
+  files = _expand_paths(paths)
+  if not files:
+    raise FileNotFoundError(
+      f"{paths}: no .safetensors files (expected a transformers Qwen2 checkpoint: a directory "
+      "of *.safetensors, one file or a *.safetensors.index.json)"
+    )
+  for path in files:
     if not os.path.exists(path):
       raise FileNotFoundError(f"{path}: checkpoint file does not exist")
     with safe_open(path, framework="np") as handle:
