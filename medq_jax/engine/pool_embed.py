@@ -1,7 +1,8 @@
 """Embeds the image pool into the pool store: a folder of images or a precomputed dataset split,
 through a Grain pipeline sharded by JAX process, with a pluggable encoder.
 
-Encoders map grey images float32 [B, H, W] in [0, 1] to embeddings [B, dim]; their `name` is
+Encoders map B grey images float32 [H, W] in [0, 1] (any sizes) to embeddings [B, dim]; their
+`name` is
 stored with every shard, so a pool never mixes embedding spaces:
   * `VitEncoder` (default): our SigLIP ViT (medq_jax/models/vit.py), params from a medq-train
     run or freshly initialised (tests); the embedding is the mean of the last hidden states.
@@ -23,7 +24,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import grain
@@ -44,8 +45,8 @@ class Encoder(Protocol):
   name: str  # identifies the embedding space (stored in every shard)
   dim: int
 
-  def __call__(self, images: np.ndarray) -> np.ndarray:
-    """float32 [B, H, W] in [0, 1] -> float32 [B, dim]."""
+  def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    """B grey images float32 [H, W] in [0, 1] (sizes may differ) -> float32 [B, dim]."""
 
 
 class VitEncoder:
@@ -88,7 +89,7 @@ class VitEncoder:
     name = f"medq-vit:{os.path.abspath(loaded.source)}@step{loaded.step}"
     return cls(config.model.vit, loaded.params["vit"], config.layout.vit_image_size, name)
 
-  def __call__(self, images: np.ndarray) -> np.ndarray:
+  def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
     rows = [
       image_to_vit_patches(to_rgb(image, self.image_size, "image", "pool"), *self._patch_args)
       for image in images
@@ -130,7 +131,7 @@ class OpenClipEncoder:
     self.dim = int(self.model.visual.output_dim)
     self.name = f"open_clip:{model_name}:{os.path.basename(weights)}"
 
-  def __call__(self, images: np.ndarray) -> np.ndarray:
+  def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
     from PIL import Image  # pylint: disable=g-import-not-at-top
 
     batch = self._torch.stack(
@@ -280,11 +281,8 @@ def embed(
 
   def flush():
     if pending:
-      same_size = {item.image.shape for item in pending}
-      groups = [pending] if len(same_size) == 1 else [[item] for item in pending]
-      for group in groups:
-        embeddings = encoder(np.stack([item.image for item in group]))
-        writer.add(embeddings, [item.id for item in group], [item.provenance for item in group])
+      embeddings = encoder([item.image for item in pending])
+      writer.add(embeddings, [item.id for item in pending], [item.provenance for item in pending])
       report.embedded += len(pending)
       pending.clear()
 

@@ -39,6 +39,9 @@ def folder(tmp_path):
   for i in range(5):
     levels[f"sub/a{i}.png"] = _png(root / "sub" / f"a{i}.png", i)
   levels["b.png"] = _png(root / "b.png", 9, mode="I;16")
+  noise = np.random.default_rng(10).integers(0, 256, size=(24, 24), dtype=np.uint8)
+  Image.fromarray(noise).save(root / "c.jpg", quality=90)  # JPEG, another size in the batch
+  levels["c.jpg"] = np.asarray(Image.open(root / "c.jpg"), np.float32) / 255.0
   (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
   Image.fromarray(np.full((16, 16), 7, np.uint8)).save(root / "flat.png")
   (root / "notes.txt").write_text("not an image")
@@ -59,7 +62,7 @@ def _by_hand(encoder, image):
 def test_folder_embeddings_skips_and_provenance(tmp_path, folder, encoder):
   root, levels = folder
   report = pool_embed.embed_folder(str(root), encoder, str(tmp_path / "pool"), batch_size=4)
-  assert report.embedded == 6 and report.already_done == 0
+  assert report.embedded == 7 and report.already_done == 0
   assert sorted(report.skipped) == [
     ("broken.png", "corrupt image (UnidentifiedImageError)"),
     ("flat.png", "constant image"),
@@ -118,15 +121,15 @@ def test_killed_job_resumes_without_recomputing_committed_shards(tmp_path, folde
   assert len(committed) == 3  # 4 rows encoded, one shard of 3 committed, 1 row lost
   resumed = _CountingEncoder(encoder)
   report = pool_embed.embed_folder(str(root), resumed, pool, batch_size=2, shard_rows=3)
-  assert resumed.images == 3 and report.embedded == 3 and report.already_done == 3
+  assert resumed.images == 4 and report.embedded == 4 and report.already_done == 3
   clean = str(tmp_path / "clean")
-  pool_embed.embed_folder(str(root), encoder, clean, batch_size=6)
+  pool_embed.embed_folder(str(root), encoder, clean, batch_size=7)
   store, reference = PoolStore(pool), PoolStore(clean)
   assert sorted(store.ids) == sorted(levels)
   order = [reference.ids.index(item_id) for item_id in store.ids]
-  np.testing.assert_allclose(store.read_rows(0, 6), reference.read_rows(0, 6)[order], atol=1e-5)
+  np.testing.assert_allclose(store.read_rows(0, 7), reference.read_rows(0, 7)[order], atol=1e-5)
   again = pool_embed.embed_folder(str(root), resumed, pool)
-  assert again.embedded == 0 and again.already_done == 6
+  assert again.embedded == 0 and again.already_done == 7
 
 
 def test_process_shards_split_the_folder(tmp_path, folder, encoder):
