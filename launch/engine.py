@@ -1,0 +1,137 @@
+r"""medq-engine: the MedQ-Engine closed loop on the built-in data (docs/engine.md, "The loop").
+
+  medq-engine --config=configs/engine.py:runlocal --config.review.auto_decision=accept \
+      --workdir=runs/engine
+
+Runs (or resumes: rerun the same command) evaluate -> cluster -> retrieve -> sample -> annotate
+-> review -> dedup -> accumulate -> fine-tune until dev accuracy plateaus. Without
+auto_decision it stops at each review queue and says which file to fill in. Prints the
+per-iteration statistics and writes them to <workdir>/stats.json and stats.csv.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+from launch import cli
+
+_CONFIG = cli.define_config_file("config", "configs/engine.py", "Config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Loop directory (default: config.workdir).")
+
+
+def build_encoder(config):
+  """Our ViT: from `encoder_workdir` (a medq-train run), else a fresh seeded init."""
+  from configs import medq_uni, model_sizes
+  from medq_jax.engine import pool_embed
+
+  if config.encoder_workdir:
+    model_config = medq_uni.get_config(config.model_config)
+    return pool_embed.VitEncoder.from_run(model_config, config.encoder_workdir)
+  vit = model_sizes.model_config("tiny").vit
+  return pool_embed.VitEncoder.fresh(vit, image_size=config.encoder_image_size, seed=config.seed)
+
+
+def build_model(config):
+  """The evaluated BenchModel: the heuristic one, or ours from `model_workdir`."""
+  if config.model == "heuristic":
+    from medq_jax.bench.heuristic_model import HeuristicBenchModel
+
+    return HeuristicBenchModel()
+  if not config.model_workdir:
+    raise ValueError("config.model=ours needs config.model_workdir (a medq-train run)")
+  from configs import medq_uni
+  from medq_jax.infer.bench_model import load_from_workdir
+
+  return load_from_workdir(config.model_workdir, medq_uni.get_config(config.model_config))
+
+
+def build_oracle(config, workdir: str, pool):
+  """The offline oracle (the pool items' ground truth, with error) or the chat one."""
+  from medq_jax.engine import oracle
+
+  if config.oracle.kind == "offline":
+    labels = {item.id: item.answer for item in pool.items}
+    return oracle.OfflineOracle(labels, config.oracle.error_rate, config.seed)
+  from data_pipeline import chat_client
+
+  chat = chat_client.ChatConfig.from_env(
+    "oracle", timeout_s=config.oracle.timeout_s, max_retries=config.oracle.max_retries
+  )
+  cache = chat_client.ReplyCache(os.path.join(workdir, "oracle_cache.sqlite"))
+  return oracle.ChatOracle(chat_client.ChatClient(chat, cache), config.oracle.concurrency)
+
+
+def build_engine(config, workdir: str):
+  """Reads the three splits (the precompute runs first when the dataset is missing) and
+  returns the `loop.Engine` over `workdir`."""
+  from launch import prepare
+  from medq_jax.engine import loop, pool_embed
+
+  prepare.ensure_dataset(config.data)
+  dev = loop.load_split(config.data, config.dev_split, config.seed, config.max_dev_images)
+  pool = loop.load_split(config.data, config.pool_split, config.seed)
+  test = loop.load_split(config.data, config.test_split, config.seed)
+  encoder = build_encoder(config)
+
+  def embed_pool(pool_dir: str):
+    for field in ("high", "low"):
+      report = pool_embed.embed_dataset(config.data, config.pool_split, encoder, pool_dir, field)
+      logging.info("pool %s: %d embedded, %d skipped", field, report.embedded, len(report.skipped))
+
+  return loop.Engine(
+    config,
+    workdir,
+    build_model(config),
+    encoder,
+    build_oracle(config, workdir, pool),
+    dev,
+    pool,
+    test,
+    embed_pool=embed_pool,
+  )
+
+
+def _print_stats(rows) -> None:
+  from medq_jax.engine import loop
+
+  keys = [k for k in loop.STATS_FIELDS if k != "decisions_source"]
+  print(" ".join(keys))
+  for row in rows:
+    print(
+      " ".join(
+        "-" if row[k] is None else (f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]))
+        for k in keys
+      )
+    )
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.getLogger().setLevel(logging.INFO)
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or config.workdir
+  try:
+    engine = build_engine(config, workdir)
+    state = engine.run()
+  except (ValueError, OSError, NotImplementedError) as error:  # one line, state untouched
+    sys.stderr.write(f"FATAL medq-engine: {error}\n")
+    sys.exit(1)
+  _print_stats(engine.statistics(state))
+  if engine.waiting:
+    print(f"waiting for review: {engine.waiting}")
+  elif state.stopped:
+    print(f"stopped: {state.stopped}")
+  print(f"state: {os.path.join(workdir, 'state.json')}")
+
+
+def run_main() -> None:
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run_main()
