@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Protocol
 
 import grain
@@ -170,14 +170,17 @@ def _scale01(image: np.ndarray, path: str) -> np.ndarray:
 
 
 class ReadFile:
-  """Grain map (picklable): a file path -> an `Item`, its error set when it cannot be read."""
+  """Grain map (picklable): a file path -> an `Item`, its error set when it cannot be read; a
+  file whose id is in `done` is not read (its Item has no image)."""
 
-  def __init__(self, root: str):
-    self.root = root
+  def __init__(self, root: str, done: frozenset[str] = frozenset()):
+    self.root, self.done = root, done
 
   def __call__(self, path: str) -> Item:
     item_id = os.path.relpath(path, self.root)
     provenance = {"source": "folder", "path": os.path.abspath(path)}
+    if item_id in self.done:
+      return Item(item_id, None, provenance)
     try:
       if path.lower().endswith(IMAGE_EXTENSIONS):
         image = readers.check_pixels(readers.read_png(path), path)
@@ -212,17 +215,16 @@ def _process_shard(shard_index, shard_count):
 
 def folder_source(
   folder: str,
-  done: Callable[[str], bool] = lambda _: False,
+  done: Collection[str] = (),
   shard_index: int | None = None,
   shard_count: int | None = None,
 ) -> Iterator[Item]:
-  """This process's share of the folder's images as Items (Grain: source -> shard -> read);
-  files whose id `done` accepts are not read."""
+  """This process's share of the folder's images as Items (Grain: source -> shard -> read).
+  The share is of the whole sorted file list, so it is the same whatever is already done; files
+  whose id is in `done` are not read."""
   shard_index, shard_count = _process_shard(shard_index, shard_count)
-  root = folder
-  todo = [p for p in folder_paths(folder) if not done(os.path.relpath(p, root))]
-  dataset = grain.MapDataset.source(todo)[shard_index::shard_count].map(ReadFile(root))
-  yield from dataset.to_iter_dataset()
+  paths = grain.MapDataset.source(folder_paths(folder))[shard_index::shard_count]
+  yield from paths.map(ReadFile(folder, frozenset(done))).to_iter_dataset()
 
 
 def dataset_source(
@@ -314,10 +316,8 @@ def _done_ids(pool_dir: str) -> set[str]:
 def embed_folder(folder: str, encoder: Encoder, pool_dir: str, **kwargs) -> EmbedReport:
   """Embeds this process's share of `folder`'s images into `pool_dir` (resumes: files whose id
   is in the pool are neither read nor encoded)."""
-  done = _done_ids(pool_dir)
-  report = embed(folder_source(folder, done.__contains__), encoder, pool_dir, **kwargs)
-  report.already_done += sum(os.path.relpath(p, folder) in done for p in folder_paths(folder))
-  return report
+  items = folder_source(folder, _done_ids(pool_dir))
+  return embed(items, encoder, pool_dir, **kwargs)
 
 
 def embed_dataset(

@@ -165,3 +165,13 @@ def test_open_clip_is_optional(tmp_path):
     return
   with pytest.raises(FileNotFoundError, match="loads local weights only"):
     pool_embed.OpenClipEncoder("ViT-B-16", str(tmp_path / "w.bin"))
+
+
+def test_process_shares_do_not_depend_on_what_is_done(tmp_path, folder, encoder):
+  """Process 1 resuming after process 0 finished reads exactly its own share again."""
+  root, _ = folder
+  share = lambda index, done: [
+    item.id for item in pool_embed.folder_source(str(root), done, index, 2)
+  ]
+  assert share(1, ()) == share(1, set(share(0, ()))) == share(1, {"b.png", "sub/a1.png"})
+  assert not set(share(0, ())) & set(share(1, ()))
