@@ -82,31 +82,6 @@ def allocate(
   return quota
 
 
-def candidates_by_capability(
-  hits: Sequence[Sequence], labels, capabilities, names: Sequence[str]
-) -> dict[str, list[str]]:
-  """Retrieval hits -> {capability: pool ids}: prototype j's hits (`retrieval.Retrieval.hits[j]`,
-  objects with `.id` and `.score`) are candidates for every capability that a failure of
-  cluster j has (`labels` [N] cluster of each failure, `capabilities` [N, K] bool, `names` [K]).
-  Ids are listed once per capability, by descending score (ties: first seen)."""
-  labels = np.asarray(labels)
-  capabilities = np.asarray(capabilities, bool)
-  if capabilities.shape != (len(labels), len(names)):
-    raise ValueError(
-      f"capabilities: expected [N={len(labels)}, K={len(names)}], got {list(capabilities.shape)}"
-    )
-  if len(labels) and (labels.min() < 0 or labels.max() >= len(hits)):
-    raise ValueError(f"labels: expected cluster numbers in [0, {len(hits)}) (one per prototype)")
-  scored: dict[str, dict[str, float]] = {name: {} for name in names}
-  for j, prototype_hits in enumerate(hits):
-    has = capabilities[labels == j].any(axis=0)
-    for k in np.flatnonzero(has):
-      best = scored[names[k]]
-      for hit in prototype_hits:
-        best[hit.id] = max(best.get(hit.id, -np.inf), float(hit.score))
-  return {name: sorted(best, key=lambda item: -best[item]) for name, best in scored.items()}
-
-
 def sample(
   candidates: Mapping[str, Sequence[str]],
   error_rates: Mapping[str, float],

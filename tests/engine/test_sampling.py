@@ -105,20 +105,3 @@ def test_candidates_without_a_rate_and_negative_budget():
     sampling.sample({"x": ["a"]}, RATES, 1.0, 5, seed=0)
   with pytest.raises(ValueError, match="budget: expected >= 0"):
     sampling.sample({}, RATES, 1.0, -1, seed=0)
-
-
-def test_candidates_by_capability_from_retrieval_hits():
-  from medq_jax.engine.retrieval import Hit
-
-  hit = lambda item, score: Hit(row=0, id=item, score=score, shard="s")
-  hits = [[hit("a", 0.9), hit("b", 0.8)], [hit("b", 0.95), hit("c", 0.7)], []]
-  labels = [0, 0, 1, 2]  # failures 0 and 1 in cluster 0, failure 2 in 1, failure 3 in 2
-  capabilities = [[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1]]
-  names = ["MRI", "CT", "PET"]
-  got = sampling.candidates_by_capability(hits, labels, capabilities, names)
-  # MRI: cluster 0 only; CT: clusters 0 and 1, b at its best score 0.95; PET: cluster 2, no hits.
-  assert got == {"MRI": ["a", "b"], "CT": ["b", "a", "c"], "PET": []}
-  with pytest.raises(ValueError, match=r"capabilities: expected \[N=4, K=3\], got \[4, 2\]"):
-    sampling.candidates_by_capability(hits, labels, [row[:2] for row in capabilities], names)
-  with pytest.raises(ValueError, match=r"labels: expected cluster numbers in \[0, 3\)"):
-    sampling.candidates_by_capability(hits, [0, 0, 1, 5], capabilities, names)
