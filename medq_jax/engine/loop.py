@@ -156,6 +156,15 @@ def _capability_keys(item: Item, cross: bool) -> list[str]:
   return ["|".join(values)] if cross else values
 
 
+def _questions_for(pool_items: Mapping[str, Item], image_id: str, capability: str) -> list[Item]:
+  """The questions asked about a pool image drawn for `capability`: those of its question type
+  when the capability names one, else all of them (modality and degradation level describe the
+  image, which retrieval chose by similarity; a real pool's images carry no such labels)."""
+  items = [pool_items[f"{image_id}#q{q}"] for q in range(5) if f"{image_id}#q{q}" in pool_items]
+  wanted = dict(part.split("=", 1) for part in capability.split("|")).get("question_type")
+  return [i for i in items if wanted is None or i.question_type == wanted]
+
+
 def _meta(item: Item) -> dict[str, str]:
   return {f: getattr(item, f) for f in failures.CAPABILITY_FIELDS}
 
@@ -340,10 +349,7 @@ class Engine:
     c = self.config
     chosen = []
     for image_id, capability in sampled["selected"]:
-      for q in range(5):
-        item = self.pool_items.get(f"{image_id}#q{q}")
-        if item is not None and capability in _capability_keys(item, c.cross_capabilities):
-          chosen.append(item)
+      chosen.extend(_questions_for(self.pool_items, image_id, capability))
     chosen = list({i.id: i for i in chosen}.values())
     requests = [
       oracle_lib.OracleRequest(i.id, i.question, self.pool.images[i.image_id], i.options)
