@@ -122,6 +122,9 @@ def main(argv) -> None:
     sys.stderr.write(f"FATAL medq-engine: {error}\n")
     sys.exit(1)
   _print_stats(engine.statistics(state))
+  if engine.halted:
+    sys.stderr.write(f"FATAL medq-engine: {engine.halted}\n")
+    sys.exit(1)
   if engine.waiting:
     print(f"waiting for review: {engine.waiting}")
   elif state.stopped:

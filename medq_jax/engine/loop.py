@@ -212,7 +212,7 @@ class Engine:
     pool: Split,
     test: Split,
     embed_pool: Callable[[str], Any] | None = None,
-    finetune: Callable[[list[str], LoopStateLike], str] | None = None,
+    finetune: Callable[[list[str], loop_state.LoopState], str] | None = None,
   ):
     self.config, self.workdir, self.model, self.encoder = config, workdir, model, encoder
     self.oracle = LoggedOracle(oracle, os.path.join(workdir, "oracle_calls.jsonl"))
@@ -223,6 +223,7 @@ class Engine:
     self.state_path = os.path.join(workdir, "state.json")
     self.pool_dir = os.path.join(workdir, "pool")
     self.waiting = ""  # set by run() when it stopped at an undecided review queue
+    self.halted = ""  # set by run() when a step is not implemented (finetune="trainer")
 
   # --- state -------------------------------------------------------------------------------
   def _save(self, state: loop_state.LoopState, phase: str | None = None) -> None:
@@ -544,12 +545,14 @@ class Engine:
   def run(self, max_phases: int | None = None) -> loop_state.LoopState:
     """Runs (or resumes) the loop until it stops: plateau, max_iterations, waiting for review,
     or an unimplemented fine-tune. Returns the saved state."""
-    self.waiting = ""
+    self.waiting = self.halted = ""
     state = self.open_state()
+    c = self.config
+    if state.stopped.startswith("max_iterations") and state.iteration + 1 < c.max_iterations:
+      state.stopped = ""  # resumed with a larger max_iterations: go on
     if state.stopped:
       return state
     self.prepare_pool(state)
-    c = self.config
     steps = 0
     while not state.stopped:
       record = state.record()
@@ -573,9 +576,9 @@ class Engine:
         logging.warning("%s", waiting)
         self._write_stats(state)
         break
-      except NotImplementedError as error:
-        state.stopped = str(error)
-        self._save(state)
+      except NotImplementedError as error:  # not saved as stopped: rerun with another setting
+        self.halted = str(error)
+        logging.error("%s", error)
         self._write_stats(state)
         break
       record[phase] = output
@@ -679,9 +682,6 @@ class Engine:
     return rows
 
 
-LoopStateLike = loop_state.LoopState
-
-
 def _samples(record: Mapping) -> Sequence[dict]:
   return record.get("annotate", {}).get("samples", [])
 
@@ -704,6 +704,7 @@ def _plateau(history: Sequence[float], patience: int, min_delta: float) -> bool:
 # Settings a resumed run may change: how to review, when to stop, how to reach the oracle.
 RESUMABLE_KEYS = (
   "review",
+  "finetune",
   "max_iterations",
   "patience",
   "min_delta",

@@ -395,3 +395,15 @@ def resume_config():
 
 if __name__ == "__main__":
   make_engine(sys.argv[1], resume_config()).run()
+
+
+def test_unimplemented_finetune_halts_and_a_rerun_goes_on(tmp_path):
+  engine = make_engine(tmp_path, make_config(budget=3, finetune="trainer"))
+  state = engine.run()
+  assert "not implemented" in engine.halted and not state.stopped
+  assert state.phase == "accumulate" and state.accumulated
+  engine = make_engine(tmp_path, make_config(budget=3, max_iterations=2, patience=5))
+  state = engine.run()
+  assert not engine.halted and len(state.records) == 2
+  assert state.stopped == "max_iterations=2 reached"
+  assert len(state.accumulated) == len(set(state.accumulated)) > 0
