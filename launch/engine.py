@@ -115,10 +115,12 @@ def main(argv) -> None:
   logging.getLogger().setLevel(logging.INFO)
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.workdir
+  from data_pipeline.chat_client import ChatError
+
   try:
     engine = build_engine(config, workdir)
     state = engine.run()
-  except (ValueError, OSError, NotImplementedError) as error:  # one line, state untouched
+  except (ValueError, OSError, ChatError) as error:  # one line; the saved state is untouched
     sys.stderr.write(f"FATAL medq-engine: {error}\n")
     sys.exit(1)
   _print_stats(engine.statistics(state))
