@@ -542,7 +542,7 @@ class Engine:
     state.pool = {"ready": True, "dir": "pool", "size": len(store) if store else 0}
     self._save(state)
 
-  def run(self, max_phases: int | None = None) -> loop_state.LoopState:
+  def run(self) -> loop_state.LoopState:
     """Runs (or resumes) the loop until it stops: plateau, max_iterations, waiting for review,
     or an unimplemented fine-tune. Returns the saved state."""
     self.waiting = self.halted = ""
@@ -553,7 +553,6 @@ class Engine:
     if state.stopped:
       return state
     self.prepare_pool(state)
-    steps = 0
     while not state.stopped:
       record = state.record()
       phase = _next_phase(state)
@@ -567,8 +566,6 @@ class Engine:
         state.phase = ""
         self._save(state)
         continue
-      if max_phases is not None and steps >= max_phases:
-        break
       try:
         output = self._phase(state, phase, record)
       except WaitingForReview as waiting:
@@ -595,7 +592,6 @@ class Engine:
       elif phase == "finetune" and output["checkpoint"]:
         state.checkpoints.append(output["checkpoint"])
       self._save(state, phase)
-      steps += 1
       if state.stopped:
         self._write_stats(state)
     return state
