@@ -122,6 +122,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       tensorboard=True,  # scalars to workdir/tensorboard
       profile_steps=(0, 0),  # (start, stop): jax.profiler trace of steps [start, stop)
       peak_tflops_per_device=0.0,  # > 0 adds MFU (e.g. 989 for H100 bf16 dense)
+      # Faults (docs/training.md "Faults"): a step whose loss, gradient norm or updated
+      # parameters are not finite skips its update; this many in a row stop the run.
+      max_consecutive_nonfinite=10,
+      # Records that do not decode or examples that do not fit, in a row, before the run stops
+      # naming the dataset and the first reasons (instead of waiting forever for a batch).
+      max_consecutive_skips=1000,
+      # The cosine schedule's horizon is fixed when a run starts (0: train.steps) and stored in
+      # <workdir>/run.json; raising train.steps on resume keeps it unless this is True.
+      schedule_steps=0,
+      restretch_schedule=False,
     )
   )
   # Starting weights (empty = fresh init). MedQ-UNI fine-tunes UniMedVL: point bagel_ema at its

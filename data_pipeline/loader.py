@@ -22,6 +22,9 @@ per-example randomness that must replay exactly (the trainer's condition dropout
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from collections.abc import Callable
 
 import grain
@@ -83,6 +86,10 @@ class _WithStreamIndex(grain.transforms.MapWithIndex):
     return index * self.shard_count + self.shard_index, record
 
 
+class SkipLimitError(RuntimeError):
+  """`max_consecutive_skips` records in a row were skipped: the data cannot feed a batch."""
+
+
 class DecodeAndTransform:
   """Grain `batch_fn` (picklable): a chunk of serialized records -> the list of examples that
   decode and that the transform accepts (each transformed). The others are skipped with a
@@ -97,16 +104,30 @@ class DecodeAndTransform:
     transform: Callable | None = None,
     transform_errors: tuple[type[Exception], ...] = (),
     with_stream_index: bool = False,
+    max_consecutive_skips: int = 0,
+    dataset: str = "",
   ):
     self.image_size = image_size
     self.transform = transform
     self.transform_errors = tuple(transform_errors)
     self.with_stream_index = with_stream_index
+    self.max_consecutive_skips = int(max_consecutive_skips)  # 0: no limit
+    self.dataset = dataset
     self.skipped = 0
+    self.consecutive = 0
+    self.first_reasons: list[str] = []
 
   def _skip(self, reason: str) -> None:
     self.skipped += 1
+    self.consecutive += 1
+    if len(self.first_reasons) < 3:
+      self.first_reasons.append(reason)
     logging.warning("skipping %s (%d skipped in this process)", reason, self.skipped)
+    if self.max_consecutive_skips and self.consecutive >= self.max_consecutive_skips:
+      raise SkipLimitError(
+        f"{self.dataset}: {self.consecutive} records in a row were skipped (limit "
+        f"{self.max_consecutive_skips}); first reasons: " + " | ".join(self.first_reasons)
+      )
 
   def _decode(self, records) -> list[dict]:
     try:  # One pass over the chunk; on a bad record, find it and keep the rest.
@@ -137,11 +158,13 @@ class DecodeAndTransform:
   def __call__(self, records) -> list:
     examples = self._decode_indexed(records) if self.with_stream_index else self._decode(records)
     if self.transform is None:
+      self.consecutive = 0 if examples else self.consecutive
       return examples
     out = []
     for example in examples:
       try:
         out.append(self.transform(example))
+        self.consecutive = 0
       except self.transform_errors as error:
         self._skip(f"example {example['id']}: {error}")
     return out
@@ -164,6 +187,26 @@ def _process_shard():
   return jax.process_index(), jax.process_count()
 
 
+class _ExitWithParent:
+  """Grain worker init (picklable): the worker exits when the process that built the loader
+  dies (a SIGKILLed trainer would otherwise leave its workers running forever). The parent's pid
+  is taken when the loader is built, so a worker that starts after its parent died exits too."""
+
+  def __init__(self, parent_pid: int):
+    self.parent_pid = parent_pid
+
+  def __call__(self, worker_index: int, worker_count: int) -> None:
+    del worker_index, worker_count
+    parent = self.parent_pid
+
+    def watch():
+      while os.getppid() == parent:
+        time.sleep(0.5)
+      os._exit(1)
+
+    threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
+
+
 def make_loader(
   config,
   split,
@@ -179,6 +222,7 @@ def make_loader(
   transform: Callable | None = None,
   transform_errors: tuple[type[Exception], ...] = (),
   stream_index: bool = False,
+  max_consecutive_skips: int = 0,
 ):
   """Returns a grain.IterDataset of batches; iterate with `iter(...)`, save with get_state().
 
@@ -187,7 +231,8 @@ def make_loader(
   shard_index/count are given. transform: example -> element (e.g. a packed model row),
   applied before batching; exceptions of `transform_errors` skip the example (counted).
   stream_index: add `STREAM_INDEX` (the record's global position in the stream) to each example
-  before the transform.
+  before the transform. max_consecutive_skips > 0: that many skipped records in a row raise
+  `SkipLimitError` naming the dataset and the first reasons (else an all-bad split waits forever).
   worker_count > 0 adds multiprocess prefetch (call from under `if __name__ == '__main__'`
   with absl flags parsed; close the iterator when done).
   """
@@ -211,7 +256,14 @@ def make_loader(
   chunks = records.batch(
     batch_size,
     drop_remainder=False,
-    batch_fn=DecodeAndTransform(image_size, transform, transform_errors, stream_index),
+    batch_fn=DecodeAndTransform(
+      image_size,
+      transform,
+      transform_errors,
+      stream_index,
+      max_consecutive_skips,
+      f"{data_dir or config.data_dir} ({config.name} {config.version}, split {split!r})",
+    ),
   )
   dataset = chunks.to_iter_dataset(
     grain.ReadOptions(num_threads=1, prefetch_buffer_size=int(config.prefetch_buffer))
@@ -220,7 +272,9 @@ def make_loader(
   dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
   workers = int(config.loader_workers if worker_count is None else worker_count)
   if workers > 0:
-    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    dataset = dataset.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=workers), worker_init_fn=_ExitWithParent(os.getpid())
+    )
   return dataset
 
 

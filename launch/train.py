@@ -16,6 +16,7 @@ Multi-host: --coordinator=HOST:PORT --num_processes=N --process_id=I on every pr
 """
 
 import logging
+import sys
 
 from absl import flags
 
@@ -40,7 +41,13 @@ def main(argv):
     handler.addFilter(_QuietLibraries())
   logging.getLogger().setLevel(logging.INFO)
   config = _CONFIG.value
-  metrics = jobs.run_training(config, _WORKDIR.value or config.workdir)
+  from medq_jax.train.loop import STOP_ERRORS
+
+  try:
+    metrics = jobs.run_training(config, _WORKDIR.value or config.workdir)
+  except STOP_ERRORS as error:  # config, checkpoint, NaN and data faults: one line, no traceback
+    sys.stderr.write(f"FATAL medq-train: {error}\n")
+    sys.exit(1)
   print("final:", " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
 
 

@@ -5,10 +5,17 @@ A `medq-train` workdir holds Orbax steps under `checkpoints/<step>/` with two it
 `TrainState`: step, params, opt_state) and `data` (the Grain iterator position). Evaluation
 restores `state.params` alone (Orbax partial restore): no optimizer is built and no optimizer
 state is read, the parameters land in any mesh's shardings, in fp32 or bf16.
+
+Every saved step has a fingerprint of each array (`fingerprints`: a position-weighted sum of the
+array's bits, computed on the sharded arrays, so any single flipped bit changes it) in
+`<workdir>/checkpoint_checksums/<step>.json`; a restore recomputes them and a step that does not
+match, or does not read, is reported (step and file or array) and the previous step is used.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from typing import Any
 
@@ -22,6 +29,7 @@ from medq_jax.convert.core import flatten
 from medq_jax.models.medq_uni import abstract_params
 
 CHECKPOINTS_SUBDIR = "checkpoints"
+CHECKSUMS_SUBDIR = "checkpoint_checksums"  # <workdir>/checkpoint_checksums/<step>.json
 TOKENIZER_SUBDIR = (
   "tokenizer"  # the BPE a run trained for itself (when layout.tokenizer_dir is empty)
 )
@@ -43,6 +51,95 @@ def run_tokenizer_dir(workdir: str, layout_config) -> str:
   """The tokenizer a run uses: `layout.tokenizer_dir` when given, else the one it trained under
   `workdir/tokenizer`."""
   return layout_config.tokenizer_dir or os.path.join(workdir, TOKENIZER_SUBDIR)
+
+
+# ------------------------------------------------------------------------------ checksums
+
+
+def _bits(x: jax.Array) -> jax.Array:
+  """The array's bit pattern as uint32 (8/16-bit types widened, 64-bit split in two)."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  size = jnp.dtype(x.dtype).itemsize
+  if size == 8:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[size]
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
+
+
+def _fingerprint(x: jax.Array) -> jax.Array:
+  """sum_i bits_i * w_i mod 2**32 with odd, position-dependent weights w_i: a flipped bit k
+  changes the sum by an odd multiple of 2**k (never 0 mod 2**32); moved values change it too."""
+  bits = _bits(x)
+  index = jnp.arange(bits.size, dtype=jnp.uint32)
+  weights = (index * jnp.uint32(2654435761)) | jnp.uint32(1)
+  return jnp.sum(bits * weights, dtype=jnp.uint32) ^ jnp.uint32(bits.size)
+
+
+_fingerprints_jit = jax.jit(lambda tree: jax.tree_util.tree_map(_fingerprint, tree))
+
+
+def fingerprints(tree: Any) -> dict[str, int]:
+  """{path: fingerprint} of every array leaf of `tree` (any sharding, any process count: the
+  sum is computed by XLA over the global array)."""
+  values = jax.device_get(_fingerprints_jit(tree))
+  name = lambda path: "/".join(
+    str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path
+  )
+  return {name(path): int(v) for path, v in jax.tree_util.tree_flatten_with_path(values)[0]}
+
+
+def checksum_path(directory: str, step: int) -> str:
+  """The checksum file of `step` of the checkpoint directory `directory`."""
+  return os.path.join(os.path.dirname(os.path.abspath(directory)), CHECKSUMS_SUBDIR, f"{step}.json")
+
+
+def write_checksums(directory: str, step: int, tree: Any) -> None:
+  """Writes `fingerprints(tree)` for `step` (process 0; atomically: a partial file never stays)."""
+  values = fingerprints(tree)
+  if jax.process_index() != 0:
+    return
+  path = checksum_path(directory, step)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(values, f, sort_keys=True)
+  os.replace(path + ".tmp", path)
+
+
+def prune_checksums(directory: str, steps) -> None:
+  """Removes checksum files of steps no longer in `steps` (Orbax pruned them)."""
+  folder = os.path.dirname(checksum_path(directory, 0))
+  if jax.process_index() != 0 or not os.path.isdir(folder):
+    return
+  keep = {f"{s}.json" for s in steps}
+  for name in os.listdir(folder):
+    if name.endswith(".json") and name not in keep:
+      os.remove(os.path.join(folder, name))
+
+
+def verify_checksums(directory: str, step: int, tree: Any, prefix: str = "") -> None:
+  """Raises CheckpointError naming the step, the checksum file and the arrays whose restored
+  values differ from what was saved. `tree` is a restored subtree at `prefix` ("params").
+  A step saved without a checksum file (older runs) is accepted with a warning."""
+  path = checksum_path(directory, step)
+  if not os.path.isfile(path):
+    logging.warning("checkpoint step %d: no checksum file %s; not verified", step, path)
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as error:
+    raise CheckpointError(f"step {step}: unreadable checksum file {path}: {error}") from None
+  actual = fingerprints(tree)
+  name = lambda key: f"{prefix}/{key}" if prefix else key
+  wrong = sorted(key for key, value in actual.items() if saved.get(name(key)) != value)
+  if wrong:
+    shown = ", ".join(name(k) for k in wrong[:5]) + (
+      f" (+{len(wrong) - 5})" if len(wrong) > 5 else ""
+    )
+    raise CheckpointError(
+      f"step {step}: {len(wrong)} array(s) differ from the checksums in {path}: {shown}"
+    )
 
 
 def open_manager(directory: str) -> ocp.CheckpointManager:
@@ -80,6 +177,61 @@ def _check_shapes(saved: Any, abstract: Any, where: str) -> None:
     )
 
 
+def check_fits(directory: str, step: int, model_config, manager=None) -> None:
+  """CheckpointError (one line) unless the params saved at `step` have `model_config`'s names
+  and shapes (another size or expert scope is named before anything is built or compiled)."""
+  own = manager is None
+  manager = open_manager(directory) if own else manager
+  try:
+    saved = manager.item_metadata(step)[STATE_ITEM]
+    saved_params = dict(getattr(saved, "tree", saved))["params"]
+    _check_shapes(saved_params, nn.unbox(abstract_params(model_config)), f"{directory}/{step}")
+  finally:
+    if own:
+      manager.close()
+
+
+def _restore_step(manager, directory, step, abstract, shardings, cast):
+  """The params of one step, read in their saved dtype, verified, then cast."""
+  # The saved dtypes, not config.model.param_dtype's: the checksums are of the saved bits.
+  saved = flatten(
+    dict(getattr(meta := manager.item_metadata(step)[STATE_ITEM], "tree", meta))["params"]
+  )
+  abstract = jax.tree_util.tree_map_with_path(
+    lambda path, leaf: jax.ShapeDtypeStruct(
+      leaf.shape, saved["/".join(str(k.key) for k in path)].dtype
+    ),
+    abstract,
+  )
+  target = {
+    "params": jax.tree_util.tree_map(
+      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+      abstract,
+      shardings,
+    )
+  }
+  restore_args = jax.tree_util.tree_map(
+    lambda leaf, sharding: ocp.ArrayRestoreArgs(dtype=leaf.dtype, sharding=sharding),
+    abstract,
+    shardings,
+  )
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
+      **{
+        STATE_ITEM: ocp.args.PyTreeRestore(
+          item=target, restore_args={"params": restore_args}, partial_restore=True
+        )
+      }
+    ),
+  )
+  params = restored[STATE_ITEM]["params"]
+  verify_checksums(directory, step, params, prefix="params")
+  if cast is None:
+    return params
+  return jax.tree_util.tree_map(lambda x: x.astype(cast), params)
+
+
 def restore_params(
   workdir: str,
   model_config,
@@ -91,56 +243,53 @@ def restore_params(
 ) -> tuple[Any, int]:
   """Restores the MedQUni parameters of a training run; returns (params, step).
 
-  workdir: a medq-train workdir; step: None for the latest. With `mesh` and `rules` the
-  parameters are placed into the mesh's shardings from their logical names (any device count);
-  otherwise on the default device. dtype: None keeps the saved dtype, or e.g. "bfloat16".
+  workdir: a medq-train workdir; step: None for the latest good one (a step that does not read
+  or fails its checksums is reported and the one before it is used); an explicit step must be
+  good. With `mesh` and `rules` the parameters are placed into the mesh's shardings from their
+  logical names (any device count); otherwise on the default device. dtype: None keeps the saved
+  dtype, or e.g. "bfloat16".
   """
   directory = checkpoint_dir(workdir)
   manager = open_manager(directory)
   try:
-    step = manager.latest_step() if step is None else int(step)
-    if step is None:
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
       raise CheckpointError(f"{directory}: no checkpoint steps found")
-    if step not in manager.all_steps():
-      raise CheckpointError(f"{directory}: no step {step}; steps: {list(manager.all_steps())}")
+    if step is not None:
+      if int(step) not in steps:
+        raise CheckpointError(f"{directory}: no step {step}; steps: {sorted(steps)}")
+      steps = [int(step)]
     boxed = abstract_params(model_config)
     abstract = nn.unbox(boxed)
-    saved = manager.item_metadata(step)[STATE_ITEM]
-    saved_params = dict(getattr(saved, "tree", saved))["params"]
-    _check_shapes(saved_params, abstract, f"{directory}/{step}")
+    check_fits(directory, steps[0], model_config, manager)
     if mesh is not None:
       shardings = sharding_lib.mesh_shardings(boxed, mesh, rules)
     else:
       device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
       shardings = jax.tree_util.tree_map(lambda _: device, abstract)
     cast = jnp.dtype(dtype) if dtype else None
-    restore_args = jax.tree_util.tree_map(
-      lambda leaf, sharding: ocp.ArrayRestoreArgs(dtype=cast or leaf.dtype, sharding=sharding),
-      abstract,
-      shardings,
-    )
-    target = {
-      "params": jax.tree_util.tree_map(
-        lambda leaf, sharding: jax.ShapeDtypeStruct(
-          leaf.shape, cast or leaf.dtype, sharding=sharding
-        ),
-        abstract,
-        shardings,
-      )
-    }
-    restored = manager.restore(
-      step,
-      args=ocp.args.Composite(
-        **{
-          STATE_ITEM: ocp.args.PyTreeRestore(
-            item=target, restore_args={"params": restore_args}, partial_restore=True
-          )
-        }
-      ),
-    )
-    return restored[STATE_ITEM]["params"], step
+    problems = []
+    for candidate in steps:
+      try:
+        return _restore_step(manager, directory, candidate, abstract, shardings, cast), candidate
+      except Exception as error:  # any unreadable step: report it, try the previous one
+        problems.append(describe_failure(directory, candidate, error))
+        logging.warning("%s; trying the previous step", problems[-1])
+    raise CheckpointError(f"{directory}: no usable checkpoint: " + "; ".join(problems))
   finally:
     manager.close()
+
+
+def describe_failure(directory: str, step: int, error: Exception) -> str:
+  """One line: which step failed to restore and why, from the innermost cause (TensorStore's
+  names the file and the array key; Orbax's outer error is a page of TensorStore spec)."""
+  if isinstance(error, CheckpointError):
+    return str(error)
+  root = error
+  while (root.__cause__ or root.__context__) is not None:
+    root = root.__cause__ or root.__context__
+  text = " ".join(str(root).split("See full TensorStore details")[0].split())
+  return f"step {step} in {directory} does not restore ({type(root).__name__}: {text[:400]})"
 
 
 # ------------------------------------------------------------------------------ the frozen VAE

@@ -100,3 +100,108 @@ def test_missing_workdir_and_step_are_named(saved_run, tmp_path):
     checkpoints.restore_params(str(tmp_path / "empty"), config.model)
   with pytest.raises(checkpoints.CheckpointError, match=r"no step 3; steps: \[7\]"):
     checkpoints.restore_params(workdir, config.model, step=3)
+
+
+def _array_files(step_dir):
+  import os
+
+  return sorted(
+    (os.path.join(root, name) for root, _, names in os.walk(step_dir) for name in names),
+    key=os.path.getsize,
+  )
+
+
+def _flip_bit(path):
+  import pathlib
+
+  data = bytearray(pathlib.Path(path).read_bytes())
+  data[len(data) // 2] ^= 0x04
+  pathlib.Path(path).write_bytes(bytes(data))
+
+
+def _truncate(path):
+  import os
+
+  size = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    f.truncate(size // 2)
+
+
+def _delete(path):
+  import os
+
+  os.remove(path)
+
+
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory, placed_params):
+  """A workdir with good steps 5 and 9 (different params) and their checksums."""
+  config = medq_uni.get_config("size=tiny,stage=2,mesh=1x-1x1")
+  saved = {}
+  workdir = str(tmp_path_factory.mktemp("two_steps"))
+  manager = checkpoint_lib.make_manager(checkpoints.checkpoint_dir(workdir))
+  for step, seed in ((5, 1), (9, 2)):
+    params, _ = placed_params(config, seed)
+    state = state_lib.TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state={})
+    checkpoints.write_checksums(str(manager.directory), step, state)
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+    manager.wait_until_finished()
+    saved[step] = jax.device_get(params)
+  manager.close()
+  return config, workdir, saved
+
+
+@pytest.mark.parametrize("damage", [_flip_bit, _truncate, _delete])
+def test_corrupt_latest_step_is_reported_and_the_previous_one_restored(
+  two_steps, tmp_path, damage, caplog
+):
+  import logging
+  import os
+  import shutil
+
+  config, workdir, saved = two_steps
+  run = str(tmp_path / "run")
+  shutil.copytree(workdir, run)
+  step_dir = os.path.join(checkpoints.checkpoint_dir(run), "9")
+  damage(_array_files(os.path.join(step_dir, "state"))[-1])  # the largest array file
+  with caplog.at_level(logging.WARNING):
+    params, step = checkpoints.restore_params(run, config.model)
+  assert step == 5
+  _assert_equal_trees(params, saved[5], rtol=0, atol=0)
+  (warning,) = [r.getMessage() for r in caplog.records if "trying the previous" in r.getMessage()]
+  assert "step 9" in warning
+  with pytest.raises(checkpoints.CheckpointError, match="step 9"):
+    checkpoints.restore_params(run, config.model, step=9)  # an explicit step must be good
+
+
+def test_flipped_bit_in_the_values_fails_the_checksums(two_steps, tmp_path):
+  """A bit flipped where the reader cannot see it (the restored values) is caught by the
+  checksums: rewrite step 9's checksum file as if a value had changed."""
+  import json
+  import pathlib
+  import shutil
+
+  config, workdir, _ = two_steps
+  run = str(tmp_path / "run")
+  shutil.copytree(workdir, run)
+  path = checkpoints.checksum_path(checkpoints.checkpoint_dir(run), 9)
+  values = json.loads(pathlib.Path(path).read_text())
+  name = "params/decoder/layers/mlp/up_proj/kernel"
+  values[name] ^= 1
+  pathlib.Path(path).write_text(json.dumps(values))
+  with pytest.raises(checkpoints.CheckpointError, match=rf"step 9: 1 array\(s\) differ .*{name}"):
+    checkpoints.restore_params(run, config.model, step=9)
+  assert checkpoints.restore_params(run, config.model)[1] == 5
+
+
+def test_no_usable_step_is_one_error(two_steps, tmp_path):
+  import os
+  import shutil
+
+  config, workdir, _ = two_steps
+  run = str(tmp_path / "run")
+  shutil.copytree(workdir, run)
+  for step in ("5", "9"):
+    _delete(_array_files(os.path.join(checkpoints.checkpoint_dir(run), step, "state"))[-1])
+  with pytest.raises(checkpoints.CheckpointError, match=r"no usable checkpoint: step 9 .*; step 5"):
+    checkpoints.restore_params(run, config.model)

@@ -167,3 +167,46 @@ def test_training_encodes_a_posterior_sample(stage1):
     ]
   assert losses[True][0] == losses[True][1]  # seeded by the step rng
   assert losses[True][0] != losses[False][0]
+
+
+def test_nonfinite_step_skips_its_update_bit_for_bit(stage1):
+  """A batch with NaN pixels: the step reports nonfinite=1 and returns the state it was given
+  (params and optimizer state bit-identical, the step counter advanced); a good batch after it
+  updates as usual."""
+  config, setup, batch = stage1
+  step = jax.jit(
+    step_lib.make_train_step(setup.model, setup.vae, setup.optimizer, config.model, config.train)
+  )
+  state, metrics = step(
+    state_lib.create_train_state(setup.params, setup.optimizer),
+    setup.vae_params,
+    batch,
+    jax.random.key(1),
+  )
+  assert float(metrics["nonfinite"]) == 0
+  before = jax.device_get(state)
+  bad = dict(batch, vae_images=np.full_like(batch["vae_images"], np.nan))
+  after, metrics = step(state, setup.vae_params, bad, jax.random.key(1))
+  assert not np.isfinite(float(metrics["loss"])) and float(metrics["nonfinite"]) == 1
+  after = jax.device_get(after)
+  assert int(after.step) == int(before.step) + 1
+  for name, tree in (("params", "params"), ("opt_state", "opt_state")):
+    old = jax.tree_util.tree_leaves(getattr(before, tree))
+    new = jax.tree_util.tree_leaves(getattr(after, tree))
+    assert len(old) == len(new) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(old, new)), name
+  good, metrics = step(jax.device_put(after), setup.vae_params, batch, jax.random.key(1))
+  assert float(metrics["nonfinite"]) == 0
+  assert not all(
+    np.array_equal(a, b)
+    for a, b in zip(
+      jax.tree_util.tree_leaves(before.params), jax.tree_util.tree_leaves(good.params)
+    )
+  )
+
+
+def test_all_finite():
+  ok = {"a": jnp.ones((3,)), "b": (jnp.zeros(()), jnp.arange(3))}
+  assert bool(step_lib.all_finite(ok))
+  for bad in (jnp.nan, jnp.inf, -jnp.inf):
+    assert not bool(step_lib.all_finite(ok, {"c": jnp.asarray([1.0, bad])}))

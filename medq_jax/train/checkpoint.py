@@ -1,16 +1,25 @@
 """Writing and resuming Orbax checkpoints of the train state together with the Grain iterator
 state, so that a restored run continues with exactly the batches it would have seen. Reading a
-run's parameters alone (evaluation) is `medq_jax.checkpoints`."""
+run's parameters alone (evaluation) is `medq_jax.checkpoints`.
+
+Each saved step also gets the fingerprints of its arrays (`checkpoints.write_checksums`). On
+resume the latest step that reads and matches them is used; a newer step that does not is
+reported (step and file or array) and moved to `<workdir>/corrupt_checkpoints/<step>`, so the
+run can save that step again; when no step is usable the run stops with one error."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from medq_jax import checkpoints
+
+CORRUPT_SUBDIR = "corrupt_checkpoints"
 
 
 def make_manager(directory: str, keep: int = 3, save_every: int = 100) -> ocp.CheckpointManager:
@@ -23,32 +32,65 @@ def make_manager(directory: str, keep: int = 3, save_every: int = 100) -> ocp.Ch
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, force: bool = False):
-  """Saves (async) the sharded state and the data iterator position at `step`."""
-  return manager.save(
+  """Saves (async) the sharded state and the data iterator position at `step`, with the
+  fingerprints of the state's arrays (written first: a step never exists without them)."""
+  if not (force or manager.should_save(step)):
+    return False
+  checkpoints.write_checksums(str(manager.directory), step, state)
+  saved = manager.save(
     step,
     args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)
     ),
     force=force,
   )
+  checkpoints.prune_checksums(str(manager.directory), set(manager.all_steps()) | {step})
+  return saved
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
+  """Moves a corrupt step out of the checkpoint directory (kept for inspection)."""
+  directory = str(manager.directory)
+  if jax.process_index() == 0:
+    target = os.path.join(os.path.dirname(directory), CORRUPT_SUBDIR, str(step))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.exists(target):
+      target += f".{len(os.listdir(os.path.dirname(target)))}"
+    os.rename(os.path.join(directory, str(step)), target)
+    logging.warning("moved the unusable checkpoint step %d to %s", step, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"medq_set_aside_{step}")
+  manager.reload()
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator):
-  """Restores into `abstract_state`'s shardings (any mesh) and rewinds `data_iterator`.
-
-  Returns (state, step) or (None, 0) when there is no checkpoint.
-  """
-  step = manager.latest_step()
-  if step is None:
-    return None, 0
-  restored = manager.restore(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=grain.checkpoint.CheckpointRestore(data_iterator),
-    ),
-  )
-  return restored.state, step
+  """Restores the latest good step into `abstract_state`'s shardings (any mesh) and rewinds
+  `data_iterator` to it. Returns (state, step) or (None, 0) when there is no checkpoint;
+  CheckpointError when there are steps and none is usable."""
+  directory = str(manager.directory)
+  problems = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=grain.checkpoint.CheckpointRestore(data_iterator),
+        ),
+      )
+      checkpoints.verify_checksums(directory, step, restored.state)
+    except Exception as error:  # any unreadable or altered step: report it, try the previous
+      problems.append(checkpoints.describe_failure(directory, step, error))
+      logging.error("%s; resuming from the previous step instead", problems[-1])
+      continue
+    for bad in [s for s in manager.all_steps() if s > step]:
+      _set_aside(manager, bad)
+    return restored.state, step
+  if problems:
+    raise checkpoints.CheckpointError(
+      f"{directory}: no usable checkpoint to resume from: " + "; ".join(problems)
+    )
+  return None, 0
 
 
 def abstract_like(tree):

@@ -3,7 +3,9 @@ packer (`medq_jax.layout.PackExamples`) as its example transform.
 
 Records that do not decode, and examples that do not fit the layout (texts longer than
 `layout.max_und_len`, wrong image shapes), are skipped by the loader with a logged reason and a
-running count; batches keep their static shape.
+running count; batches keep their static shape. After `train.max_consecutive_skips` skips in a
+row the loader raises `data_pipeline.loader.SkipLimitError` naming the dataset and the first
+reasons (an all-undecodable split would otherwise never fill a batch).
 
 Condition dropout (`config.train.dropout_*`) is drawn per example from `train.seed` and the
 record's position in the loader's stream (the loader adds it), so a resumed run sees exactly the
@@ -44,6 +46,7 @@ def make_train_loader(
     transform=layout_lib.PackExamples(tokenizer_dir, spec, dropout, data_loader.STREAM_INDEX),
     transform_errors=(layout_lib.LayoutError,),
     stream_index=dropout.active,
+    max_consecutive_skips=int(config.train.get("max_consecutive_skips", 1000)),
   )
 
 

@@ -1,6 +1,7 @@
 """The training loop: sharded init (optionally from pretrained files), AOT-compiled train step,
-Grain batches, Orbax checkpoints (train state + data iterator), metrics (stdout, metrics.jsonl,
-TensorBoard) with per-device TFLOP/s and MFU, and an optional profiler window.
+Grain batches, Orbax checkpoints (train state + data iterator, verified by checksums on resume),
+metrics (stdout, metrics.jsonl, TensorBoard) with per-device TFLOP/s and MFU, non-finite steps
+skipped and counted, and an optional profiler window.
 
 The loop does no launch work: the entry point (`launch/train.py`) prepares the dataset and the
 tokenizer first (`launch/prepare.py`). One call trains one stage; `pipeline.py` chains stages."""
@@ -13,14 +14,14 @@ import time
 from collections.abc import Callable
 
 import jax
-import numpy as np
 
+from data_pipeline.loader import SkipLimitError
 from medq_jax import checkpoints
 from medq_jax import sharding as sharding_lib
 from medq_jax.models.medq_uni import param_count
 from medq_jax.train import checkpoint as checkpoint_lib
+from medq_jax.train import config_checks, pretrained, run_record
 from medq_jax.train import data as data_lib
-from medq_jax.train import pretrained
 from medq_jax.train import state as state_lib
 from medq_jax.train import step as step_lib
 from medq_jax.train.metrics_writer import MetricsWriter
@@ -51,6 +52,65 @@ def _step_flops(compiled) -> float:
   return float((analysis or {}).get("flops", 0.0))
 
 
+class NonFiniteError(FloatingPointError):
+  """`train.max_consecutive_nonfinite` steps in a row had a non-finite loss or gradient."""
+
+
+class _NonFiniteCounter:
+  """Counts the steps whose update was skipped (`nonfinite` from the jitted step) and stops
+  the run after `limit` in a row. Flags are read one step late, so one step stays queued."""
+
+  def __init__(self, limit: int, latest_checkpoint: Callable[[], int | None]):
+    self.limit, self.latest_checkpoint = limit, latest_checkpoint
+    self.streak = self.total = 0
+    self._pending = None  # (step, flag on device)
+
+  def push(self, step: int, flag) -> None:
+    """Accounts the previous step (its result is due) and queues this one's flag."""
+    self.flush()
+    self._pending = (step, flag)
+
+  def flush(self) -> None:
+    """Accounts the queued step (blocks on it)."""
+    if self._pending is None:
+      return
+    step, flag = self._pending
+    self._pending = None
+    if not float(jax.device_get(flag)):
+      self.streak = 0
+      return
+    self.streak += 1
+    self.total += 1
+    logging.warning(
+      "step %d: non-finite loss or gradient norm; its update was skipped (%d in a row, %d in "
+      "total)",
+      step,
+      self.streak,
+      self.total,
+    )
+    if self.streak >= self.limit:
+      raise NonFiniteError(
+        f"stopping at step {step}: {self.streak} consecutive steps had a non-finite loss or "
+        f"gradient norm (train.max_consecutive_nonfinite={self.limit}); parameters are those of "
+        f"step {step - self.streak}, the last good checkpoint is step "
+        f"{self.latest_checkpoint()}; lower train.learning_rate or check the data"
+      )
+
+
+# The faults that stop a run with one message (the entry point prints it as one line).
+STOP_ERRORS = (
+  config_checks.ConfigError,
+  checkpoints.CheckpointError,
+  run_record.RunRecordError,
+  NonFiniteError,
+  SkipLimitError,
+)
+
+
+def _has_steps(directory: str) -> bool:
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 def train(
   config,
   workdir: str,
@@ -59,9 +119,15 @@ def train(
 ) -> dict:
   """Trains per `config` in `workdir` on the precomputed `config.data` with the tokenizer in
   `tokenizer_dir` (both prepared by the entry point: `launch/prepare.py`); resumes from the
-  latest checkpoint there. `report(step, metrics)` is called at every logged step (process 0).
-  Returns the last step's metrics (floats)."""
+  latest good checkpoint there. `report(step, metrics)` is called at every logged step
+  (process 0). Returns the last step's metrics (floats).
+
+  Config and shape problems raise `config_checks.ConfigError` before anything is built;
+  `train.max_consecutive_nonfinite` skipped steps in a row raise `NonFiniteError`."""
   os.makedirs(workdir, exist_ok=True)
+  config_checks.check_training(config, workdir)
+  directory = checkpoints.checkpoint_dir(workdir)
+  config = run_record.settle(config, workdir, resuming=_has_steps(directory))
   # Separate streams: initialisation and the loop's per-step noise never share a key.
   init_rng, loop_rng = jax.random.split(jax.random.key(config.train.seed))
   setup = state_lib.build_setup(config, init_rng)
@@ -80,9 +146,7 @@ def train(
   step_fn = step_lib.make_train_step(setup.model, setup.vae, optimizer, config.model, config.train)
 
   iterator = data_lib.make_train_iterator(config, tokenizer_dir, spec)
-  manager = checkpoint_lib.make_manager(
-    checkpoints.checkpoint_dir(workdir), save_every=config.train.checkpoint_every
-  )
+  manager = checkpoint_lib.make_manager(directory, save_every=config.train.checkpoint_every)
   restored, start_step = checkpoint_lib.restore_latest(
     manager, checkpoint_lib.abstract_like(state), iterator
   )
@@ -114,39 +178,59 @@ def train(
   _log_memory(compiled)
   flops = _step_flops(compiled)
 
-  writer = MetricsWriter(workdir, config.train.tensorboard)
+  writer = MetricsWriter(workdir, config.train.tensorboard, resume_step=start_step)
+  nonfinite = _NonFiniteCounter(
+    int(config.train.get("max_consecutive_nonfinite", 10)), manager.latest_step
+  )
   profile_start, profile_stop = config.train.profile_steps
   peak = config.train.peak_tflops_per_device * 1e12
   last = {}
   batch = global_first
-  for step in range(start_step, config.train.steps):
-    if step == profile_start and profile_stop > profile_start:
-      jax.profiler.start_trace(os.path.join(workdir, "profile"))
-    tick = time.perf_counter()
-    state, metrics = compiled(state, vae_params, batch, loop_rng)
-    if (step + 1) % config.train.log_every == 0 or step + 1 == config.train.steps:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      seconds = time.perf_counter() - tick
-      metrics.update(
-        step_seconds=seconds,
-        examples_per_second=config.train.batch_size / seconds,
-        tflops_per_second_per_device=flops / seconds / 1e12,
-      )
-      if peak:
-        metrics["mfu"] = flops / seconds / peak
-      if not np.isfinite(metrics["loss"]):
-        raise FloatingPointError(f"step {step + 1}: loss is {metrics['loss']}; stopping")
-      writer.write(step + 1, metrics)
-      if report is not None and jax.process_index() == 0:
-        report(step + 1, metrics)
-      last = dict(metrics, step=step + 1)
-    if step + 1 == profile_stop and profile_stop > profile_start:
-      jax.block_until_ready(state)
-      jax.profiler.stop_trace()
-    checkpoint_lib.save(manager, step + 1, state, iterator, force=step + 1 == config.train.steps)
-    if step + 1 < config.train.steps:
-      batch = sharding_lib.global_batch(data_lib.as_numpy_batch(next(iterator)), mesh)
-  writer.close()
-  manager.wait_until_finished()
-  manager.close()
+  # Steps are dispatched asynchronously: timings are wall time between logged steps (results
+  # blocked on) divided by the steps in between, the true mean per step including data waits.
+  logged_time, logged_step = time.perf_counter(), start_step
+  try:
+    for step in range(start_step, config.train.steps):
+      done = step + 1
+      if step == profile_start and profile_stop > profile_start:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
+      state, metrics = compiled(state, vae_params, batch, loop_rng)
+      nonfinite.push(done, metrics["nonfinite"])
+      final = done == config.train.steps
+      saving = final or manager.should_save(done)
+      logging_step = done % config.train.log_every == 0 or final
+      if saving or logging_step:
+        nonfinite.flush()
+      if logging_step:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        seconds = (now - logged_time) / (done - logged_step)
+        logged_time, logged_step = now, done
+        metrics.update(
+          step_seconds=seconds,
+          examples_per_second=config.train.batch_size / seconds,
+          tflops_per_second_per_device=flops / seconds / 1e12,
+          nonfinite_steps=float(nonfinite.total),
+        )
+        if peak:
+          metrics["mfu"] = flops / seconds / peak
+        writer.write(done, metrics)
+        if report is not None and jax.process_index() == 0:
+          report(done, metrics)
+        last = dict(metrics, step=done)
+      if done == profile_stop and profile_stop > profile_start:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+      if saving:
+        if nonfinite.streak:  # the state is the last good one; keep the last good checkpoint
+          logging.warning("step %d: not checkpointed (its update was skipped)", done)
+        else:
+          checkpoint_lib.save(manager, done, state, iterator, force=final)
+      if not final:
+        batch = sharding_lib.global_batch(data_lib.as_numpy_batch(next(iterator)), mesh)
+    nonfinite.flush()
+  finally:
+    writer.close()
+    manager.wait_until_finished()
+    manager.close()
   return last

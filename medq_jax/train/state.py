@@ -93,13 +93,15 @@ def make_optimizer(train_config, params: Any = None) -> optax.GradientTransforma
   """AdamW with linear warmup + cosine decay (paper: cosine from 2e-5) and global-norm clipping,
   over the stage's trainable parameters only: `init(params)` keeps no state for frozen ones and
   `update` takes and returns updates of the trainable subtree (`split_params`). `params` is
-  unused (kept for callers that pass it)."""
+  unused (kept for callers that pass it). The cosine's horizon is `train.schedule_steps`
+  (fixed when a run starts, `run_record.settle`), else `train.steps`."""
   del params
+  horizon = int(train_config.get("schedule_steps", 0) or train_config.steps)
   schedule = optax.warmup_cosine_decay_schedule(
     0.0,
     train_config.learning_rate,
     max(train_config.warmup_steps, 1),
-    max(train_config.steps, train_config.warmup_steps + 1),
+    max(horizon, train_config.warmup_steps + 1),
   )
   adamw = optax.chain(
     optax.clip_by_global_norm(train_config.grad_clip_norm),

@@ -8,6 +8,10 @@ the target and the description's next tokens. Loss (paper Eq. 6 and 8):
 with pixel terms on x0_hat = x_t - t v_hat decoded through the frozen VAE and compared, unclipped,
 with the target in [0, 1]. The gradient is taken with respect to the stage's trainable
 parameters only (`state.split_params`): in stage 1 no weight gradient of an und parameter exists.
+
+Every step checks its loss, gradient norm and updated parameters for NaN/Inf inside the jitted
+step: a non-finite step skips its update (state unchanged but for the step counter) and reports
+`nonfinite=1`; the loop counts them and stops after `train.max_consecutive_nonfinite`.
 """
 
 from __future__ import annotations
@@ -113,6 +117,12 @@ def make_grad_fn(loss_fn: Callable, train_config) -> Callable:
   return grad_fn
 
 
+def all_finite(*trees) -> jax.Array:
+  """True (a scalar) when every floating leaf of `trees` is finite (no NaN, no Inf)."""
+  leaves = [x for x in jax.tree_util.tree_leaves(trees) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def make_train_step(model, vae, optimizer, model_config, train_config) -> Callable:
   """Returns train_step(state, vae_params, batch, rng) -> (state, metrics); jit it with
   shardings and donate the state. `optimizer` is `state.make_optimizer(train_config)` (its
@@ -124,8 +134,16 @@ def make_train_step(model, vae, optimizer, model_config, train_config) -> Callab
     grads, metrics = grad_fn(state.params, vae_params, batch, rng)
     trainable, frozen = split_params(state.params, train_config)
     updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
-    params = merge_params(optax.apply_updates(trainable, updates), frozen)
+    new_trainable = optax.apply_updates(trainable, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
+    finite = all_finite(metrics["loss"], metrics["grad_norm"], new_trainable)
+    # A non-finite step keeps the previous parameters and optimizer state bit for bit (its
+    # update is skipped); the step counter still advances: it counts batches consumed, which
+    # keeps the checkpointed step, the data iterator and the per-step rng aligned.
+    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params = merge_params(keep(new_trainable, trainable), frozen)
+    opt_state = keep(opt_state, state.opt_state)
+    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

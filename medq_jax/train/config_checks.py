@@ -1,0 +1,105 @@
+"""The trainer's config and shape checks, in one place, run before anything is built or
+compiled: each problem is one line (a `ConfigError` naming the field and what was expected),
+not a ZeroDivisionError, an IndivisibleError or 40 tracebacks from inside a restore."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from medq_jax import checkpoints
+from medq_jax import sharding as sharding_lib
+
+
+class ConfigError(ValueError):
+  """A config value the trainer cannot run with; the message names the field."""
+
+
+def _positive_int(config, field: str, minimum: int) -> None:
+  value = config.train.get(field)
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ConfigError(f"train.{field}={value!r}: expected an integer >= {minimum}")
+
+
+def check_numbers(config) -> None:
+  """Steps, intervals and limits of `config.train`."""
+  _positive_int(config, "steps", 0)
+  for field in ("batch_size", "checkpoint_every", "log_every"):
+    _positive_int(config, field, 1)
+  for field in ("max_consecutive_nonfinite", "max_consecutive_skips"):
+    if field in config.train:
+      _positive_int(config, field, 1)
+  if config.train.get("schedule_steps", 0):
+    _positive_int(config, "schedule_steps", 1)
+
+
+def check_mesh_and_batch(config, num_devices: int | None = None) -> tuple[int, ...]:
+  """The mesh shape resolves on the devices, and the global batch splits over the data-parallel
+  axes (data x fsdp) and the processes. Returns the resolved shape."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  axes = tuple(config.mesh.axes)
+  shape = config.mesh.shape
+  if not isinstance(shape, (tuple, list)) or len(shape) != len(axes):
+    raise ConfigError(
+      f"mesh.shape={shape!r}: expected {len(axes)} sizes for the axes {axes}, e.g. (1, -1, 1)"
+    )
+  try:
+    shape = sharding_lib.resolve_mesh_shape(shape, num_devices)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+  sizes = dict(zip(axes, shape))
+  data_parallel = sizes.get("data", 1) * sizes.get("fsdp", 1)
+  batch = config.train.batch_size
+  if batch % data_parallel:
+    raise ConfigError(
+      f"train.batch_size={batch} is not divisible by the data-parallel size {data_parallel} "
+      f"(mesh data={sizes.get('data', 1)} x fsdp={sizes.get('fsdp', 1)}); use a multiple of "
+      f"{data_parallel}"
+    )
+  if batch % jax.process_count():
+    raise ConfigError(
+      f"train.batch_size={batch} is not divisible by the {jax.process_count()} processes"
+    )
+  return shape
+
+
+def _latest_readable_step(directory: str, manager) -> int | None:
+  """The newest step whose metadata reads (an unreadable one is the restore's business)."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      manager.item_metadata(step)
+      return step
+    except Exception:  # corrupt metadata: the resume reports it and falls back
+      continue
+  return None
+
+
+def check_checkpoint_fits(run_dir: str, model_config, field: str) -> None:
+  """A run's latest checkpoint has `model_config`'s parameter names and shapes (one line)."""
+  directory = checkpoints.checkpoint_dir(run_dir)
+  if not os.path.isdir(directory):
+    if field == "init.from_checkpoint":
+      raise ConfigError(f"{field}={run_dir}: no checkpoints in {directory}")
+    return
+  manager = checkpoints.open_manager(directory)
+  try:
+    step = _latest_readable_step(directory, manager)
+    if step is None:
+      return
+    try:
+      checkpoints.check_fits(directory, step, model_config, manager)
+    except checkpoints.CheckpointError as error:
+      raise ConfigError(f"{field}: {error}") from None
+  finally:
+    manager.close()
+
+
+def check_training(config, workdir: str) -> None:
+  """Every check above for a `loop.train(config, workdir)` run: numbers, mesh and batch, the
+  checkpoint it resumes from (workdir) and the one it starts from (init.from_checkpoint)."""
+  check_numbers(config)
+  check_mesh_and_batch(config)
+  check_checkpoint_fits(workdir, config.model, f"resume from {workdir}")
+  if config.get("init") and config.init.get("from_checkpoint"):
+    check_checkpoint_fits(config.init.from_checkpoint, config.model, "init.from_checkpoint")
