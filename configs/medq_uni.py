@@ -132,6 +132,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # <workdir>/run.json; raising train.steps on resume keeps it unless this is True.
       schedule_steps=0,
       restretch_schedule=False,
+      # > 0: keep an EMA of the parameters in the train state (ema = d * ema + (1 - d) * params
+      # after each applied step), saved with it; evaluation loads it instead of the parameters.
+      ema_decay=0.0,
     )
   )
   # Starting weights (empty = fresh init). MedQ-UNI fine-tunes UniMedVL: point bagel_ema at its

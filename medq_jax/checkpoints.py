@@ -191,11 +191,18 @@ def check_fits(directory: str, step: int, model_config, manager=None) -> None:
       manager.close()
 
 
-def _restore_step(manager, directory, step, abstract, shardings, cast):
-  """The params of one step, read in their saved dtype, verified, then cast."""
+def _has_ema(manager, step: int) -> bool:
+  """Whether the train state saved at `step` holds an EMA of the parameters."""
+  saved = manager.item_metadata(step)[STATE_ITEM]
+  return bool(dict(getattr(saved, "tree", saved)).get("ema"))
+
+
+def _restore_step(manager, directory, step, abstract, shardings, cast, item="params"):
+  """The params (or their EMA: item="ema") of one step, read in their saved dtype, verified,
+  then cast."""
   # The saved dtypes, not config.model.param_dtype's: the checksums are of the saved bits.
   saved = flatten(
-    dict(getattr(meta := manager.item_metadata(step)[STATE_ITEM], "tree", meta))["params"]
+    dict(getattr(meta := manager.item_metadata(step)[STATE_ITEM], "tree", meta))[item]
   )
   abstract = jax.tree_util.tree_map_with_path(
     lambda path, leaf: jax.ShapeDtypeStruct(
@@ -204,7 +211,7 @@ def _restore_step(manager, directory, step, abstract, shardings, cast):
     abstract,
   )
   target = {
-    "params": jax.tree_util.tree_map(
+    item: jax.tree_util.tree_map(
       lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
       abstract,
       shardings,
@@ -220,13 +227,13 @@ def _restore_step(manager, directory, step, abstract, shardings, cast):
     args=ocp.args.Composite(
       **{
         STATE_ITEM: ocp.args.PyTreeRestore(
-          item=target, restore_args={"params": restore_args}, partial_restore=True
+          item=target, restore_args={item: restore_args}, partial_restore=True
         )
       }
     ),
   )
-  params = restored[STATE_ITEM]["params"]
-  verify_checksums(directory, step, params, prefix="params")
+  params = restored[STATE_ITEM][item]
+  verify_checksums(directory, step, params, prefix=item)
   if cast is None:
     return params
   return jax.tree_util.tree_map(lambda x: x.astype(cast), params)
@@ -240,8 +247,11 @@ def restore_params(
   mesh=None,
   rules=None,
   dtype: str | None = None,
+  prefer_ema: bool = False,
 ) -> tuple[Any, int]:
   """Restores the MedQUni parameters of a training run; returns (params, step).
+
+  prefer_ema: restore the parameters' EMA instead when the step has one (`train.ema_decay`).
 
   workdir: a medq-train workdir; step: None for the latest good one (a step that does not read
   or fails its checksums is reported and the one before it is used); an explicit step must be
@@ -271,7 +281,11 @@ def restore_params(
     problems = []
     for candidate in steps:
       try:
-        return _restore_step(manager, directory, candidate, abstract, shardings, cast), candidate
+        item = "ema" if prefer_ema and _has_ema(manager, candidate) else "params"
+        restored = _restore_step(manager, directory, candidate, abstract, shardings, cast, item)
+        if item == "ema":
+          logging.info("step %d: restored the parameters' EMA", candidate)
+        return restored, candidate
       except Exception as error:  # any unreadable step: report it, try the previous one
         problems.append(describe_failure(directory, candidate, error))
         logging.warning("%s; trying the previous step", problems[-1])

@@ -210,3 +210,44 @@ def test_all_finite():
   assert bool(step_lib.all_finite(ok))
   for bad in (jnp.nan, jnp.inf, -jnp.inf):
     assert not bool(step_lib.all_finite(ok, {"c": jnp.asarray([1.0, bad])}))
+
+
+def test_ema_follows_the_parameters_and_evaluation_restores_it(stage1, tmp_path):
+  """train.ema_decay: after each step ema = d * ema + (1 - d) * params (trainable subtree;
+  frozen parameters copied), checked against a NumPy recurrence over the steps' parameters;
+  saved with the state, and the evaluation restore (prefer_ema) returns it."""
+  import orbax.checkpoint as ocp
+
+  from medq_jax import checkpoints
+  from medq_jax.train import checkpoint as checkpoint_lib
+
+  config, setup, batch = stage1
+  train_config = config.train.copy_and_resolve_references()
+  train_config.ema_decay = decay = 0.75
+  step = jax.jit(
+    step_lib.make_train_step(setup.model, setup.vae, setup.optimizer, config.model, train_config)
+  )
+  state = state_lib.create_train_state(setup.params, setup.optimizer, decay)
+  expected = {k: np.array(v) for k, v in flatten(setup.params).items()}
+  for _ in range(3):
+    state, _ = step(state, setup.vae_params, batch, jax.random.key(1))
+    for key, value in flatten(jax.device_get(state.params)).items():
+      expected[key] = decay * expected[key] + (1 - decay) * np.asarray(value)
+  ema, params = flatten(jax.device_get(state.ema)), flatten(jax.device_get(state.params))
+  trains = lambda name: state_lib.is_trainable(name, 1, config.train.stage1_trainable)
+  for key in ema:
+    if trains(key):
+      np.testing.assert_allclose(ema[key], expected[key], rtol=1e-5, atol=1e-7, err_msg=key)
+    else:
+      assert np.array_equal(ema[key], params[key]), key
+  assert any(trains(k) and not np.array_equal(ema[k], params[k]) for k in ema)
+
+  manager = checkpoint_lib.make_manager(checkpoints.checkpoint_dir(str(tmp_path)))
+  checkpoints.write_checksums(str(manager.directory), 3, state)
+  manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  restored, _ = checkpoints.restore_params(str(tmp_path), config.model, prefer_ema=True)
+  assert all(np.array_equal(v, ema[k]) for k, v in flatten(jax.device_get(restored)).items())
+  restored, _ = checkpoints.restore_params(str(tmp_path), config.model)
+  assert all(np.array_equal(v, params[k]) for k, v in flatten(jax.device_get(restored)).items())

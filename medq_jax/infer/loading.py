@@ -99,7 +99,12 @@ def load_for_inference(config, source: str, dtype: str | None = None, mesh=None)
     return load_converted(source, config, dtype)
   run_dir = run_directory(source)
   params, step = checkpoints.restore_params(
-    run_dir, config.model, mesh=mesh, rules=config.sharding_rules if mesh else None, dtype=dtype
+    run_dir,
+    config.model,
+    mesh=mesh,
+    rules=config.sharding_rules if mesh else None,
+    dtype=dtype,
+    prefer_ema=True,  # a run trained with train.ema_decay > 0 is evaluated with its EMA
   )
   vae_path = checkpoints.vae_file(config.init.flux_ae, config.model.size, _pipeline_root(run_dir))
   vae_params = checkpoints.load_vae_params(vae_path, config.model)

@@ -30,6 +30,9 @@ def check_numbers(config) -> None:
   for field in ("max_consecutive_nonfinite", "max_consecutive_skips"):
     if field in config.train:
       _positive_int(config, field, 1)
+  decay = config.train.get("ema_decay", 0.0)
+  if not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+    raise ConfigError(f"train.ema_decay={decay!r}: expected 0 (no EMA) or a decay in (0, 1)")
   if config.train.get("schedule_steps", 0):
     _positive_int(config, "schedule_steps", 1)
 

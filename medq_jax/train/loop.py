@@ -141,7 +141,8 @@ def train(
     param_count(vae_params) / 1e6,
     dict(mesh.shape),
   )
-  state = jax.jit(lambda p: state_lib.create_train_state(p, optimizer))(params)
+  ema_decay = float(config.train.get("ema_decay", 0.0))
+  state = jax.jit(lambda p: state_lib.create_train_state(p, optimizer, ema_decay))(params)
   state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
   step_fn = step_lib.make_train_step(setup.model, setup.vae, optimizer, config.model, config.train)
 

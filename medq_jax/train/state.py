@@ -30,11 +30,13 @@ from medq_jax.models.vae import FluxAutoEncoder
 @flax.struct.dataclass
 class TrainState:
   """Everything a train step updates. `params` are all MedQUni parameters (frozen ones
-  included, so a checkpoint restores a whole model); `opt_state` covers the trainable ones."""
+  included, so a checkpoint restores a whole model); `opt_state` covers the trainable ones;
+  `ema` (when `train.ema_decay` > 0) is the whole tree again, averaged; evaluation prefers it."""
 
   step: jax.Array
   params: Any
   opt_state: Any
+  ema: Any = None  # the parameters' exponential moving average (train.ema_decay > 0), else None
 
 
 def path_name(path) -> str:
@@ -141,8 +143,12 @@ def init_params_sharded(model, vae, spec, model_config, mesh, rules, rng):
   return params, vae_params, param_shardings, vae_shardings
 
 
-def create_train_state(params, optimizer) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+def create_train_state(params, optimizer, ema_decay: float = 0.0) -> TrainState:
+  """Step 0; with `ema_decay` > 0 the EMA starts as a copy of the parameters."""
+  ema = jax.tree_util.tree_map(jnp.copy, params) if ema_decay else None
+  return TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), ema=ema
+  )
 
 
 @dataclasses.dataclass

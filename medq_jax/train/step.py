@@ -141,9 +141,17 @@ def make_train_step(model, vae, optimizer, model_config, train_config) -> Callab
     # update is skipped); the step counter still advances: it counts batches consumed, which
     # keeps the checkpointed step, the data iterator and the per-step rng aligned.
     keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
-    params = merge_params(keep(new_trainable, trainable), frozen)
+    kept = keep(new_trainable, trainable)
+    params = merge_params(kept, frozen)
     opt_state = keep(opt_state, state.opt_state)
     metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    ema = state.ema
+    if ema is not None:  # EMA of the trainable subtree; frozen parameters are copied as they are
+      decay = float(train_config.ema_decay)
+      ema_trainable = jax.tree_util.tree_map(
+        lambda e, p: decay * e + (1.0 - decay) * p, split_params(ema, train_config)[0], kept
+      )
+      ema = merge_params(keep(ema_trainable, split_params(ema, train_config)[0]), frozen)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 
   return train_step
