@@ -48,27 +48,9 @@ def _sds(tree, shardings):
   )
 
 
-def train_state_shardings(state_shape, params, mesh) -> Any:
-  """Shardings of a TrainState for `params` (ShapeDtypeStructs with shardings): every leaf that
-  mirrors a parameter (the parameter itself, the AdamW moments of a trainable one) takes that
-  parameter's sharding, matched by tree-path suffix and shape; the rest (step, counts) is
-  replicated."""
-  keystr = jax.tree_util.keystr
-  by_path = [(keystr(path), p) for path, p in jax.tree_util.tree_flatten_with_path(params)[0]]
-
-  def pick(path, leaf):
-    name = keystr(path)
-    for param_path, param in by_path:
-      if name.endswith(param_path) and leaf.shape == param.shape:
-        return param.sharding
-    return sharding_lib.replicated(mesh)
-
-  return jax.tree_util.tree_map_with_path(pick, state_shape)
-
-
 def _loop_init_problem(init_state, params, state_shardings) -> str:
-  """How loop.py's init (`jit(create_train_state)`, shardings read off its result) places the
-  AdamW moments, when not like the parameters."""
+  """How the trainer's init (`state.jitted_state_init`, compiled here) places the AdamW moments,
+  when not like the parameters (a regression guard: it shards them like the parameters)."""
   try:
     loop_shardings = init_state.lower(params).compile().output_shardings
   except Exception as error:  # e.g. RESOURCE_EXHAUSTED on a TPU topology
@@ -105,11 +87,11 @@ def abstract_step(config, devices=None, check_loop_init: bool = True) -> Abstrac
     )
   params, vae_params = trees
   optimizer = state_lib.make_optimizer(config.train)
-  init_state = jax.jit(lambda p: state_lib.create_train_state(p, optimizer))
+  init_state = state_lib.jitted_state_init(params, optimizer, mesh)
   state_shape = jax.eval_shape(init_state, params)
-  state_shardings = train_state_shardings(state_shape, params, mesh)
+  state_shardings = state_lib.train_state_shardings(state_shape, params, mesh)
   state = _sds(state_shape, state_shardings)
-  # What loop.py does today: jit(create_train_state) and read the shardings off its result.
+  # The trainer's own init, compiled: does it place the moments as the budget assumes?
   loop_init_problem = (
     _loop_init_problem(init_state, params, state_shardings) if check_loop_init else ""
   )

@@ -53,7 +53,7 @@ def main(argv):
   config = _CONFIG.value
   setup = state_lib.build_setup(config, jax.random.PRNGKey(0))
   spec, mesh, vae_params = setup.spec, setup.mesh, setup.vae_params
-  state = jax.jit(lambda p: state_lib.create_train_state(p, setup.optimizer))(setup.params)
+  state = state_lib.init_train_state(setup.params, setup.optimizer, setup.mesh)
 
   batch = seeded_batch(spec, config)
   rows = config.train.batch_size // process_count

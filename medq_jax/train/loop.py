@@ -142,7 +142,7 @@ def train(
     dict(mesh.shape),
   )
   ema_decay = float(config.train.get("ema_decay", 0.0))
-  state = jax.jit(lambda p: state_lib.create_train_state(p, optimizer, ema_decay))(params)
+  state = state_lib.init_train_state(params, optimizer, mesh, ema_decay)
   state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
   step_fn = step_lib.make_train_step(setup.model, setup.vae, optimizer, config.model, config.train)
 

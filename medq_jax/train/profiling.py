@@ -188,7 +188,9 @@ def profile_training(
   init_rng, loop_rng = jax.random.split(jax.random.key(config.train.seed))
   setup = state_lib.build_setup(config, init_rng)
   optimizer, mesh = setup.optimizer, setup.mesh
-  state = jax.jit(lambda p: state_lib.create_train_state(p, optimizer))(setup.params)
+  state = state_lib.init_train_state(
+    setup.params, optimizer, mesh, config.train.get("ema_decay", 0.0)
+  )
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
   step_fn = step_lib.make_train_step(setup.model, setup.vae, optimizer, config.model, config.train)
   iterator = data_lib.make_train_iterator(config, tokenizer_dir, setup.spec)
