@@ -2,11 +2,11 @@ r"""Benchmark of MedQ-Engine's exact retrieval: cosine top-k of prototypes again
 from the memory-mapped pool store, ours (`medq_jax.engine.retrieval.top_k_cosine`, what the
 engine runs) against faiss-cpu `IndexFlatIP` in the same process.
 
-  nice python -m launch.bench_retrieval --pool_size=1000000 --dim=512 --prototypes=64
+  nice python -m launch.bench_retrieval --config.pool_size=1000000
 
-The pool (seeded Gaussian rows, norms varied; --pool_dir, reused when it already holds the same
+The pool (seeded Gaussian rows, norms varied; config.pool_dir, reused when it already holds the same
 rows, so a killed build resumes) is written once through `PoolWriter`. Then, after one warm-up
-of each (compilation, page cache), the best of --repeats runs of:
+of each (compilation, page cache), the best of config.repeats runs of:
   * ours: top_k_cosine(prototypes, PoolStore(pool_dir), k): the store streamed in chunks
     through the jitted matmul + running top-k, on every local device;
   * faiss: the same store read into an IndexFlatIP (rows L2-normalised, added shard by shard)
@@ -24,21 +24,11 @@ import sys
 import time
 
 import numpy as np
-from absl import flags, logging
+from absl import logging
 
 from launch import cli
 
-_POOL_SIZE = flags.DEFINE_integer("pool_size", 1_000_000, "Pool rows.")
-_DIM = flags.DEFINE_integer("dim", 512, "Embedding dimension.")
-_PROTOTYPES = flags.DEFINE_integer("prototypes", 64, "Prototypes (queries).")
-_K = flags.DEFINE_integer("k", 256, "Top-k per prototype.")
-_CHUNK_ROWS = flags.DEFINE_integer("chunk_rows", 65536, "Pool rows per streamed chunk (ours).")
-_SHARD_ROWS = flags.DEFINE_integer("shard_rows", 131072, "Rows per pool shard on disk.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs of each method (the best counts).")
-_POOL_DIR = flags.DEFINE_string(
-  "pool_dir", None, "Pool directory (default runs/bench_retrieval/pool_<size>x<dim>)."
-)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the pool and prototypes.")
+_CONFIG = cli.define_config_file("config", "configs/bench_retrieval.py", "Benchmark config.")
 
 
 def _rss_kib() -> int:
@@ -84,7 +74,9 @@ def build_pool(pool_dir: str, size: int, dim: int, shard_rows: int, seed: int):
   writer.close()
   store = PoolStore(pool_dir)
   if len(store) != size:
-    raise ValueError(f"--pool_dir={pool_dir}: holds {len(store)} rows, not --pool_size={size}")
+    raise ValueError(
+      f"--config.pool_dir={pool_dir}: holds {len(store)} rows, not --config.pool_size={size}"
+    )
   return store
 
 
@@ -143,18 +135,18 @@ def run(argv):
 
   from medq_jax.engine import retrieval
 
-  size, dim = _POOL_SIZE.value, _DIM.value
-  pool_dir = _POOL_DIR.value or os.path.join("runs", "bench_retrieval", f"pool_{size}x{dim}")
+  size, dim = _CONFIG.value.pool_size, _CONFIG.value.dim
+  pool_dir = _CONFIG.value.pool_dir or os.path.join("runs", "bench_retrieval", f"pool_{size}x{dim}")
   start = time.perf_counter()
-  store = build_pool(pool_dir, size, dim, _SHARD_ROWS.value, _SEED.value)
+  store = build_pool(pool_dir, size, dim, _CONFIG.value.shard_rows, _CONFIG.value.seed)
   print(
     f"pool: {len(store)} x {dim} float32 ({len(store) * dim * 4 / 2**30:.2f} GiB) in "
     f"{len(store.shards)} shards under {pool_dir} ({time.perf_counter() - start:.1f} s)"
   )
-  prototypes = _prototypes(store, _PROTOTYPES.value, dim, _SEED.value)
-  k, repeats = _K.value, _REPEATS.value
+  prototypes = _prototypes(store, _CONFIG.value.prototypes, dim, _CONFIG.value.seed)
+  k, repeats = _CONFIG.value.k, _CONFIG.value.repeats
   mesh = retrieval.pool_mesh()
-  ours = lambda: retrieval.top_k_cosine(prototypes, store, k, _CHUNK_ROWS.value, mesh)
+  ours = lambda: retrieval.top_k_cosine(prototypes, store, k, _CONFIG.value.chunk_rows, mesh)
   start = time.perf_counter()
   ours()
   first = time.perf_counter() - start
@@ -167,7 +159,7 @@ def run(argv):
     print("faiss is not installed (pip install faiss-cpu): no comparison")
     print(f"ours: {our_time:.3f} s, peak +{our_peak:.0f} MiB")
     return
-  run_faiss = lambda: faiss_search(store, prototypes, k, _CHUNK_ROWS.value)
+  run_faiss = lambda: faiss_search(store, prototypes, k, _CONFIG.value.chunk_rows)
   run_faiss()
   faiss_time, faiss_peak, results = _best(run_faiss, repeats)
   faiss_scores, faiss_rows, build_s, search_s = results[-1]
@@ -183,7 +175,7 @@ def run(argv):
   print("| method | seconds | peak RSS above start (MiB) |")
   print("|---|---|---|")
   print(
-    f"| ours (store streamed, chunks of {_CHUNK_ROWS.value}) | {our_time:.3f} "
+    f"| ours (store streamed, chunks of {_CONFIG.value.chunk_rows}) | {our_time:.3f} "
     f"(first call {first:.3f}, compiles) | {our_peak:.0f} |"
   )
   print(

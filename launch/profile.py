@@ -28,45 +28,11 @@ _TRACE = flags.DEFINE_string(
 flags.adopt_module_key_flags(distributed)
 
 
-def print_profile(profile, config) -> None:
-  from medq_jax.train.timing import print_table
-
-  gflop = lambda x: x / 1e9
-  print(
-    f"config: size={config.model.size} stage={config.train.stage} "
-    f"batch={config.train.batch_size} devices={config.mesh.shape}"
-  )
-  print_table(
-    ["figure", "value"],
-    [
-      ["step seconds (median)", profile.step_seconds],
-      ["examples / s", profile.examples_per_second],
-      ["token positions / s (padding included)", profile.tokens_per_second],
-      ["real tokens / s", profile.real_tokens_per_second],
-      ["data-wait fraction", profile.data_wait_fraction],
-      ["GFLOP / step (XLA cost analysis)", gflop(profile.xla_flops)],
-      ["GFLOP / step (analytic: decoder, ViT, LM head; 3x forward)", gflop(profile.analytic_flops)],
-      ["matmul peak GFLOP/s (this process)", gflop(profile.peak_flops_per_second)],
-      ["achieved GFLOP/s (XLA)", gflop(profile.xla_flops / profile.step_seconds)],
-    ],
-  )
-  print()
-  total = sum(v for k, v in profile.parts.items() if not k.startswith(" "))
-  print_table(
-    ["part (timed as its own program)", "seconds", "share of step"],
-    [[name, seconds, seconds / profile.step_seconds] for name, seconds in profile.parts.items()]
-    + [["sum of parts", total, total / profile.step_seconds]],
-  )
-  if profile.trace_dir:
-    print(f"trace: {profile.trace_dir}")
-  print(f"mfu={profile.mfu:.4f}")
-
-
 def main(argv):
   del argv
   distributed.initialize()
   from launch import prepare
-  from medq_jax.train.profiling import profile_training
+  from medq_jax.train.profiling import print_profile, profile_training
 
   config = _CONFIG.value
   tokenizer_dir = prepare.prepare_training(config, _WORKDIR.value)

@@ -36,7 +36,7 @@ def test_flops_counted_two_ways_agree(profile_and_config):
 
 
 def test_figures_are_consistent(profile_and_config, capsys):
-  from launch.profile import print_profile
+  from medq_jax.train.profiling import print_profile
 
   profile, config = profile_and_config
   assert profile.step_seconds > 0 and profile.peak_flops_per_second > 0

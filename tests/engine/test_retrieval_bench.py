@@ -12,7 +12,13 @@ import pytest
 from medq_jax.engine.pool_store import PoolStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMALL = ["--dim=32", "--prototypes=8", "--k=10", "--repeats=1", "--chunk_rows=4096"]
+SMALL = [
+  "--config.dim=32",
+  "--config.prototypes=8",
+  "--config.k=10",
+  "--config.repeats=1",
+  "--config.chunk_rows=4096",
+]
 
 
 def _bench(*args):
@@ -30,7 +36,9 @@ def _bench(*args):
 def test_bench_at_10k_and_pool_reuse(tmp_path):
   pytest.importorskip("faiss")
   pool = str(tmp_path / "pool")
-  done = _bench("--pool_size=10000", f"--pool_dir={pool}", "--shard_rows=3000", *SMALL)
+  done = _bench(
+    "--config.pool_size=10000", f"--config.pool_dir={pool}", "--config.shard_rows=3000", *SMALL
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   lines = done.stdout.strip().splitlines()
   assert re.fullmatch(r"retrieval_vs_faiss=\d+\.\d{3}", lines[-1]), lines[-1]
@@ -43,18 +51,22 @@ def test_bench_at_10k_and_pool_reuse(tmp_path):
   assert len(store) == 10000 and store.dim == 32 and len(store.shards) == 4
   first = store.read_rows(0, 10000).copy()
 
-  grown = _bench("--pool_size=11000", f"--pool_dir={pool}", "--shard_rows=3000", *SMALL)
+  grown = _bench(
+    "--config.pool_size=11000", f"--config.pool_dir={pool}", "--config.shard_rows=3000", *SMALL
+  )
   assert grown.returncode == 0, grown.stderr[-3000:]
   store = PoolStore(pool)
   assert len(store) == 11000 and store.ids[-1] == "row00010999"
   np.testing.assert_array_equal(store.read_rows(0, 10000), first)  # nothing rewritten
 
   fresh = str(tmp_path / "fresh")
-  _bench("--pool_size=11000", f"--pool_dir={fresh}", "--shard_rows=3000", *SMALL)
+  _bench(
+    "--config.pool_size=11000", f"--config.pool_dir={fresh}", "--config.shard_rows=3000", *SMALL
+  )
   np.testing.assert_array_equal(PoolStore(fresh).read_rows(0, 11000), store.read_rows(0, 11000))
 
-  smaller = _bench("--pool_size=5000", f"--pool_dir={pool}", *SMALL)
+  smaller = _bench("--config.pool_size=5000", f"--config.pool_dir={pool}", *SMALL)
   assert smaller.returncode == 1
   assert smaller.stderr.strip().splitlines()[-1] == (
-    f"FATAL bench_retrieval: --pool_dir={pool}: holds 11000 rows, not --pool_size=5000"
+    f"FATAL bench_retrieval: --config.pool_dir={pool}: holds 11000 rows, not --config.pool_size=5000"
   )
