@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from data_pipeline import atomic_files
 from medq_jax import sharding as sharding_lib
 from medq_jax.convert.core import flatten
 from medq_jax.models.medq_uni import abstract_params
@@ -100,10 +101,7 @@ def write_checksums(directory: str, step: int, tree: Any) -> None:
   if jax.process_index() != 0:
     return
   path = checksum_path(directory, step)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(values, f, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  atomic_files.atomic_write_text(path, json.dumps(values, sort_keys=True))
 
 
 def prune_checksums(directory: str, steps) -> None:

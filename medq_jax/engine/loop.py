@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from data_pipeline import atomic_files
 from medq_jax.bench import generator
 from medq_jax.engine import (
   clustering,
@@ -173,10 +174,7 @@ def _png(image: np.ndarray, path: str) -> None:
   buffer = io.BytesIO()
   Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(buffer, "PNG")
   if not os.path.exists(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "wb") as handle:
-      handle.write(buffer.getvalue())
-    os.replace(path + ".tmp", path)
+    atomic_files.atomic_write_bytes(path, buffer.getvalue())
 
 
 class LoggedOracle:
@@ -299,12 +297,7 @@ class Engine:
     path = os.path.join(self._iter_dir(state), "anchors.npy")
     buffer = io.BytesIO()
     np.save(buffer, result.anchors.astype(np.float32))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "wb") as handle:
-      handle.write(buffer.getvalue())
-      handle.flush()
-      os.fsync(handle.fileno())
-    os.replace(path + ".tmp", path)
+    atomic_files.atomic_write_bytes(path, buffer.getvalue())
     return {
       "n_clusters": int(result.n_clusters),
       "labels": result.labels.tolist(),

@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any
+
+from data_pipeline import atomic_files
 
 SCHEMA = "medq-engine-state"
 SCHEMA_VERSION = 1
@@ -74,30 +75,7 @@ class LoopState:
     return {"schema": SCHEMA, "version": SCHEMA_VERSION, **dataclasses.asdict(self)}
 
 
-def _fsync_dir(directory: str) -> None:
-  fd = os.open(directory, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` through a fsynced temporary file and a rename."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-      handle.write(text)
-      handle.flush()
-      os.fsync(handle.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  _fsync_dir(directory)
+atomic_write_text = atomic_files.atomic_write_text  # the engine's callers use this name
 
 
 def save(state: LoopState, path: str) -> None:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
+
+from data_pipeline import atomic_files
 
 FIELDS = ("id", "image_path", "question", "self_answer", "oracle_answer")
 DECISION_FIELDS = ("decision", "edited_text")
@@ -45,19 +45,7 @@ class Decision:
 
 
 def _atomic_write(path: str, write) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".review_", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-      write(handle)
-      handle.flush()
-      os.fsync(handle.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  atomic_files.atomic_write(path, write, newline="")
 
 
 def _rows(items: Iterable[ReviewItem]) -> list[dict]:

@@ -20,7 +20,7 @@ from medq_jax import checkpoints
 from medq_jax import sharding as sharding_lib
 from medq_jax.models.medq_uni import param_count
 from medq_jax.train import checkpoint as checkpoint_lib
-from medq_jax.train import config_checks, pretrained, run_record
+from medq_jax.train import config_checks, pretrained, profiling, run_record
 from medq_jax.train import data as data_lib
 from medq_jax.train import state as state_lib
 from medq_jax.train import step as step_lib
@@ -39,17 +39,6 @@ def _log_memory(compiled) -> None:
       memory.temp_size_in_bytes / 2**20,
       memory.output_size_in_bytes / 2**20,
     )
-
-
-def _step_flops(compiled) -> float:
-  """FLOPs of one step per device, from XLA's cost analysis (0 when unavailable)."""
-  try:
-    analysis = compiled.cost_analysis()
-  except Exception:  # not every backend implements it
-    return 0.0
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else {}
-  return float((analysis or {}).get("flops", 0.0))
 
 
 class NonFiniteError(FloatingPointError):
@@ -177,7 +166,7 @@ def train(
     compiled = jitted.lower(state, vae_params, global_first, loop_rng).compile()
     logging.info("train step compiled in %.1fs", time.perf_counter() - start)
   _log_memory(compiled)
-  flops = _step_flops(compiled)
+  flops = profiling.xla_flops(compiled)
 
   writer = MetricsWriter(workdir, config.train.tensorboard, resume_step=start_step)
   nonfinite = _NonFiniteCounter(

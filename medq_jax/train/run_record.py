@@ -15,6 +15,8 @@ import os
 
 import jax
 
+from data_pipeline import atomic_files
+
 RUN_FILE = "run.json"
 
 
@@ -60,8 +62,7 @@ def settle(config, workdir: str, resuming: bool):
   with out.unlocked():
     out.train.schedule_steps = horizon
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      json.dump({"schedule_steps": horizon, "loader_workers": workers}, f)
-    os.replace(path + ".tmp", path)
+    atomic_files.atomic_write_text(
+      path, json.dumps({"schedule_steps": horizon, "loader_workers": workers})
+    )
   return out

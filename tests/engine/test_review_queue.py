@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from data_pipeline import atomic_files
 from medq_jax.engine import review_queue as rq
 
 ITEMS = [
@@ -52,7 +53,7 @@ def test_round_trip(tmp_path, suffix):
   }
   labels = [rq.final_label(i, decisions[i.id]) for i in ITEMS]
   assert labels == ["A", "Mild noise.", None]
-  assert not list(tmp_path.glob(".review_*"))  # no temporary files left
+  assert not list(tmp_path.glob(".tmp_*"))  # no temporary files left
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
@@ -123,8 +124,8 @@ def test_a_failed_export_keeps_the_previous_file(tmp_path, monkeypatch):
   def boom(*args, **kwargs):
     raise OSError("disk full")
 
-  monkeypatch.setattr(rq.os, "fsync", boom)
+  monkeypatch.setattr(atomic_files.os, "fsync", boom)
   with pytest.raises(OSError, match="disk full"):
     rq.export_jsonl(ITEMS, str(path))
   assert path.read_text("utf-8") == before
-  assert not list(tmp_path.glob(".review_*"))
+  assert not list(tmp_path.glob(".tmp_*"))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
 from configs import medq_uni
 from medq_jax import layout as layout_lib
@@ -35,19 +35,7 @@ def hf_qwen2(tmp_path_factory):
   config, _ = _config()
   llm = config.model.llm
   torch.manual_seed(0)
-  hf_config = Qwen2Config(
-    vocab_size=llm.vocab_size,
-    hidden_size=llm.hidden_size,
-    intermediate_size=llm.intermediate_size,
-    num_hidden_layers=llm.num_layers,
-    num_attention_heads=llm.num_heads,
-    num_key_value_heads=llm.num_kv_heads,
-    rope_theta=llm.rope_theta,
-    rms_norm_eps=llm.rms_norm_eps,
-    tie_word_embeddings=False,
-    max_position_embeddings=512,
-    attn_implementation="eager",
-  )
+  hf_config = qwen2.hf_config(llm, max_position_embeddings=512, attn_implementation="eager")
   model = Qwen2ForCausalLM(hf_config).eval()
   # Random non-trivial norms and biases so that every converted tensor matters.
   with torch.no_grad():
