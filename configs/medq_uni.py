@@ -84,6 +84,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       vae_image_size=images.vae_image_size,
       tokenizer_dir="",  # empty: train a byte-level BPE on the data's texts into workdir
       tokenizer_vocab_size=config.model.llm.vocab_size,
+      # Packing (medq_jax/packing.py, docs/training.md): example slots per row (1: none) and
+      # the und tokens of a packed row (0: pack_examples_per_row * max_und_len).
+      pack_examples_per_row=1,
+      pack_max_und_len=0,
     )
   )
 

@@ -106,8 +106,10 @@ class DecodeAndTransform:
     with_stream_index: bool = False,
     max_consecutive_skips: int = 0,
     dataset: str = "",
+    group: Callable | None = None,
   ):
     self.image_size = image_size
+    self.group = group
     self.transform = transform
     self.transform_errors = tuple(transform_errors)
     self.with_stream_index = with_stream_index
@@ -167,7 +169,7 @@ class DecodeAndTransform:
         self.consecutive = 0
       except self.transform_errors as error:
         self._skip(f"example {example['id']}: {error}")
-    return out
+    return out if self.group is None else self.group(out)
 
 
 class _Flatten(grain.experimental.FlatMapTransform):
@@ -223,6 +225,8 @@ def make_loader(
   transform_errors: tuple[type[Exception], ...] = (),
   stream_index: bool = False,
   max_consecutive_skips: int = 0,
+  group: Callable | None = None,
+  chunk_size: int | None = None,
 ):
   """Returns a grain.IterDataset of batches; iterate with `iter(...)`, save with get_state().
 
@@ -233,6 +237,9 @@ def make_loader(
   stream_index: add `STREAM_INDEX` (the record's global position in the stream) to each example
   before the transform. max_consecutive_skips > 0: that many skipped records in a row raise
   `SkipLimitError` naming the dataset and the first reasons (else an all-bad split waits forever).
+  group: list of transformed elements of a chunk -> list of elements (e.g. several examples
+  packed into one row); chunk_size: records per chunk (default batch_size), so a chunk of
+  batch_size * k records grouped k to an element gives about a batch.
   worker_count > 0 adds multiprocess prefetch (call from under `if __name__ == '__main__'`
   with absl flags parsed; close the iterator when done).
   """
@@ -253,8 +260,9 @@ def make_loader(
   if stream_index:
     records = records.map_with_index(_WithStreamIndex(shard_index, shard_count))
   # Decode in chunks of one batch: one vectorised pass per chunk (see tfds_format).
+  chunk_size = int(chunk_size or batch_size)
   chunks = records.batch(
-    batch_size,
+    chunk_size,
     drop_remainder=False,
     batch_fn=DecodeAndTransform(
       image_size,
@@ -263,12 +271,13 @@ def make_loader(
       stream_index,
       max_consecutive_skips,
       f"{data_dir or config.data_dir} ({config.name} {config.version}, split {split!r})",
+      group,
     ),
   )
   dataset = chunks.to_iter_dataset(
     grain.ReadOptions(num_threads=1, prefetch_buffer_size=int(config.prefetch_buffer))
   )
-  dataset = grain.experimental.FlatMapIterDataset(dataset, _Flatten(batch_size))
+  dataset = grain.experimental.FlatMapIterDataset(dataset, _Flatten(max(chunk_size, batch_size)))
   dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
   workers = int(config.loader_workers if worker_count is None else worker_count)
   if workers > 0:

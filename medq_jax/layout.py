@@ -23,7 +23,9 @@ leaves its gen slot as padding (static shapes); a dropped description takes its 
 The draws come from (seed, the example's stream index), so a resumed run replays its batches.
 
 Text tokens advance the RoPE position by one; all tokens of one image (markers included) share
-one position. A batch row holds one example; every array has a static shape from `LayoutSpec`.
+one position. A batch row holds one example (`pack_example`), or with
+`layout.pack_examples_per_row` > 1 several, joined by `medq_jax.packing.pack_rows`; every array
+has a static shape from `LayoutSpec`.
 
 Batch keys (per row; the collated batch adds a leading [B]):
   und_token_ids, und_kind, und_positions, und_sample_ids, und_split_ids, und_split_modes,
@@ -32,6 +34,8 @@ Batch keys (per row; the collated batch adds a leading [B]):
   vae_images [2, H, W, 3] in [-1, 1] (condition, target)
   gen_image_index, gen_latent_pos, gen_positions, gen_sample_ids, gen_split_ids,
   gen_split_modes, gen_noised, gen_loss_mask                                     [Lg]
+A packed row of K example slots (`medq_jax.packing`): und [Lu = layout.pack_max_und_len],
+vit_* [K, Nv, ...], vae_images [2K, H, W, 3], gen [Lg = K * gen_len].
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ DROPOUT_GROUPS: Mapping[str, tuple[str, ...]] = {
 # `curr_rope_id += 1` for a dropped ViT or VAE image, nothing for a dropped text).
 DROPPED_POSITION_ADVANCE: Mapping[str, int] = {"text": 0, "vit": 1, "vae": 1}
 _DROPOUT_STREAM = 0x4D4551  # separates dropout draws from other users of the same seed
+# VAE images of one example, in `vae_images` order: (clean condition, noised target).
+IMAGES_PER_EXAMPLE = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +176,10 @@ class LayoutSpec:
   latent_patch_size: int
   max_latent_size: int
   stage: int
+  # Packing (`medq_jax.packing`): example slots per row (1: one example per row, no packing) and
+  # the und tokens of a packed row (0: examples_per_row * max_und_len).
+  examples_per_row: int = 1
+  pack_max_und_len: int = 0
 
   @classmethod
   def from_config(cls, model, layout, stage: int) -> LayoutSpec:
@@ -185,11 +195,20 @@ class LayoutSpec:
       latent_patch_size=model.latent_patch_size,
       max_latent_size=model.max_latent_size,
       stage=stage,
+      examples_per_row=int(layout.get("pack_examples_per_row", 1)),
+      pack_max_und_len=int(layout.get("pack_max_und_len", 0)),
     )
     spec.validate()
     return spec
 
   def validate(self):
+    if self.examples_per_row < 1:
+      raise ValueError(f"layout.pack_examples_per_row: expected >= 1, got {self.examples_per_row}")
+    if self.pack_max_und_len and self.pack_max_und_len < self.max_und_len:
+      raise ValueError(
+        f"layout.pack_max_und_len={self.pack_max_und_len} is below layout.max_und_len="
+        f"{self.max_und_len} (one example must fit a row; 0 means examples_per_row * max_und_len)"
+      )
     if self.vit_image_size % self.vit_patch_size:
       raise ValueError(
         f"layout.vit_image_size={self.vit_image_size} is not a multiple of the "
@@ -230,7 +249,24 @@ class LayoutSpec:
 
   @property
   def gen_len(self) -> int:
-    return 2 * self.tokens_per_image
+    """gen tokens of one example: its VAE images' latent tokens."""
+    return IMAGES_PER_EXAMPLE * self.tokens_per_image
+
+  @property
+  def packed(self) -> bool:
+    return self.examples_per_row > 1
+
+  @property
+  def row_und_len(self) -> int:
+    """und tokens of a batch row (Lu): max_und_len, or the packing budget."""
+    if not self.packed:
+      return self.max_und_len
+    return self.pack_max_und_len or self.examples_per_row * self.max_und_len
+
+  @property
+  def row_gen_len(self) -> int:
+    """gen tokens of a batch row (Lg)."""
+    return self.examples_per_row * self.gen_len
 
 
 def image_to_vit_patches(image: np.ndarray, patch: int, grid_side: int):
@@ -520,17 +556,26 @@ class PackExamples:
 def zeros_batch(spec: LayoutSpec, batch_size: int, latent_dim: int) -> dict[str, np.ndarray]:
   """A zero batch with the exact shapes/dtypes of a collated layout batch (`types.BATCH_FIELDS`)
   plus the model's gen inputs (`types.MODEL_INPUT_FIELDS`: `gen_latents` [B, Lg, latent_dim],
-  `gen_timesteps` [B, Lg]); for init and AOT compilation."""
+  `gen_timesteps` [B, Lg]); for init and AOT compilation. Packed rows (`spec.packed`) have the
+  packed shapes (vit_* [B, K, Nv, ...], vae_images [B, 2K, ...])."""
   sizes = dict(
-    Lu=spec.max_und_len,
-    Lg=spec.gen_len,
+    Lu=spec.row_und_len,
+    Lg=spec.row_gen_len,
     Nv=spec.num_vit_tokens,
     F=3 * spec.vit_patch_size**2,
     S=spec.vae_image_size,
     D=latent_dim,
   )
   shapes = field_shapes(sizes, {**BATCH_FIELDS, **MODEL_INPUT_FIELDS})
-  return {k: np.zeros((batch_size,) + shape, dtype) for k, (shape, dtype) in shapes.items()}
+  slots = spec.examples_per_row
+  out = {k: np.zeros((batch_size,) + shape, dtype) for k, (shape, dtype) in shapes.items()}
+  if spec.packed:
+    for key in ("vit_patches", "vit_position_ids", "vit_valid"):
+      shape, dtype = shapes[key]
+      out[key] = np.zeros((batch_size, slots) + shape, dtype)
+    shape, dtype = shapes["vae_images"]
+    out["vae_images"] = np.zeros((batch_size, slots * shape[0]) + shape[1:], dtype)
+  return out
 
 
 def text_batch(token_ids: np.ndarray, spec: LayoutSpec, latent_dim: int) -> dict[str, np.ndarray]:

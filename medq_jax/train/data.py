@@ -10,6 +10,11 @@ reasons (an all-undecodable split would otherwise never fill a batch).
 Condition dropout (`config.train.dropout_*`) is drawn per example from `train.seed` and the
 record's position in the loader's stream (the loader adds it), so a resumed run sees exactly the
 rows an uninterrupted one would.
+
+Packing (`layout.pack_examples_per_row` = K > 1): the loader reads chunks of batch_size * K
+records, packs each into single-example rows and joins those in stream order into rows of up to K
+examples and `layout.pack_max_und_len` und tokens (`medq_jax.packing.PackRows`); a row never spans
+two chunks, so the grouping is a pure function of the chunk and resumes exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import numpy as np
 
 from data_pipeline import loader as data_loader
 from medq_jax import layout as layout_lib
+from medq_jax import packing
+from medq_jax.tokenizer import load_tokenizer, special_ids
 
 
 def per_host_batch_size(global_batch_size: int) -> int:
@@ -38,15 +45,22 @@ def make_train_loader(
 ):
   """The Grain IterDataset of host-local packed batches (dicts of numpy arrays [B, ...])."""
   dropout = layout_lib.ConditionDropout.from_config(config.train)
+  batch_size = per_host_batch_size(config.train.batch_size)
+  group = chunk_size = None
+  if spec.packed:
+    pad_id = special_ids(load_tokenizer(tokenizer_dir))["pad"]
+    group, chunk_size = packing.PackRows(spec, pad_id), batch_size * spec.examples_per_row
   return data_loader.make_loader(
     config.data,
     split,
-    batch_size=per_host_batch_size(config.train.batch_size),
+    batch_size=batch_size,
     worker_count=worker_count,
     transform=layout_lib.PackExamples(tokenizer_dir, spec, dropout, data_loader.STREAM_INDEX),
     transform_errors=(layout_lib.LayoutError,),
     stream_index=dropout.active,
     max_consecutive_skips=int(config.train.get("max_consecutive_skips", 1000)),
+    group=group,
+    chunk_size=chunk_size,
   )
 
 

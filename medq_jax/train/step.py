@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from medq_jax import objectives
+from medq_jax.layout import IMAGES_PER_EXAMPLE
 from medq_jax.models.vae import patchify_latents, unpatchify_latents
 from medq_jax.train.state import TrainState, merge_params, split_params
 
@@ -40,6 +41,17 @@ def pixel_loss_terms(decoded: jax.Array, target_images: jax.Array, row_weight: j
   restored = to_grey01(decoded)
   target = jnp.clip(to_grey01(target_images), 0.0, 1.0)
   return objectives.pixel_losses(restored, target, row_weight)
+
+
+def target_tokens(x: jax.Array, num_images: int) -> jax.Array:
+  """The target image's tokens of every example slot: gen-stream values x [B, Lg, ...] of rows
+  holding `num_images` images of `Lg / num_images` tokens each -> [B * K, tokens, ...]."""
+  rows, length = x.shape[:2]
+  if length % num_images:
+    raise ValueError(f"gen stream of {length} tokens does not split into {num_images} images")
+  per_image = x.reshape((rows, num_images, length // num_images) + x.shape[2:])
+  targets = per_image[:, IMAGES_PER_EXAMPLE - 1 :: IMAGES_PER_EXAMPLE]
+  return targets.reshape((-1,) + targets.shape[2:])
 
 
 def make_loss_fn(model, vae, model_config, train_config) -> Callable:
@@ -65,26 +77,35 @@ def make_loss_fn(model, vae, model_config, train_config) -> Callable:
 
   def loss_fn(params, vae_params, batch, rng):
     rng_t, rng_eps, rng_vae = jax.random.split(rng, 3)
-    x0, latent_hw = encode_tokens(vae_params, batch["vae_images"], rng_vae)
-    rows = x0.shape[0]
-    t_row = objectives.sample_timesteps(rng_t, (rows,), train_config.timestep_shift)
+    images = batch["vae_images"]  # [B, 2K, H, W, 3]: K example slots (K = 1 unless packed)
+    x0, latent_hw = encode_tokens(vae_params, images, rng_vae)
+    rows, slots = x0.shape[0], images.shape[1] // IMAGES_PER_EXAMPLE
+    # One t per example slot, drawn in slot-major order: a packed batch of B rows x K slots draws
+    # the t, eps and VAE noise of the unpacked batch of its B*K examples in the same order.
+    t_slot = objectives.sample_timesteps(rng_t, (rows, slots), train_config.timestep_shift)
     eps = jax.random.normal(rng_eps, x0.shape, jnp.float32)
     noised = batch["gen_noised"]
-    t_tok = jnp.where(noised, t_row[:, None], 0.0)
+    slot_of_token = batch["gen_image_index"] // IMAGES_PER_EXAMPLE
+    t_tok = jnp.where(noised, jnp.take_along_axis(t_slot, slot_of_token, axis=1), 0.0)
     x_t = jnp.where(noised[..., None], objectives.noise_latents(x0, eps, t_tok), x0)
     outputs = model.apply({"params": params}, {**batch, "gen_latents": x_t, "gen_timesteps": t_tok})
     velocity = outputs["velocity"]
+    # per token over the batch, as BAGEL's mse (so independent of how examples share rows)
     rf = objectives.rectified_flow_loss(velocity, x0, eps, batch["gen_loss_mask"])
 
     metrics = {"loss_rf": rf}
     l_ir = rf
     if train_config.alpha_l1 or train_config.beta_ssim:
-      per_image = x0.shape[1] // batch["vae_images"].shape[1]
-      target_slice = slice(x0.shape[1] - per_image, None)  # the target is the last image
-      x0_hat = objectives.predicted_clean(x_t, t_tok, velocity)[:, target_slice]
-      row_weight = (t_row <= train_config.pixel_loss_max_t).astype(jnp.float32)
+      # per target image: each example's target is the last of its images
+      targets = lambda x: target_tokens(x, images.shape[1])
+      x0_hat = objectives.predicted_clean(targets(x_t), targets(t_tok), targets(velocity))
+      has_target = jnp.sum(targets(batch["gen_loss_mask"]), axis=-1) > 0
+      weight = (t_slot.reshape(-1) <= train_config.pixel_loss_max_t).astype(jnp.float32)
+      weight = weight * has_target.astype(jnp.float32)  # an empty slot of a packed row has none
       l1, one_minus_ssim = pixel_loss_terms(
-        decode_tokens(vae_params, x0_hat, latent_hw), batch["vae_images"][:, -1], row_weight
+        decode_tokens(vae_params, x0_hat, latent_hw),
+        images[:, IMAGES_PER_EXAMPLE - 1 :: IMAGES_PER_EXAMPLE].reshape((-1,) + images.shape[2:]),
+        weight,
       )
       l_ir = objectives.restoration_loss(
         rf, l1, one_minus_ssim, train_config.alpha_l1, train_config.beta_ssim
