@@ -372,22 +372,37 @@ class RowBuilder:
     self.split += 1
 
   def vae_image(
-    self, image_index: int, side: int, max_side: int, noised: bool, start: int, end: int
+    self,
+    image_index: int,
+    side: int,
+    max_side: int,
+    noised: bool,
+    start: int,
+    end: int,
+    slot_side: int | None = None,
   ):
     """A VAE image: its two marker tokens in the und stream, side**2 latent tokens in the gen
-    stream, one split (noise mode when `noised`) at one RoPE position."""
+    stream, one split (noise mode when `noised`) at one RoPE position.
+
+    slot_side (>= side; default side): the gen slot is the slot_side**2 tokens of the latent grid
+    of an image of the row's full size, in raster order; an image smaller than that (mixed sizes
+    in a batch) fills its top-left side x side tokens, the rest of the slot is padding (sample
+    PAD_SAMPLE, no loss). Its real tokens are those of the same image in a slot of its own size."""
+    slot_side = side if slot_side is None else slot_side
     mode = SPLIT_NOISE if noised else SPLIT_FULL
     self._und_span([start, end], [KIND_TEXT, KIND_TEXT], mode)
-    latent_pos = (np.arange(side)[:, None] * max_side + np.arange(side)[None, :]).reshape(-1)
-    count = len(latent_pos)
+    rows, cols = np.meshgrid(np.arange(slot_side), np.arange(slot_side), indexing="ij")
+    rows, cols = rows.reshape(-1), cols.reshape(-1)
+    real = ((rows < side) & (cols < side)).tolist()
+    count = len(real)
     gen = self.gen
     gen["image_index"].extend([image_index] * count)
-    gen["latent_pos"].extend(latent_pos.tolist())
-    gen["positions"].extend([self.position] * count)
-    gen["sample_ids"].extend([0] * count)
-    gen["split_ids"].extend([self.split] * count)
-    gen["split_modes"].extend([mode] * count)
-    gen["noised"].extend([noised] * count)
+    gen["latent_pos"].extend((rows * max_side + cols).tolist())
+    gen["positions"].extend([self.position if r else 0 for r in real])
+    gen["sample_ids"].extend([0 if r else PAD_SAMPLE for r in real])
+    gen["split_ids"].extend([self.split if r else 0 for r in real])
+    gen["split_modes"].extend([mode if r else SPLIT_CAUSAL for r in real])
+    gen["noised"].extend([noised and r for r in real])
     self.position += 1
     self.split += 1
 
@@ -437,6 +452,7 @@ def pack_example(
   special: Mapping[str, int],
   plan: SequencePlan | None = None,
   dropped: Sequence[str] = (),
+  vae_size: int | None = None,
 ) -> dict[str, np.ndarray]:
   """Packs one data-pipeline example into a fixed-shape row following `plan` (default: the
   stage's `sequence_plan`). The plan must hold exactly one ViT image and the VAE images as
@@ -446,9 +462,21 @@ def pack_example(
   from `plan`, a dropped image still takes its RoPE position (`DROPPED_POSITION_ADVANCE`) and a
   dropped VAE image keeps its gen slot, as padding.
 
+  vae_size: this example's VAE image side (default and at most `spec.vae_image_size`, a multiple
+  of the VAE x latent-patch unit): images of different sizes in one batch. Its images are
+  resized to vae_size and padded (zeros, top-left) to the row's vae_image_size; its gen slots
+  keep the full size's tokens, those outside its own latent grid padding (`RowBuilder.vae_image`).
+
   Raises LayoutError naming the example and field when it cannot be packed.
   """
   example_id = str(example.get("id", "<no id>"))
+  vae_size = spec.vae_image_size if vae_size is None else int(vae_size)
+  unit = spec.vae_downsample * spec.latent_patch_size
+  if not (unit <= vae_size <= spec.vae_image_size and vae_size % unit == 0):
+    raise LayoutError(
+      f"example {example_id}: vae_size={vae_size} must be a multiple of {unit} in "
+      f"[{unit}, layout.vae_image_size={spec.vae_image_size}]"
+    )
   plan = sequence_plan(spec.stage) if plan is None else plan
   names = [item.name for item in plan]
   unknown = sorted(set(dropped) - set(names))
@@ -476,11 +504,12 @@ def pack_example(
     else:
       row.vae_image(
         vae_items.index(item),
-        spec.latent_side,
+        vae_size // unit,
         spec.max_latent_size,
         item.mode == SPLIT_NOISE,
         special["vision_start"],
         special["vision_end"],
+        slot_side=spec.latent_side,
       )
 
   out = finish_und(row, spec.max_und_len, special, example_id)
@@ -493,12 +522,13 @@ def pack_example(
     vit_image, spec.vit_patch_size, spec.vit_grid_side
   )
   out["vit_valid"] = np.ones(spec.num_vit_tokens, np.bool_)
-  out["vae_images"] = np.stack(
-    [
-      to_rgb(example["low"], spec.vae_image_size, "low", example_id),
-      to_rgb(example["high"], spec.vae_image_size, "high", example_id),
-    ]
+  out["vae_images"] = np.zeros(
+    (IMAGES_PER_EXAMPLE, spec.vae_image_size, spec.vae_image_size, 3), np.float32
   )
+  for index, field in enumerate(("low", "high")):
+    out["vae_images"][index, :vae_size, :vae_size] = to_rgb(
+      example[field], vae_size, field, example_id
+    )
   return out
 
 

@@ -1,0 +1,104 @@
+"""Images of different sizes in one batch (layout.pack_example(..., vae_size=...)): a smaller
+example's row in the full-size layout holds, on its real tokens, exactly the row of a layout of its
+own size (the rest of each gen slot padding, its images padded top-left); packed next to a
+full-size example its mask equals the BAGEL-style reference with nothing between examples, and the
+model's outputs for it equal its outputs in a layout of its own size."""
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import packing_testlib as lib
+from test_packing import _bagel_reference, _packed_mask, _random_params, _tokens
+
+from medq_jax import layout as layout_lib
+from medq_jax import packing
+from medq_jax.models.medq_uni import MedQUni
+from medq_jax.types import PAD_SAMPLE
+
+SMALL = 16  # tiny: vae_image_size 32, unit 8 (VAE x2, latent patch 4): 4x4 vs 2x2 latent tokens
+
+
+def _rows(stage, dropped=()):
+  full = lib.spec(stage)
+  own = dataclasses.replace(full, vae_image_size=SMALL)
+  example = lib.example(5)
+  mixed = layout_lib.pack_example(
+    example, lib.CharTokenizer(), full, lib.SPECIAL, dropped=dropped, vae_size=SMALL
+  )
+  alone = layout_lib.pack_example(example, lib.CharTokenizer(), own, lib.SPECIAL, dropped=dropped)
+  return full, own, mixed, alone
+
+
+@pytest.mark.parametrize("dropped", [(), ("vae_condition",)])
+def test_small_image_row_is_its_own_size_row_on_real_tokens(dropped):
+  full, own, mixed, alone = _rows(2, dropped)
+  for key in [k for k in mixed if k.startswith(("und_", "vit_"))]:
+    np.testing.assert_array_equal(mixed[key], alone[key], err_msg=key)
+  real = mixed["gen_sample_ids"] != PAD_SAMPLE
+  assert (
+    mixed["gen_sample_ids"].shape == (full.gen_len,)
+    and real.sum() == (alone["gen_sample_ids"] != PAD_SAMPLE).sum()
+  )
+  for key in ("image_index", "latent_pos", "positions", "split_ids", "split_modes", "noised"):
+    alone_real = alone[f"gen_{key}"][alone["gen_sample_ids"] != PAD_SAMPLE]
+    np.testing.assert_array_equal(mixed[f"gen_{key}"][real], alone_real, err_msg=key)
+  assert not mixed["gen_loss_mask"][~real].any() and not mixed["gen_noised"][~real].any()
+  np.testing.assert_array_equal(mixed["vae_images"][:, :SMALL, :SMALL], alone["vae_images"])
+  assert not mixed["vae_images"][:, SMALL:].any() and not mixed["vae_images"][:, :, SMALL:].any()
+
+
+def test_mixed_sizes_packed_mask_and_outputs_equal_alone():
+  stage = 2
+  full, own, mixed, alone = _rows(stage)
+  big = layout_lib.pack_example(lib.example(2), lib.CharTokenizer(), full, lib.SPECIAL)
+  spec = dataclasses.replace(full, examples_per_row=2, pack_max_und_len=400)
+  packed = packing.pack_rows([big, mixed], spec, lib.SPECIAL["pad"])
+  mask, sample = _packed_mask(packed), _tokens(packed)[0]
+  real = sample != PAD_SAMPLE
+  np.testing.assert_array_equal(
+    mask[np.ix_(real, real)], _bagel_reference(packed)[np.ix_(real, real)]
+  )
+  assert not mask[sample[:, None] != sample[None, :]].any()
+
+  config = lib.config(stage)
+  dim = config.model.latent_patch_size**2 * config.model.vae.z_channels
+  rng = np.random.default_rng(1)
+  latents = rng.normal(size=(spec.row_gen_len, dim)).astype(np.float32)
+  times = np.where(packed["gen_noised"], 0.3, 0.0).astype(np.float32)
+  model = MedQUni(config.model)
+  params = _random_params(config.model)
+  apply = jax.jit(lambda batch: model.apply({"params": params}, batch))
+  out = apply(
+    {k: jnp.asarray(v)[None] for k, v in packed.items()}
+    | {"gen_latents": jnp.asarray(latents)[None], "gen_timesteps": jnp.asarray(times)[None]}
+  )
+  slot = slice(full.gen_len, 2 * full.gen_len)
+  real_small = mixed["gen_sample_ids"] != PAD_SAMPLE
+  alone_batch = {k: jnp.asarray(v)[None] for k, v in alone.items()}
+  alone_batch["gen_latents"] = jnp.asarray(latents[slot][real_small])[None]
+  alone_batch["gen_timesteps"] = jnp.asarray(times[slot][real_small])[None]
+  solo = apply(alone_batch)
+  np.testing.assert_allclose(
+    out["velocity"][0, slot][real_small], solo["velocity"][0], rtol=2e-5, atol=2e-5
+  )
+  start = packing.und_length(big)
+  length = packing.und_length(mixed)
+  np.testing.assert_allclose(
+    out["logits"][0, start : start + length], solo["logits"][0, :length], rtol=2e-5, atol=2e-5
+  )
+
+
+@pytest.mark.parametrize("size", [12, 40, 0])
+def test_bad_vae_size_is_one_clear_error(size):
+  with pytest.raises(layout_lib.LayoutError, match=f"example ex5: vae_size={size} must be"):
+    layout_lib.pack_example(
+      lib.example(5), lib.CharTokenizer(), lib.spec(2), lib.SPECIAL, vae_size=size
+    )
