@@ -4,6 +4,7 @@ order) and has no True between examples; ids are offset, RoPE positions restart;
 outputs for each example of a packed row equal its outputs alone; next-fit grouping under the
 slot and token budgets; bad input is one clear error."""
 
+import pickle
 import sys
 from pathlib import Path
 
@@ -206,3 +207,15 @@ def test_bad_input_is_one_clear_error():
     lib.spec(2, 0).validate()
   with pytest.raises(ValueError, match="pack_max_und_len=100 is below layout.max_und_len=320"):
     lib.spec(2, 2, 100).validate()
+
+
+def test_pack_rows_grouping_is_picklable_and_takes_empty_chunks():
+  """Grain workers pickle the grouping; a chunk whose records were all skipped gives no row."""
+  spec = lib.spec(2, 3, pack_max_und_len=330)
+  group = packing.PackRows(spec, lib.SPECIAL["pad"])
+  again = pickle.loads(pickle.dumps(group))
+  rows = lib.single_rows(2, 4)
+  for a, b in zip(group(rows), again(rows)):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  assert group([]) == []
