@@ -120,7 +120,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       dropout_vit=0.3,
       dropout_vae=0.1,
       # Stage 1 trains the Med-IR (gen) expert alone: parameters matching this regex.
-      stage1_trainable=r"(_moe_gen|vae2llm|llm2vae|time_embedder)",
+      stage1_trainable=r"(_moe_gen|vae2llm|llm2vae|time_embedder|cond2llm)",
       log_every=1,
       checkpoint_every=10,
       tensorboard=True,  # scalars to workdir/tensorboard

@@ -175,6 +175,16 @@ def model_config(size: str, expert_scope: str = "ffn") -> ml_collections.ConfigD
       latent_patch_size=_LATENT_PATCH[size],
       max_latent_size=_IMAGES[size]["max_latent_size"],
       timestep_freq_dim=256,
+      # "bagel": the condition reaches the target only through attention (BAGEL / MedQ-Uni,
+      # the layout converted weights expect); "spatial": also added to the noised target token at
+      # the same latent position through a zero-initialised projection (InstructPix2Pix-style
+      # channel conditioning), which small models trained briefly need (docs/model.md).
+      condition_injection="bagel",
+      # Where the flow starts (t=1): "gaussian" noise (BAGEL / MedQ-Uni) or "degraded": the
+      # degraded image's latents + flow_source_sigma * noise (InDI-style restoration flow, so
+      # an untrained velocity already returns the input; docs/model.md).
+      flow_source="gaussian",
+      flow_source_sigma=0.1,
       dtype="float32",  # compute dtype; "bfloat16" on accelerators
       param_dtype="float32",  # master weights stay fp32
       scan_layers=True,

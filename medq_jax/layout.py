@@ -33,7 +33,7 @@ Batch keys (per row; the collated batch adds a leading [B]):
   vit_patches [Nv, p*p*3] (kh, kw, C order; SigLIP-normalised), vit_position_ids [Nv], vit_valid [Nv]
   vae_images [2, H, W, 3] in [-1, 1] (condition, target)
   gen_image_index, gen_latent_pos, gen_positions, gen_sample_ids, gen_split_ids,
-  gen_split_modes, gen_noised, gen_loss_mask                                     [Lg]
+  gen_split_modes, gen_noised, gen_loss_mask, gen_cond_index                     [Lg]
 A packed row of K example slots (`medq_jax.packing`): und [Lu = layout.pack_max_und_len],
 vit_* [K, Nv, ...], vae_images [2K, H, W, 3], gen [Lg = K * gen_len].
 """
@@ -445,6 +445,22 @@ def finish_und(
   return out
 
 
+def condition_index(latent_pos, noised) -> np.ndarray:
+  """`gen_cond_index` of one row: for each noised target token, the index of the clean gen token
+  at the same latent position nearest before it (its example's degraded-image slot, also when
+  that condition was dropped and the slot is padding: the consumer checks the slot's sample id);
+  -1 for every other token."""
+  latent_pos, noised = np.asarray(latent_pos), np.asarray(noised, bool)
+  index = np.full(latent_pos.shape, -1, np.int32)
+  last = {}
+  for i, (pos, is_noised) in enumerate(zip(latent_pos.tolist(), noised.tolist())):
+    if is_noised:
+      index[i] = last.get(pos, -1)
+    else:
+      last[pos] = i
+  return index
+
+
 def pack_example(
   example: Mapping[str, Any],
   tokenizer,
@@ -516,6 +532,7 @@ def pack_example(
   for key, values in row.gen.items():
     out[f"gen_{key}"] = np.asarray(values, np.bool_ if key == "noised" else np.int32)
   out["gen_loss_mask"] = out["gen_noised"].astype(np.float32)
+  out["gen_cond_index"] = condition_index(out["gen_latent_pos"], out["gen_noised"])
 
   vit_image = to_rgb(example["low"], spec.vit_image_size, "low", example_id)
   out["vit_patches"], out["vit_position_ids"] = image_to_vit_patches(

@@ -26,6 +26,12 @@ def noise_latents(x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
   return (1.0 - t) * x0 + t * eps
 
 
+def degraded_source(degraded: jax.Array, eps: jax.Array, sigma: float) -> jax.Array:
+  """The flow's t=1 end when it starts at the degraded image (model.flow_source="degraded",
+  InDI-style): its latents plus sigma * Gaussian noise; replaces eps in x_t and in v = eps - x0."""
+  return degraded + sigma * eps
+
+
 def predicted_clean(x_t: jax.Array, t: jax.Array, velocity: jax.Array) -> jax.Array:
   """x0_hat = x_t - t v_hat (exact when v_hat = eps - x0)."""
   return x_t - t[..., None] * velocity

@@ -56,6 +56,9 @@ BATCH_FIELDS: Mapping[str, tuple[tuple[str, ...], type]] = {
   "gen_split_modes": (("Lg",), np.int32),
   "gen_noised": (("Lg",), np.bool_),
   "gen_loss_mask": (("Lg",), np.float32),
+  # index in the row's gen stream of the degraded image's token at the same latent position as
+  # this noised target token (padding when the condition was dropped); -1 for other tokens
+  "gen_cond_index": (("Lg",), np.int32),
 }
 
 # Inputs the train step adds to a batch before the model sees it (latent tokens of the VAE
@@ -63,6 +66,9 @@ BATCH_FIELDS: Mapping[str, tuple[tuple[str, ...], type]] = {
 MODEL_INPUT_FIELDS: Mapping[str, tuple[tuple[str, ...], type]] = {
   "gen_latents": (("Lg", "D"), np.float32),
   "gen_timesteps": (("Lg",), np.float32),
+  # the clean condition latent aligned with each gen token (zeros where there is none or it was
+  # dropped); read only by model.condition_injection="spatial"
+  "gen_cond_latents": (("Lg", "D"), np.float32),
 }
 
 

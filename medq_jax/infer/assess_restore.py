@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medq_jax import layout as layout_lib
+from medq_jax import objectives
 from medq_jax.infer import contexts, kv_cache_ops
 from medq_jax.infer.decoding import DecodeSettings, DecodeStart, decode
 from medq_jax.infer.sampler import SamplerSettings, euler_sample
@@ -167,15 +168,18 @@ class AssessRestore:
     parts = jnp.split(velocity, count, axis=0)
     return parts[0], parts[min(1, count - 1)], parts[min(2, count - 1)]
 
-  def _sample_with_caches(self, params, cache, split, position, noise):
+  def _sample_with_caches(self, params, cache, split, position, noise, cond_latents):
     """Euler sampling where every step reads the contexts' caches (stacked along the batch:
-    full, then without text, then without images) and runs only the target's tokens."""
+    full, then without text, then without images) and runs only the target's tokens.
+    cond_latents: the aligned condition of every context's target tokens (stacked the same
+    way; read by model.condition_injection="spatial" only)."""
     rows = noise.shape[0]
     count = cache.visible.shape[0] // rows
     target = contexts.place_target(self.template, split, position, rows * count)
 
     def velocity_fn(x, t):
       chunk = dict(target)
+      chunk["gen_cond_latents"] = cond_latents
       chunk["gen_latents"] = jnp.tile(x, (count, 1, 1))
       chunk["gen_timesteps"] = jnp.full(chunk["gen_positions"].shape, t, jnp.float32)
       out = self.model.apply({"params": params}, chunk, cache=cache)
@@ -302,7 +306,16 @@ class AssessRestore:
     noise = jax.random.normal(
       noise_key, (count, self.spec.tokens_per_image, self.latent_dim), jnp.float32
     )
+    if self.model_config.get("flow_source", "gaussian") == "degraded":  # InDI-style flow
+      noise = objectives.degraded_source(
+        cond_tokens, noise, float(self.model_config.flow_source_sigma)
+      )
     plans = self._guidance_plans()
+    # each context's condition for the target tokens: the degraded image's latents where the
+    # context holds the VAE condition, zeros where it does not (the no-image context)
+    conds = [
+      cond_tokens if _has_vae_condition(plan) else jnp.zeros_like(cond_tokens) for plan in plans
+    ]
     if self.settings.use_prefix_cache:
       caches, splits, positions = [cache], [split], [position]
       for plan in plans[1:]:
@@ -318,10 +331,11 @@ class AssessRestore:
         jnp.asarray(np.concatenate(splits)),
         jnp.asarray(np.concatenate(positions)),
         noise,
+        jnp.concatenate(conds, axis=0),
       )
     else:
       full_chunks = []
-      for plan in plans:
+      for plan, cond in zip(plans, conds):
         c_chunk, c_split, c_position, _ = self._context_chunk(
           plan, text_rows, vit_images, cond_tokens
         )
@@ -335,6 +349,10 @@ class AssessRestore:
         zeros = jnp.zeros((count, self.spec.tokens_per_image), jnp.float32)
         full["gen_latents"] = jnp.concatenate([full["gen_latents"], noise * 0], axis=1)
         full["gen_timesteps"] = jnp.concatenate([full["gen_timesteps"], zeros], axis=1)
+        context_len = full["gen_latents"].shape[1] - self.spec.tokens_per_image
+        full["gen_cond_latents"] = jnp.concatenate(
+          [jnp.zeros((count, context_len, self.latent_dim), jnp.float32), cond], axis=1
+        )
         full_chunks.append(full)
       latents = self._sample_uncached(self.params, tuple(full_chunks), noise)
     restored = np.asarray(self._decode_latents(self.vae_params, latents), np.float32)
@@ -346,6 +364,11 @@ class AssessRestore:
       restored=np.clip(restored, 0.0, 1.0),
       restored_raw_range=raw_range,
     )
+
+
+def _has_vae_condition(plan) -> bool:
+  """Whether a (guidance) plan holds the clean VAE condition image."""
+  return any(item.kind == "vae" and item.loss != "flow" for item in plan)
 
 
 def assess(engine: AssessRestore, images, prompts) -> list[str]:

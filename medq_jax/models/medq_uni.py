@@ -26,6 +26,8 @@ from medq_jax.models.vit import SiglipVisionEncoder
 from medq_jax.types import BATCH_FIELDS, KIND_VIT, MODEL_INPUT_FIELDS, field_shapes, latent_dim
 
 Batch = Mapping[str, jax.Array]
+CONDITION_INJECTIONS = ("bagel", "spatial")
+FLOW_SOURCES = ("gaussian", "degraded")
 
 
 def stream_ids(batch: Batch, prefix: str) -> TokenIds:
@@ -65,6 +67,18 @@ class MedQUni(nn.Module):
     self.vae2llm = logical_dense(
       llm.hidden_size, ("latent", "embed"), use_bias=True, name="vae2llm", **kw
     )
+    if cfg.get("condition_injection", "bagel") not in CONDITION_INJECTIONS:
+      raise ValueError(
+        f"model.condition_injection: {cfg.condition_injection!r}; expected one of "
+        f"{CONDITION_INJECTIONS}"
+      )
+    if cfg.get("flow_source", "gaussian") not in FLOW_SOURCES:
+      raise ValueError(f"model.flow_source: {cfg.flow_source!r}; expected one of {FLOW_SOURCES}")
+    if cfg.get("condition_injection", "bagel") == "spatial":
+      # Zero-initialised, so a model converted from BAGEL starts exactly as BAGEL.
+      self.cond2llm = logical_dense(
+        llm.hidden_size, ("latent", "embed"), use_bias=True, name="cond2llm", zero_init=True, **kw
+      )
     self.time_embedder = TimestepEmbedder(llm.hidden_size, cfg.timestep_freq_dim, **kw)
     self.latent_pos_embed = FixedPositionEmbedding(cfg.max_latent_size, llm.hidden_size)
     self.decoder = MoTDecoder(
@@ -114,11 +128,17 @@ class MedQUni(nn.Module):
   def embed_gen(self, batch: Batch) -> jax.Array:
     """gen stream embeddings [B, Lg, D] from (noised) latent tokens, timesteps and positions."""
     latents = batch["gen_latents"].astype(self.dtype)
-    return (
+    embedded = (
       self.vae2llm(latents)
       + self.time_embedder(batch["gen_timesteps"])
       + self.latent_pos_embed(batch["gen_latent_pos"]).astype(self.dtype)
     )
+    if self.config.get("condition_injection", "bagel") == "spatial":
+      # the clean condition at the same latent position (zeros: no condition, e.g. dropped)
+      cond = batch.get("gen_cond_latents")
+      cond = jnp.zeros_like(latents) if cond is None else cond.astype(self.dtype)
+      embedded = embedded + self.cond2llm(cond)
+    return embedded
 
   def hidden_states(self, batch: Batch, cache: DecoderCache | None = None, return_kv=False):
     """Runs the decoder; returns final-normed (und_h [B, Lu, D], gen_h [B, Lg, D]) and, with

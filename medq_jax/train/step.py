@@ -27,6 +27,7 @@ from medq_jax import objectives
 from medq_jax.layout import IMAGES_PER_EXAMPLE
 from medq_jax.models.vae import patchify_latents, unpatchify_latents
 from medq_jax.train.state import TrainState, merge_params, split_params
+from medq_jax.types import PAD_SAMPLE
 
 
 def to_grey01(images: jax.Array) -> jax.Array:
@@ -41,6 +42,18 @@ def pixel_loss_terms(decoded: jax.Array, target_images: jax.Array, row_weight: j
   restored = to_grey01(decoded)
   target = jnp.clip(to_grey01(target_images), 0.0, 1.0)
   return objectives.pixel_losses(restored, target, row_weight)
+
+
+def aligned_condition(x0: jax.Array, cond_index: jax.Array, sample_ids=None) -> jax.Array:
+  """[B, Lg, D]: the latent token `cond_index` [B, Lg] points at (`layout.condition_index`: the
+  degraded image's token at the same position), zeros where it is -1 or, given the gen
+  `sample_ids`, where that slot is padding (a dropped condition)."""
+  safe = jnp.maximum(cond_index, 0)
+  aligned = jnp.take_along_axis(x0, safe[..., None], axis=1)
+  present = cond_index >= 0
+  if sample_ids is not None:
+    present &= jnp.take_along_axis(sample_ids, safe, axis=1) != PAD_SAMPLE
+  return jnp.where(present[..., None], aligned, 0.0)
 
 
 def target_tokens(x: jax.Array, num_images: int) -> jax.Array:
@@ -59,6 +72,9 @@ def make_loss_fn(model, vae, model_config, train_config) -> Callable:
   p = model_config.latent_patch_size
   sample_posterior = bool(train_config.get("sample_vae_posterior", True))
   with_ce = train_config.stage == 2  # stage 1's plan has no description: no CE term
+  spatial_condition = model_config.get("condition_injection", "bagel") == "spatial"
+  from_degraded = model_config.get("flow_source", "gaussian") == "degraded"
+  source_sigma = float(model_config.get("flow_source_sigma", 0.0))
 
   def encode_tokens(vae_params, images, rng):
     batch, num_images = images.shape[:2]
@@ -84,11 +100,20 @@ def make_loss_fn(model, vae, model_config, train_config) -> Callable:
     # the t, eps and VAE noise of the unpacked batch of its B*K examples in the same order.
     t_slot = objectives.sample_timesteps(rng_t, (rows, slots), train_config.timestep_shift)
     eps = jax.random.normal(rng_eps, x0.shape, jnp.float32)
+    if from_degraded:  # the flow starts at the degraded image (whether or not it is dropped)
+      eps = objectives.degraded_source(
+        aligned_condition(x0, batch["gen_cond_index"]), eps, source_sigma
+      )
     noised = batch["gen_noised"]
     slot_of_token = batch["gen_image_index"] // IMAGES_PER_EXAMPLE
     t_tok = jnp.where(noised, jnp.take_along_axis(t_slot, slot_of_token, axis=1), 0.0)
     x_t = jnp.where(noised[..., None], objectives.noise_latents(x0, eps, t_tok), x0)
-    outputs = model.apply({"params": params}, {**batch, "gen_latents": x_t, "gen_timesteps": t_tok})
+    inputs = {**batch, "gen_latents": x_t, "gen_timesteps": t_tok}
+    if spatial_condition:
+      inputs["gen_cond_latents"] = aligned_condition(
+        x0, batch["gen_cond_index"], batch["gen_sample_ids"]
+      )
+    outputs = model.apply({"params": params}, inputs)
     velocity = outputs["velocity"]
     # per token over the batch, as BAGEL's mse (so independent of how examples share rows)
     rf = objectives.rectified_flow_loss(velocity, x0, eps, batch["gen_loss_mask"])

@@ -17,9 +17,10 @@ TEXTS = [
 ] * 30
 
 
-def tiny_setup(tmp_dir, scope="ffn", seed=0):
+def tiny_setup(tmp_dir, scope="ffn", seed=0, condition_injection="bagel"):
   """(config, params, vae_params, tokenizer, spec) of a random tiny model."""
   config = medq_uni.get_config(f"size=tiny,stage=2,scope={scope}")
+  config.model.condition_injection = condition_injection
   tokenizer = train_bpe_tokenizer(TEXTS, 300, str(tmp_dir))
   spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, 2)
   key_model, key_vae, key_head = jax.random.split(jax.random.key(seed), 3)
