@@ -115,6 +115,15 @@ def test_packed_ids_are_offset_and_positions_restart():
     split_base += max(row["und_split_ids"][:length].max(), row["gen_split_ids"].max()) + 1
   assert not und_real[start:].any() and start == und_real.sum()
   assert (packed["und_token_ids"][start:] == lib.SPECIAL["pad"]).all()
+  # the condition token each noised token points at: the same as recomputing it on the packed
+  # row (an independent oracle: layout.condition_index matches latent positions in stream order),
+  # and always inside the token's own example slot
+  expected = layout_lib.condition_index(packed["gen_latent_pos"], packed["gen_noised"])
+  np.testing.assert_array_equal(packed["gen_cond_index"], expected)
+  pointed = packed["gen_cond_index"] >= 0
+  assert pointed.sum() == sum(row["gen_noised"].sum() for row in rows)
+  slot_of = np.arange(len(pointed)) // spec.gen_len
+  np.testing.assert_array_equal(packed["gen_cond_index"][pointed] // spec.gen_len, slot_of[pointed])
 
 
 def test_zeros_batch_has_the_packed_shapes():

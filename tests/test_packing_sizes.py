@@ -53,6 +53,11 @@ def test_small_image_row_is_its_own_size_row_on_real_tokens(dropped):
   assert not mixed["gen_loss_mask"][~real].any() and not mixed["gen_noised"][~real].any()
   np.testing.assert_array_equal(mixed["vae_images"][:, :SMALL, :SMALL], alone["vae_images"])
   assert not mixed["vae_images"][:, SMALL:].any() and not mixed["vae_images"][:, :, SMALL:].any()
+  # each real target token's condition index points at the condition token at its position
+  pointed = mixed["gen_cond_index"][mixed["gen_noised"]]
+  np.testing.assert_array_equal(
+    mixed["gen_latent_pos"][pointed], mixed["gen_latent_pos"][mixed["gen_noised"]]
+  )
 
 
 def test_mixed_sizes_packed_mask_and_outputs_equal_alone():
