@@ -163,3 +163,11 @@ class PackRows:
     lengths = [und_length(row) for row in rows]
     groups = next_fit(lengths, self.spec.examples_per_row, self.spec.row_und_len)
     return [pack_rows([rows[i] for i in group], self.spec, self.pad_id) for group in groups]
+
+
+def examples_in_batch(batch: Mapping[str, np.ndarray]) -> int:
+  """Examples in a host batch: distinct non-padding sample ids per row, summed (rows of one
+  example, packed rows and rows with empty slots alike). The trainer's examples/s counts these,
+  not rows."""
+  ids = np.asarray(batch["und_sample_ids"])
+  return int(sum(np.unique(row[row != PAD_SAMPLE]).size for row in ids))

@@ -228,3 +228,17 @@ def test_pack_rows_grouping_is_picklable_and_takes_empty_chunks():
     for key in a:
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
   assert group([]) == []
+
+
+def test_examples_in_batch_counts_examples_not_rows():
+  """The trainer's examples/s: 3 examples in rows of 2 slots (one slot empty) are 3, not 2 rows."""
+  rows = lib.single_rows(2, 3)
+  spec = lib.spec(2, 2)
+  packed = [
+    packing.pack_rows(rows[:2], spec, lib.SPECIAL["pad"]),
+    packing.pack_rows(rows[2:], spec, lib.SPECIAL["pad"]),
+  ]
+  batch = {k: np.stack([row[k] for row in packed]) for k in packed[0]}
+  assert packing.examples_in_batch(batch) == 3
+  single = {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+  assert packing.examples_in_batch(single) == 3

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import jax
 
 from data_pipeline.loader import SkipLimitError
-from medq_jax import checkpoints
+from medq_jax import checkpoints, packing
 from medq_jax import sharding as sharding_lib
 from medq_jax.models.medq_uni import param_count
 from medq_jax.train import checkpoint as checkpoint_lib
@@ -154,6 +154,9 @@ def train(
     return {"step": start_step}
 
   first = data_lib.as_numpy_batch(next(iterator))
+  # examples since the last log: counted on this process's rows (packed rows hold several),
+  # times the process count (every process loads an equal share of the global batch)
+  examples_since_log = 0
   with sharding_lib.mesh_context(mesh, config.sharding_rules):
     jitted = jax.jit(
       step_fn,
@@ -175,7 +178,7 @@ def train(
   profile_start, profile_stop = config.train.profile_steps
   peak = config.train.peak_tflops_per_device * 1e12
   last = {}
-  batch = global_first
+  batch, host_batch = global_first, first
   # Steps are dispatched asynchronously: timings are wall time between logged steps (results
   # blocked on) divided by the steps in between, the true mean per step including data waits.
   logged_time, logged_step = time.perf_counter(), start_step
@@ -184,6 +187,7 @@ def train(
       done = step + 1
       if step == profile_start and profile_stop > profile_start:
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
+      examples_since_log += packing.examples_in_batch(host_batch) * jax.process_count()
       state, metrics = compiled(state, vae_params, batch, loop_rng)
       nonfinite.push(done, metrics["nonfinite"])
       final = done == config.train.steps
@@ -195,13 +199,13 @@ def train(
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         now = time.perf_counter()
         seconds = (now - logged_time) / (done - logged_step)
-        logged_time, logged_step = now, done
         metrics.update(
           step_seconds=seconds,
-          examples_per_second=config.train.batch_size / seconds,
+          examples_per_second=examples_since_log / (seconds * (done - logged_step)),
           tflops_per_second_per_device=flops / seconds / 1e12,
           nonfinite_steps=float(nonfinite.total),
         )
+        logged_time, logged_step, examples_since_log = now, done, 0
         if peak:
           metrics["mfu"] = flops / seconds / peak
         writer.write(done, metrics)
@@ -217,7 +221,8 @@ def train(
         else:
           checkpoint_lib.save(manager, done, state, iterator, force=final)
       if not final:
-        batch = sharding_lib.global_batch(data_lib.as_numpy_batch(next(iterator)), mesh)
+        host_batch = data_lib.as_numpy_batch(next(iterator))
+        batch = sharding_lib.global_batch(host_batch, mesh)
     nonfinite.flush()
   finally:
     writer.close()

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from medq_jax import sharding as sharding_lib
+from medq_jax.packing import examples_in_batch
 from medq_jax.train import data as data_lib
 from medq_jax.train import state as state_lib
 from medq_jax.train import step as step_lib
@@ -228,7 +229,6 @@ def profile_training(
         wait_times.append(time.perf_counter() - start)
   step_seconds = statistics.median(step_times)
   wait = statistics.median(wait_times) if wait_times else 0.0
-  rows = config.train.batch_size
   devices = mesh.devices.size
   positions = host_batch["und_token_ids"].size + host_batch["gen_positions"].size
 
@@ -249,7 +249,7 @@ def profile_training(
   return StepProfile(
     step_seconds=step_seconds,
     data_wait_seconds=wait,
-    examples_per_second=rows / step_seconds,
+    examples_per_second=examples_in_batch(host_batch) * jax.process_count() / step_seconds,
     tokens_per_second=positions / step_seconds,
     real_tokens_per_second=_real_tokens(host_batch) / step_seconds,
     xla_flops=xla_flops(compiled) * devices,
