@@ -7,9 +7,9 @@ with a JSONL index of ids and provenance, appendable and resumable.
                              then one {"id", "provenance"} line per row, in row order
 
 A shard is visible only once its index exists: both files are written under temporary names,
-fsynced and renamed, the `.npy` first and the `.jsonl` last (the commit), so a killed writer
-leaves at most an orphan `.npy` or temporary file, which readers ignore and the next writer
-removes. Shard names carry the JAX process index (`p000`), so several hosts append to one pool
+fsynced and renamed (`data_pipeline.atomic_files`), the `.npy` first and the `.jsonl` last (the
+commit), so a killed writer leaves at most an orphan `.npy` or temporary file, which readers
+ignore and the next writer removes. Shard names carry the JAX process index (`p000`), so several hosts append to one pool
 without colliding. Opening checks every shard against its index (dtype, shape, file size, row
 count, one dimension and one encoder across the pool, unique ids) and fails with one `PoolError`
 naming the shard; `verify()` also recomputes each shard's CRC32 (a flipped bit).
@@ -26,6 +26,8 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
+
+from data_pipeline import atomic_files
 
 FORMAT = 1
 _SHARD = re.compile(r"^shard-p(\d{3})-(\d{5})\.jsonl$")
@@ -215,14 +217,6 @@ def _is_shard(path: str) -> bool:
   return bool(_SHARD.match(os.path.basename(path)))
 
 
-def _fsync_dir(path: str) -> None:
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-
-
 class PoolWriter:
   """Appends embeddings to `pool_dir` in shards of `shard_rows` rows for process `process_index`.
 
@@ -257,8 +251,9 @@ class PoolWriter:
 
   def _remove_orphans(self) -> None:
     """Deletes what a killed writer of this process left: temporaries and `.npy` without index."""
-    prefix = os.path.join(self.pool_dir, f"shard-p{self.process_index:03d}-")
-    for path in glob.glob(prefix + "*"):
+    name = f"shard-p{self.process_index:03d}-"
+    temporaries = os.path.join(self.pool_dir, f".tmp_*{name}*")  # atomic_files' temporary names
+    for path in glob.glob(os.path.join(self.pool_dir, name + "*")) + glob.glob(temporaries):
       if (
         ".tmp" in os.path.basename(path)
         or path.endswith(".npy")
@@ -321,20 +316,14 @@ class PoolWriter:
     header = dict(
       format=FORMAT, dim=self.dim, count=count, encoder=self.encoder, crc32=_crc32(data)
     )
-    with open(base + ".tmp.npy", "wb") as handle:
-      np.save(handle, np.ascontiguousarray(data))
-      handle.flush()
-      os.fsync(handle.fileno())
-    with open(base + ".tmp.jsonl", "w", encoding="utf-8") as handle:
-      handle.write(json.dumps(header) + "\n")
-      for item_id, prov in zip(ids, provenance):
-        handle.write(json.dumps({"id": item_id, "provenance": prov}) + "\n")
-      handle.flush()
-      os.fsync(handle.fileno())
-    os.replace(base + ".tmp.npy", base + ".npy")
-    _fsync_dir(self.pool_dir)
-    os.replace(base + ".tmp.jsonl", base + ".jsonl")  # the commit: the shard is now visible
-    _fsync_dir(self.pool_dir)
+    atomic_files.atomic_write(
+      base + ".npy", lambda h: np.save(h, np.ascontiguousarray(data)), binary=True
+    )
+    lines = [json.dumps(header)] + [
+      json.dumps({"id": item_id, "provenance": prov}) for item_id, prov in zip(ids, provenance)
+    ]
+    # the index last: its rename is the commit that makes the shard visible
+    atomic_files.atomic_write_text(base + ".jsonl", "\n".join(lines) + "\n")
     self._done.update(ids)
     self._rows = [rest] if len(rest) else []
     self._ids, self._provenance = self._ids[count:], self._provenance[count:]

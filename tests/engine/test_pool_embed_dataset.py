@@ -2,40 +2,19 @@
 the encoder applied to TFDS's own decoding of the records, and the JAX-process shards partition
 the split."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
-from absl import flags
 
 from configs import model_sizes
 from medq_jax.engine import pool_embed
 from medq_jax.engine.pool_store import PoolStore
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 @pytest.fixture(scope="module")
-def data_config(tmp_path_factory):
-  """medq-sample at 32 px, 2 slices per volume (about 5 s)."""
-  from data_pipeline import precompute
-
-  flags.FLAGS.mark_as_parsed()
-  spec = importlib.util.spec_from_file_location(
-    "medq_sample_config", os.path.join(REPO, "configs", "data", "medq_sample.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("runlocal")
-  config.data_dir = str(tmp_path_factory.mktemp("engine") / "data")
-  config.max_slices_per_volume = 2
-  config.examples_per_shard = 8
-  config.ldct.num_angles = 30
-  config.num_workers = 0
-  precompute.run_precompute(config)
-  return config
+def data_config(tiny_data_config_session):
+  return tiny_data_config_session
 
 
 @pytest.fixture(scope="module")

@@ -63,12 +63,14 @@ def test_killed_writer_leaves_no_visible_half_shard_and_resume_skips_done_ids(tm
   writer.add(data[:6], _ids(0, 6))  # one shard committed, two rows buffered, then a "kill":
   base = os.path.join(tmp_path, "shard-p000-00001")
   np.save(base + ".npy", data[4:8])  # renamed data whose index never got written
-  with open(base + ".tmp.jsonl", "w") as handle:
+  # the index's temporary file as data_pipeline.atomic_files names it (mkstemp in the pool)
+  temporary = os.path.join(tmp_path, ".tmp_k3x9qshard-p000-00001.jsonl")
+  with open(temporary, "w") as handle:
     handle.write('{"format": 1')
   store = PoolStore(str(tmp_path))
   assert store.ids == _ids(0, 4)  # the orphans are invisible
   resumed = PoolWriter(str(tmp_path), 8, "test-encoder", shard_rows=4)
-  assert not os.path.exists(base + ".npy") and not os.path.exists(base + ".tmp.jsonl")
+  assert not os.path.exists(base + ".npy") and not os.path.exists(temporary)
   todo = [i for i, item in enumerate(_ids(0, 10)) if item not in resumed.done_ids()]
   assert todo == list(range(4, 10))
   resumed.add(data[todo], [_ids(0, 10)[i] for i in todo])
