@@ -14,8 +14,10 @@ of each (compilation, page cache), the best of config.repeats runs of:
     job as ours) and "faiss search" (an index already in memory).
 Peak memory is the peak resident set (`resource.getrusage` ru_maxrss) during each method,
 reset before each (Linux /proc/self/clear_refs), minus the resident set before it.
-Both results are compared (rows and scores). The last line is
-`retrieval_vs_faiss=<our time / faiss total time>` (target <= 1.0).
+Both results are compared (rows and scores). The table's last line times the failure
+clustering as the engine runs it (`clustering_time`: text embedding, joined features, Ward tree,
+k by silhouette) on config.cluster_failures synthetic failures with planted clusters. The last
+line is `retrieval_vs_faiss=<our time / faiss total time>` (target <= 1.0).
 """
 
 import os
@@ -107,6 +109,45 @@ def faiss_search(store, prototypes: np.ndarray, k: int, read_rows: int):
   return scores, rows, built - start, time.perf_counter() - built
 
 
+def synthetic_failures(count: int, dim: int, planted: int, seed: int):
+  """`count` failures in `planted` groups: visual rows around a group centre, and question +
+  answer texts drawn from the group's own words (the engine's failure inputs, sized at will)."""
+  rng = np.random.default_rng([seed, 2])
+  groups = rng.integers(0, planted, count)
+  centres = rng.standard_normal((planted, dim), dtype=np.float32)
+  visual = centres[groups] + 0.5 * rng.standard_normal((count, dim), dtype=np.float32)
+  words = [[f"g{g}w{w}" for w in range(12)] for g in range(planted)]
+  texts = [" ".join(rng.choice(words[g], 6)) for g in groups]
+  return visual, texts, groups
+
+
+def clustering_time(count: int, dim: int, k_range, planted: int, seed: int):
+  """(seconds, peak MiB above the start, chosen k) of one engine clustering of `count` failures."""
+  from medq_jax.engine import clustering
+
+  visual, texts, _ = synthetic_failures(count, dim, planted, seed)
+  before = _reset_peak()
+  start = time.perf_counter()
+  text = clustering.text_embedding(texts, dim=64, seed=seed)
+  features = clustering.failure_features(visual, text)
+  result = clustering.cluster(features, visual_dim=dim, k_range=tuple(k_range), seed=seed)
+  return time.perf_counter() - start, _peak_mib(before), result.n_clusters
+
+
+def _cluster_line() -> str:
+  """The table line of the failure clustering ("" when config.cluster_failures is 0)."""
+  c = _CONFIG.value
+  if not c.cluster_failures:
+    return ""
+  k_range = (c.cluster_k_min, c.cluster_k_max)
+  seconds, peak, k = clustering_time(c.cluster_failures, c.dim, k_range, c.cluster_planted, c.seed)
+  return (
+    f"| clustering {c.cluster_failures} failures ({c.dim}-d image + 64-d text, Ward, k by "
+    f"silhouette in {k_range[0]}..{k_range[1]}: k={k}, {c.cluster_planted} planted) | "
+    f"{seconds:.3f} | {peak:.0f} |"
+  )
+
+
 def _best(function, repeats: int):
   """(best seconds, peak MiB above the start, results) over `repeats` timed calls."""
   times, peak, results = [], 0.0, []
@@ -158,6 +199,7 @@ def run(argv):
   except ImportError:
     print("faiss is not installed (pip install faiss-cpu): no comparison")
     print(f"ours: {our_time:.3f} s, peak +{our_peak:.0f} MiB")
+    print(_cluster_line())
     return
   run_faiss = lambda: faiss_search(store, prototypes, k, _CONFIG.value.chunk_rows)
   run_faiss()
@@ -183,6 +225,9 @@ def run(argv):
     f"(add {build_s:.3f}, search {search_s:.3f}) | {faiss_peak:.0f} |"
   )
   print(f"| faiss IndexFlatIP search only (index in memory) | {search_time:.3f} | - |")
+  cluster_line = _cluster_line()
+  if cluster_line:
+    print(cluster_line)
   print(f"agreement: {same_rows:.6f} of the rows equal, max |score difference| {max_diff:.2e}")
   print(f"ours / faiss search only = {our_time / search_time:.3f}")
   print(f"retrieval_vs_faiss={our_time / faiss_time:.3f}")

@@ -18,6 +18,9 @@ SMALL = [
   "--config.k=10",
   "--config.repeats=1",
   "--config.chunk_rows=4096",
+  "--config.cluster_failures=300",
+  "--config.cluster_k_max=8",
+  "--config.cluster_planted=4",
 ]
 
 
@@ -45,6 +48,9 @@ def test_bench_at_10k_and_pool_reuse(tmp_path):
   assert float(lines[-1].split("=")[1]) > 0
   assert any(line.startswith("| ours (store streamed") for line in lines)
   assert any(line.startswith("| faiss IndexFlatIP total") for line in lines)
+  clustered = next(line for line in lines if line.startswith("| clustering 300 failures"))
+  assert "k=4, 4 planted" in clustered, clustered  # the planted clusters are found
+  assert float(clustered.split("|")[2]) > 0
   agreement = next(line for line in lines if line.startswith("agreement:"))
   assert float(agreement.split()[1]) >= 0.99, agreement
   store = PoolStore(pool)
