@@ -8,7 +8,10 @@ Usage:
   medq-engine --config=configs/engine.py --config.review.auto_decision=accept --workdir=runs/e
 
 Options of the config arg: oracle (offline|api, default offline), model (heuristic|ours, default
-heuristic), runlocal (32 px data, a small budget, k_max 8: a smoke run in about a minute).
+heuristic), finetune (none|trainer, default none; trainer needs model=ours), runlocal (32 px
+data, a small budget, k_max 8: a smoke run in about a minute), sample_efficiency (the
+experiment's settings: runlocal, model=ours, finetune=trainer, the builtin VAE, perception
+items only, auto-accept, one iteration, 3 epochs per fine-tune).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import math
 
 import ml_collections
 
-from configs import common
+from configs import bench, common
 from configs.data import medq_sample
 
 ORACLES = ("offline", "api")
@@ -26,11 +29,22 @@ FINETUNE = ("none", "trainer")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, oracle="offline", model="heuristic", runlocal=False)
+  arg = common.parse_arg(
+    arg,
+    oracle="offline",
+    model="heuristic",
+    runlocal=False,
+    finetune="none",
+    sample_efficiency=False,
+  )
+  if arg.sample_efficiency:  # launch/engine_sample_efficiency.py: tiny model, built-in data
+    arg.runlocal, arg.model, arg.finetune = True, "ours", "trainer"
   if arg.oracle not in ORACLES:
     raise ValueError(f"config arg: oracle must be one of {ORACLES}, got {arg.oracle!r}")
   if arg.model not in MODELS:
     raise ValueError(f"config arg: model must be one of {MODELS}, got {arg.model!r}")
+  if arg.finetune not in FINETUNE:
+    raise ValueError(f"config arg: finetune must be one of {FINETUNE}, got {arg.finetune!r}")
   config = ml_collections.ConfigDict()
   config.workdir = "runs/engine"  # Loop state, pool, review queues, statistics.
   config.seed = 0
@@ -44,6 +58,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.pool_split = "train"  # The unlabelled image pool (labels used only by the offline oracle).
   config.test_split = "bench"  # Held out: only deduplicated against.
   config.max_dev_images = 0  # 0: all; else the first N images of the dev split (smoke runs).
+  # Description items (§2.2: perception and description tasks): one MedQ-Bench no-reference item
+  # per image, its reference the example's golden description (the clean template for `high`).
+  # A description run counts as correct when the judge's Overall (the sum of the four dimension
+  # scores, 0-8) is at least description_pass: 6 = on average 1.5 of 2 per dimension, i.e. more
+  # than partly right on every one.
+  config.description_items = True
+  config.description_pass = 6.0
+  # The MedQ-Bench reasoning judge scoring descriptions (configs/bench.py): offline = the rule
+  # judge (not an LLM; says so), api = an OpenAI-compatible model through the chat client.
+  config.judge = bench.judge_config("offline")
 
   # The model under evaluation. heuristic: medq_jax/bench/heuristic_model.py (fast, no weights,
   # cannot be fine-tuned); ours: medq_jax/infer/bench_model.py loaded from `model_workdir`
@@ -51,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = arg.model
   config.model_workdir = ""
   config.model_config = "size=tiny,stage=2"
+  config.model_flux_ae = ""  # init.flux_ae of the model: a file, "builtin", "" = the run's vae/
   # Sampling temperature over the options' log-likelihoods for the R evaluation runs; the
   # routed self answer is the greedy (argmax) option.
   config.temperature = 1.0
@@ -102,10 +127,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Evolve (§2.4): pHash dedup against dev and test (max Hamming distance in bits).
   config.dedup_max_distance = 4
   # Fine-tuning on the accumulated data: "none" (the model is not changed; the loop then
-  # re-evaluates and stops at the plateau) or "trainer" (stage 2 through launch/jobs.py; not
-  # implemented: stops the loop with a message, see docs/engine.md).
-  config.finetune = "none"
+  # re-evaluates and stops at the plateau) or "trainer" (model=ours: each iteration trains the
+  # stage-2 objective, medq_jax/train/loop.py, on every accumulated annotation from the previous
+  # iteration's checkpoint; engine/finetune.py, docs/engine.md).
+  config.finetune = arg.finetune
+  config.trainer = ml_collections.ConfigDict()
+  config.trainer.steps = 30  # Per iteration (small: the built-in data gives tens of annotations).
+  config.trainer.batch_size = 4
+  config.trainer.learning_rate = 2e-4  # Below the from-scratch 1e-3: a fine-tune.
+  config.trainer.epochs = 0.0  # > 0: steps = epochs over the accumulated data (paper: 3).
   config.max_iterations = 5
   config.patience = 1  # Stop after this many iterations without dev accuracy gain > min_delta.
   config.min_delta = 0.0
+
+  # The sample-efficiency experiment (launch/engine_sample_efficiency.py, Fig. 3 c, f): a base
+  # tiny model trained base_steps on the pool split, then per budget (pool images per engine
+  # iteration) failure-driven vs random sampling at the same number of annotations.
+  config.experiment = ml_collections.ConfigDict()
+  config.experiment.base_steps = 150
+  config.experiment.budgets = (4, 8, 16, 32)
+  if arg.sample_efficiency:
+    config.model_flux_ae = "builtin"
+    config.description_items = False  # perception only: the tiny model's text is not scored
+    config.review.auto_decision = "accept"
+    config.max_iterations = 1
+    config.trainer.epochs = 3.0  # the paper's 3 epochs, so both strategies see equal passes
   return config

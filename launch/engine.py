@@ -35,6 +35,29 @@ def build_encoder(config):
   return pool_embed.VitEncoder.fresh(vit, image_size=config.encoder_image_size, seed=config.seed)
 
 
+def model_config(config):
+  """The evaluated model's config (configs/medq_uni.py:<model_config>, its VAE
+  `model_flux_ae`)."""
+  from configs import medq_uni
+  from medq_jax import checkpoints
+
+  out = medq_uni.get_config(config.model_config)
+  flux_ae = config.model_flux_ae
+  pipeline_vae = os.path.join(config.model_workdir, "vae", checkpoints.VAE_FILE)
+  if not flux_ae and config.model_workdir and os.path.isfile(pipeline_vae):
+    flux_ae = pipeline_vae  # named, so the fine-tuned runs (not pipelines) use the same VAE
+  with out.unlocked():
+    out.init.flux_ae = flux_ae
+  return out
+
+
+def load_ours(config, run_dir: str):
+  """Our model from a medq-train run directory (the base run or a fine-tuned checkpoint)."""
+  from medq_jax.infer.bench_model import load_from_workdir
+
+  return load_from_workdir(run_dir, model_config(config))
+
+
 def build_model(config):
   """The evaluated BenchModel: the heuristic one, or ours from `model_workdir`."""
   if config.model == "heuristic":
@@ -43,10 +66,31 @@ def build_model(config):
     return HeuristicBenchModel()
   if not config.model_workdir:
     raise ValueError("config.model=ours needs config.model_workdir (a medq-train run)")
-  from configs import medq_uni
-  from medq_jax.infer.bench_model import load_from_workdir
+  return load_ours(config, config.model_workdir)
 
-  return load_from_workdir(config.model_workdir, medq_uni.get_config(config.model_config))
+
+def build_finetune(config, workdir: str, pool):
+  """finetune=trainer: the stage-2 trainer from the previous checkpoint (engine/finetune.py)."""
+  if config.finetune == "none":
+    return None
+  if config.model != "ours":
+    raise ValueError(
+      "config.finetune=trainer fine-tunes our model: set the config arg model=ours and "
+      "config.model_workdir (the heuristic model has no parameters to train)"
+    )
+  from medq_jax.engine import finetune
+  from medq_jax.infer.loading import run_directory
+
+  return finetune.TrainerFinetune(
+    model_config(config),
+    run_directory(config.model_workdir),
+    pool,
+    workdir,
+    config.trainer.steps,
+    config.trainer.batch_size,
+    config.trainer.learning_rate,
+    epochs=config.trainer.epochs,
+  )
 
 
 def build_oracle(config, workdir: str, pool):
@@ -69,12 +113,16 @@ def build_engine(config, workdir: str):
   """Reads the three splits (the precompute runs first when the dataset is missing) and
   returns the `loop.Engine` over `workdir`."""
   from launch import prepare
+  from medq_jax.bench.judge_factory import make_judge
   from medq_jax.engine import loop, pool_embed
 
   prepare.ensure_dataset(config.data)
-  dev = loop.load_split(config.data, config.dev_split, config.seed, config.max_dev_images)
-  pool = loop.load_split(config.data, config.pool_split, config.seed)
-  test = loop.load_split(config.data, config.test_split, config.seed)
+  descriptions = config.description_items
+  dev = loop.load_split(
+    config.data, config.dev_split, config.seed, config.max_dev_images, descriptions
+  )
+  pool = loop.load_split(config.data, config.pool_split, config.seed, 0, descriptions)
+  test = loop.load_split(config.data, config.test_split, config.seed, 0, descriptions)
   encoder = build_encoder(config)
 
   def embed_pool(pool_dir: str):
@@ -92,6 +140,9 @@ def build_engine(config, workdir: str):
     pool,
     test,
     embed_pool=embed_pool,
+    finetune=build_finetune(config, workdir, pool),
+    judge=make_judge(config.judge, workdir),
+    load_model=lambda run_dir: load_ours(config, run_dir),
   )
 
 
@@ -116,11 +167,12 @@ def main(argv) -> None:
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.workdir
   from data_pipeline.chat_client import ChatError
+  from medq_jax.train.loop import STOP_ERRORS
 
   try:
     engine = build_engine(config, workdir)
     state = engine.run()
-  except (ValueError, OSError, ChatError) as error:  # one line; the saved state is untouched
+  except (ValueError, OSError, ChatError, *STOP_ERRORS) as error:  # one line; state untouched
     sys.stderr.write(f"FATAL medq-engine: {error}\n")
     sys.exit(1)
   _print_stats(engine.statistics(state))

@@ -1,12 +1,15 @@
 """The MedQ-Engine closed loop (§2): evaluate -> cluster -> retrieve -> sample -> annotate ->
-review -> dedup -> accumulate -> fine-tune, iterated until dev accuracy plateaus.
+review -> dedup -> accumulate -> fine-tune, iterated until the dev score plateaus.
 
-Items are MedQ-Bench perception MCQs built from the built-in dataset's images
-(`bench.generator.perception_rows`: five per image, with modality, question type and
-degradation level as the capability metadata). The model is any `BenchModel` (the heuristic one
-or ours): an item's option distribution is the softmax of its option log-likelihoods; the R
-evaluation runs sample from it at `temperature`, the self answer is the greedy option, and the
-trajectory entropy (Eq. 3) of that one-option answer is its negative log-probability.
+Items are MedQ-Bench perception MCQs and description items built from the built-in dataset's
+images (`bench.generator.perception_rows`: five MCQs per image, and one no-reference
+description item, with modality, question type and degradation level as the capability
+metadata). The model is any `BenchModel` (the heuristic one or ours): an MCQ's option
+distribution is the softmax of its option log-likelihoods; the R evaluation runs sample from it
+at `temperature`, the self answer is the greedy option, and the trajectory entropy (Eq. 3) of
+that one-option answer is its negative log-probability. A description is the model's
+`describe` text, scored by the MedQ-Bench reasoning scorer with the configured judge; its
+entropy is the mean token negative log-likelihood of the text under our model.
 
 Each phase reads the previous phases' outputs from the state, does its work, and saves the
 state (`loop_state`): a run killed anywhere resumes at the first phase not saved. The oracle is
@@ -32,7 +35,8 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline import atomic_files
-from medq_jax.bench import generator
+from medq_jax.bench import generator, prompts, reasoning
+from medq_jax.bench.schema import ReasoningItem
 from medq_jax.engine import (
   clustering,
   dedup,
@@ -51,8 +55,10 @@ from medq_jax.engine.pool_store import PoolStore
 KILL_ENV = "MEDQ_ENGINE_KILL_AFTER"  # "<iteration>:<phase>": SIGKILL after saving it (tests)
 STATS_FIELDS = (
   "iteration",
+  "dev_score",
   "dev_accuracy",
   "dev_sampled_accuracy",
+  "dev_description_score",
   "failures",
   "clusters",
   "retrieved",
@@ -69,6 +75,8 @@ STATS_FIELDS = (
   "reject_rate",
   "deduplicated",
   "accumulated",
+  "finetune_steps",
+  "finetune_loss",
   "decisions_source",
 )
 
@@ -77,9 +85,14 @@ class WaitingForReview(Exception):
   """The review queue has undecided samples; the message names the file to fill in."""
 
 
+DESCRIPTION = "Description"  # the question type (capability) of description items
+
+
 @dataclasses.dataclass(frozen=True)
 class Item:
-  """One perception MCQ about one image (`image_id` = `<example id>:<high|low>`)."""
+  """One item about one image (`image_id` = `<example id>:<high|low>`): a perception MCQ
+  (`options` {letter: text}, `answer` a letter) or a description (`options` empty,
+  `question_type` "Description", `answer` the golden description)."""
 
   id: str
   image_id: str
@@ -90,22 +103,31 @@ class Item:
   question_type: str
   degradation_level: str
 
+  @property
+  def is_description(self) -> bool:
+    return not self.options
+
 
 @dataclasses.dataclass
 class Split:
-  """A split's images {image_id: float [H, W]} and their MCQ items."""
+  """A split's images {image_id: float [H, W]}, their items, and each example's other fields
+  {example id: {field: value}} (what a fine-tuning example is rebuilt from)."""
 
   images: dict[str, np.ndarray]
   items: list[Item]
+  examples: dict[str, dict] = dataclasses.field(default_factory=dict)
 
 
-def split_items(examples, seed: int = 0, max_images: int = 0) -> Split:
-  """Examples of the precomputed dataset -> their images and five perception MCQs per image."""
-  images, items = {}, []
+def split_items(examples, seed: int = 0, max_images: int = 0, descriptions: bool = True) -> Split:
+  """Examples of the precomputed dataset -> their images, five perception MCQs per image and,
+  with `descriptions`, one description item per image (MedQ-Bench's no-reference item: the
+  example's golden description for `low`, the templated clean one for `high`)."""
+  images, items, fields = {}, [], {}
   for example in examples:
+    fields[example["id"]] = {k: v for k, v in example.items() if k not in ("high", "low")}
     for key, level in (("high", "none"), ("low", example["severity"])):
       if max_images and len(images) >= max_images:
-        return Split(images, items)
+        return Split(images, items, fields)
       image_id = f"{example['id']}:{key}"
       images[image_id] = np.asarray(example[key], np.float32)
       for q, row in enumerate(generator.perception_rows(example, level, seed)):
@@ -122,10 +144,26 @@ def split_items(examples, seed: int = 0, max_images: int = 0) -> Split:
             row["degradation_level"],
           )
         )
-  return Split(images, items)
+      if descriptions:
+        reference = example["description"] if key == "low" else generator.clean_description(example)
+        items.append(
+          Item(
+            f"{image_id}#d",
+            image_id,
+            prompts.NOREF_REASONING_PROMPT,
+            {},
+            reference,
+            example["modality"],
+            DESCRIPTION,
+            level,
+          )
+        )
+  return Split(images, items, fields)
 
 
-def load_split(data_config, split: str, seed: int = 0, max_images: int = 0) -> Split:
+def load_split(
+  data_config, split: str, seed: int = 0, max_images: int = 0, descriptions: bool = True
+) -> Split:
   """One split of the precomputed dataset, read once with `data_pipeline.loader.one_pass`."""
   from data_pipeline import loader  # pylint: disable=g-import-not-at-top
 
@@ -137,7 +175,7 @@ def load_split(data_config, split: str, seed: int = 0, max_images: int = 0) -> S
           for key, value in batch.items()
         }
 
-  return split_items(examples(), seed, max_images)
+  return split_items(examples(), seed, max_images, descriptions)
 
 
 def option_log_probs(model, image: np.ndarray, item: Item) -> np.ndarray:
@@ -152,6 +190,43 @@ def option_log_probs(model, image: np.ndarray, item: Item) -> np.ndarray:
   return scores - np.logaddexp.reduce(scores)
 
 
+def description_entropy(model, image: np.ndarray, item: Item, text: str) -> float:
+  """Eq. 3 for a generated description: minus the mean log-probability of its tokens (and the
+  end token) under the model, from `option_log_likelihoods` with the text as the one option.
+  NaN when the model has no tokenizer (the heuristic model): routing then sends it to review."""
+  encode = getattr(getattr(model, "tokenizer", None), "encode", None)
+  if encode is None or not text:
+    return float("nan")
+  total = float(
+    np.asarray(model.option_log_likelihoods(image, item.question, [text])).reshape(-1)[0]
+  )
+  tokens = len(encode(text, add_special_tokens=False)) + 1  # its tokens and <|im_end|>
+  return float(routing.entropies([[min(total / tokens, 0.0)]])[0])
+
+
+def describe_runs(model, image: np.ndarray, prompt: str, runs: int, seed: int) -> list[str]:
+  """R descriptions: `model.describe_samples(image, prompt, runs, seed)` when the model samples
+  descriptions, else its one deterministic description R times."""
+  sampler = getattr(model, "describe_samples", None)
+  if sampler is not None:
+    return [str(t) for t in sampler(image, prompt, runs, seed)]
+  return [str(model.describe(image, prompt))] * runs
+
+
+def judge_descriptions(judge, items: Sequence[Item], texts: Sequence[str]) -> list[float]:
+  """MedQ-Bench no-reference scores (Overall, the sum of the four dimension means, 0-8) of
+  `texts[i]` as the description of `items[i]`, through the bench's reasoning scorer and
+  `judge`. A dimension the judge could not score counts 0."""
+  bench_items = [
+    ReasoningItem(str(n), "noref", item.answer, item.question, item.modality)
+    for n, item in enumerate(items)
+  ]
+  predictions = {str(n): text for n, text in enumerate(texts)}
+  requests, _ = reasoning.build_requests(bench_items, predictions)
+  scores, _ = reasoning.collect_item_scores(bench_items, judge.judge_all(requests))
+  return [float(sum(v or 0.0 for v in s.scores.values())) for s in scores]
+
+
 def _capability_keys(item: Item, cross: bool) -> list[str]:
   values = [f"{f}={getattr(item, f)}" for f in failures.CAPABILITY_FIELDS]
   return ["|".join(values)] if cross else values
@@ -161,7 +236,8 @@ def _questions_for(pool_items: Mapping[str, Item], image_id: str, capability: st
   """The questions asked about a pool image drawn for `capability`: those of its question type
   when the capability names one, else all of them (modality and degradation level describe the
   image, which retrieval chose by similarity; a real pool's images carry no such labels)."""
-  items = [pool_items[f"{image_id}#q{q}"] for q in range(5) if f"{image_id}#q{q}" in pool_items]
+  ids = [f"{image_id}#q{q}" for q in range(5)] + [f"{image_id}#d"]
+  items = [pool_items[i] for i in ids if i in pool_items]
   wanted = dict(part.split("=", 1) for part in capability.split("|")).get("question_type")
   return [i for i in items if wanted is None or i.question_type == wanted]
 
@@ -197,7 +273,12 @@ class LoggedOracle:
 class Engine:
   """The loop over one workdir. `model`: a BenchModel; `encoder`: images [B, H, W] -> [B, D]
   (`pool_embed.Encoder`, embeds the pool and the dev failures); `oracle`: `annotate(requests,
-  salt)` (`oracle.OfflineOracle` / `ChatOracle`); dev / pool / test: `Split`s."""
+  salt)` (`oracle.OfflineOracle` / `ChatOracle`); dev / pool / test: `Split`s.
+
+  finetune(state, iteration_dir) -> {"checkpoint": run dir relative to the workdir, ...}: the
+  fine-tuning step (`engine.finetune.TrainerFinetune`); load_model(run dir) -> BenchModel: how
+  the model of the latest fine-tuned checkpoint is loaded for the next evaluation; judge: the
+  MedQ-Bench reasoning judge scoring description items (default: the offline rule judge)."""
 
   def __init__(
     self,
@@ -210,9 +291,17 @@ class Engine:
     pool: Split,
     test: Split,
     embed_pool: Callable[[str], Any] | None = None,
-    finetune: Callable[[list[str], loop_state.LoopState], str] | None = None,
+    finetune: Callable[[loop_state.LoopState, str], dict] | None = None,
+    judge=None,
+    load_model: Callable[[str], Any] | None = None,
   ):
     self.config, self.workdir, self.model, self.encoder = config, workdir, model, encoder
+    self.base_model, self.load_model, self._model_checkpoint = model, load_model, ""
+    if judge is None:
+      from medq_jax.bench.judge_offline import OfflineJudge  # pylint: disable=g-import-not-at-top
+
+      judge = OfflineJudge()
+    self.judge = judge
     self.oracle = LoggedOracle(oracle, os.path.join(workdir, "oracle_calls.jsonl"))
     self.dev, self.pool, self.test = dev, pool, test
     self.pool_items = {item.id: item for item in pool.items}
@@ -221,7 +310,7 @@ class Engine:
     self.state_path = os.path.join(workdir, "state.json")
     self.pool_dir = os.path.join(workdir, "pool")
     self.waiting = ""  # set by run() when it stopped at an undecided review queue
-    self.halted = ""  # set by run() when a step is not implemented (finetune="trainer")
+    self.halted = ""  # set by run() when finetune="trainer" has no fine-tuning step to run
 
   # --- state -------------------------------------------------------------------------------
   def _save(self, state: loop_state.LoopState, phase: str | None = None) -> None:
@@ -252,32 +341,77 @@ class Engine:
       )
     return state
 
+  def model_for(self, state):
+    """The model of the latest fine-tuned checkpoint in `state` (loaded once), else the base."""
+    checkpoint = state.checkpoints[-1] if state.checkpoints else ""
+    if checkpoint != self._model_checkpoint:
+      if self.load_model is None:
+        raise ValueError(
+          f"{self.state_path}: the run holds fine-tuned checkpoint {checkpoint!r}, but no "
+          "load_model was given to load it"
+        )
+      self.model = (
+        self.load_model(os.path.join(self.workdir, checkpoint)) if checkpoint else (self.base_model)
+      )
+      self._model_checkpoint = checkpoint
+    return self.model
+
   # --- phases ------------------------------------------------------------------------------
   def evaluate(self, state) -> dict:
-    """R sampled runs on dev -> failures (error rate > gamma) and e_k (Eq. 1)."""
+    """R sampled runs on dev -> failures (error rate > gamma) and e_k (Eq. 1). An MCQ run is
+    correct when its sampled option is the answer; a description run when the judge's
+    MedQ-Bench Overall (0-8) is at least `description_pass`. The dev score (the plateau test's)
+    is the share of dev items the greedy answer / description gets right."""
     c = self.config
+    model = self.model_for(state)
     rng = np.random.default_rng([c.seed, state.iteration, 1])
-    correct = np.zeros((c.runs, len(self.dev.items)), bool)
-    greedy, answers = [], []
-    for n, item in enumerate(self.dev.items):
-      logp = option_log_probs(self.model, self.dev.images[item.image_id], item)
+    items = self.dev.items
+    correct = np.zeros((c.runs, len(items)), bool)
+    greedy, answers = np.zeros(len(items), bool), {}
+    described: list[tuple[int, list[str]]] = []
+    for n, item in enumerate(items):
+      image = self.dev.images[item.image_id]
+      if item.is_description:
+        seed = int(rng.integers(2**31))
+        texts = describe_runs(model, image, item.question, c.runs, seed)
+        greedy_text = texts[0] if hasattr(model, "describe_samples") else None
+        described.append((n, [greedy_text or str(model.describe(image, item.question)), *texts]))
+        continue
+      logp = option_log_probs(model, image, item)
       letters = sorted(item.options)
       probs = np.exp(logp / c.temperature - np.logaddexp.reduce(logp / c.temperature))
       draws = rng.choice(len(letters), size=c.runs, p=probs)
       correct[:, n] = [letters[d] == item.answer for d in draws]
-      best = letters[int(np.argmax(logp))]
-      greedy.append(best == item.answer)
-      answers.append(best)
+      answers[item.id] = letters[int(np.argmax(logp))]
+      greedy[n] = answers[item.id] == item.answer
+    description_scores = {}
+    if described:
+      flat_items = [items[n] for n, texts in described for _ in texts]
+      scores = judge_descriptions(self.judge, flat_items, [t for _, ts in described for t in ts])
+      at = 0
+      for n, texts in described:
+        row = scores[at : at + len(texts)]
+        at += len(texts)
+        description_scores[items[n].id] = row[0]
+        answers[items[n].id] = texts[0]
+        greedy[n] = row[0] >= c.description_pass
+        correct[:, n] = np.asarray(row[1:]) >= c.description_pass
     result = failures.evaluate(
-      correct, [_meta(i) for i in self.dev.items], c.gamma, cross=c.cross_capabilities
+      correct, [_meta(i) for i in items], c.gamma, cross=c.cross_capabilities
     )
-    failed = [i.id for i, f in zip(self.dev.items, result.failed) if f]
+    mcq = [n for n, i in enumerate(items) if not i.is_description]
     return {
-      "accuracy": float(np.mean(greedy)),
-      "sampled_accuracy": float(correct.mean()),
-      "failed": failed,
-      "answers": {i.id: a for i, a in zip(self.dev.items, answers)},
+      "score": float(greedy.mean()),
+      "accuracy": float(greedy[mcq].mean()) if mcq else None,
+      "sampled_accuracy": float(correct[:, mcq].mean()) if mcq else None,
+      "description_score": (
+        float(np.mean(list(description_scores.values()))) if description_scores else None
+      ),
+      "description_scores": description_scores,
+      "failed": [i.id for i, f in zip(items, result.failed) if f],
+      "answers": answers,
       "errors": result.errors,
+      "checkpoint": state.checkpoints[-1] if state.checkpoints else "",
     }
 
   def cluster(self, state, evaluation: dict) -> dict:
@@ -289,7 +423,10 @@ class Engine:
       return {"n_clusters": 0, "labels": [], "anchors": "", "note": "no persistent failures"}
     visual = self.encoder(np.stack([self.dev.images[i.image_id] for i in failed]))
     texts = [
-      f"{i.question} {i.options.get(evaluation['answers'][i.id], '')}".strip() for i in failed
+      f"{i.question} {i.options.get(evaluation['answers'][i.id], '')}".strip()
+      if not i.is_description
+      else f"{i.question_type} {evaluation['answers'][i.id]}"
+      for i in failed
     ]
     text = clustering.text_embedding(texts, dim=c.text_dim, seed=c.seed)
     features = clustering.failure_features(visual, text, c.visual_weight, c.text_weight)
@@ -350,22 +487,30 @@ class Engine:
       for i in chosen
     ]
     result = self.oracle.annotate(requests, salt=f"iteration={state.iteration}")
+    model = self.model_for(state)
     samples, entropy, delta = [], [], []
     for item in chosen:
-      logp = option_log_probs(self.model, self.pool.images[item.image_id], item)
-      letters = sorted(item.options)
-      best = int(np.argmax(logp))
+      image = self.pool.images[item.image_id]
       answer = result.answers[item.id]
-      h = float(routing.entropies([[min(logp[best], 0.0)]])[0])
-      d = routing.agreement(letters[best], answer.text, item.options)
+      if item.is_description:
+        self_answer = str(model.describe(image, item.question))
+        h = description_entropy(model, image, item, self_answer)
+        d = routing.agreement(self_answer, answer.text, None)
+      else:
+        logp = option_log_probs(model, image, item)
+        letters = sorted(item.options)
+        best = int(np.argmax(logp))
+        self_answer = letters[best]
+        h = float(routing.entropies([[min(logp[best], 0.0)]])[0])
+        d = routing.agreement(self_answer, answer.text, item.options)
       entropy.append(h)
       delta.append(d)
       samples.append(
         {
           "id": item.id,
           "image_id": item.image_id,
-          "self_answer": letters[best],
-          "entropy": h,
+          "self_answer": self_answer,
+          "entropy": None if np.isnan(h) else h,
           "oracle_answer": answer.text,
           "oracle_status": answer.status,
           "oracle_reason": answer.reason,
@@ -513,16 +658,16 @@ class Engine:
     return {"ids": [r["id"] for r in rows], "file": os.path.relpath(path, self.workdir)}
 
   def finetune(self, state) -> dict:
-    """Stage-2 fine-tuning on the accumulated data (finetune="trainer": not implemented)."""
+    """The stage-2 fine-tuning on the accumulated data (`finetune=trainer`), starting from the
+    previous iteration's checkpoint; its run directory becomes the next evaluation's model."""
     if self.config.finetune == "none":
       return {"checkpoint": "", "note": "finetune=none: the model is not changed"}
     if self.finetune_fn is None:
       raise NotImplementedError(
-        f"finetune={self.config.finetune!r}: fine-tuning on the accumulated MCQ data is not "
-        "implemented (the trainer's stage 2 reads the precomputed image dataset, not "
-        "<workdir>/iter_*/data.jsonl); run with config.finetune=none"
+        f"finetune={self.config.finetune!r}: this engine was built without a fine-tuning step "
+        "(launch/engine.py builds one for model=ours); run with config.finetune=none"
       )
-    return {"checkpoint": self.finetune_fn(state.data_files, state), "note": ""}
+    return self.finetune_fn(state, self._iter_dir(state))
 
   # --- the loop ----------------------------------------------------------------------------
   def prepare_pool(self, state) -> None:
@@ -537,7 +682,7 @@ class Engine:
 
   def run(self) -> loop_state.LoopState:
     """Runs (or resumes) the loop until it stops: plateau, max_iterations, waiting for review,
-    or an unimplemented fine-tune. Returns the saved state."""
+    or a fine-tune this engine cannot run. Returns the saved state."""
     self.waiting = self.halted = ""
     state = self.open_state()
     c = self.config
@@ -573,10 +718,10 @@ class Engine:
         break
       record[phase] = output
       if phase == "evaluate":
-        state.dev_accuracy.append(output["accuracy"])
+        state.dev_accuracy.append(output["score"])
         if _plateau(state.dev_accuracy, c.patience, c.min_delta):
           state.stopped = (
-            f"plateau: dev accuracy {state.dev_accuracy[-1]:.4f} not above the best of the "
+            f"plateau: dev score {state.dev_accuracy[-1]:.4f} not above the best of the "
             f"{c.patience} iteration(s) before by more than {c.min_delta}"
           )
       elif phase == "accumulate":
@@ -620,8 +765,10 @@ class Engine:
       if "evaluate" in record:
         e = record["evaluate"]
         row.update(
+          dev_score=e["score"],
           dev_accuracy=e["accuracy"],
           dev_sampled_accuracy=e["sampled_accuracy"],
+          dev_description_score=e["description_score"],
           failures=len(e["failed"]),
         )
       if "cluster" in record:
@@ -655,6 +802,9 @@ class Engine:
         row["deduplicated"] = len(d["within"]) + len(d["against"])
       if "accumulate" in record:
         row["accumulated"] = len(record["accumulate"]["ids"])
+      if record.get("finetune", {}).get("checkpoint"):
+        row["finetune_steps"] = record["finetune"].get("steps")
+        row["finetune_loss"] = record["finetune"].get("loss")
       rows.append(row)
     return rows
 
@@ -701,7 +851,11 @@ RESUMABLE_KEYS = (
   "oracle.timeout_s",
   "oracle.max_retries",
   "oracle.concurrency",
+  "judge.timeout_s",
+  "judge.max_retries",
+  "judge.concurrency",
   "model_workdir",
+  "experiment",
 )
 
 

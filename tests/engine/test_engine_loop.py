@@ -28,8 +28,10 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 from configs import engine as engine_config
+from medq_jax.bench import judge_offline, judge_types
+from medq_jax.bench import prompts as bench_prompts
 from medq_jax.bench.heuristic_model import HeuristicBenchModel
-from medq_jax.engine import loop, loop_state, oracle, pool_embed
+from medq_jax.engine import loop, loop_state, oracle, pool_embed, routing
 from medq_jax.engine.pool_store import PoolError
 
 TASKS = {"CT": "ldct", "MRI": "mri_noise", "PET": "pet_lowcount"}
@@ -162,10 +164,12 @@ def test_one_iteration_end_to_end(tmp_path):
       counts[key] += 1
       hits[key] += item.id in failed
   assert record["evaluate"]["errors"] == pytest.approx({k: hits[k] / counts[k] for k in counts})
-  # Greedy dev accuracy recomputed from the model directly.
+  # Greedy dev accuracy recomputed from the model directly (MCQs), description scores from the
+  # offline judge's four dimension scores (summed), the dev score over both.
   model = HeuristicBenchModel()
-  greedy = [
-    sorted(i.options)[
+  mcqs = [i for i in engine.dev.items if i.options]
+  greedy = {
+    i.id: sorted(i.options)[
       int(
         np.argmax(
           model.option_log_likelihoods(
@@ -175,9 +179,22 @@ def test_one_iteration_end_to_end(tmp_path):
       )
     ]
     == i.answer
-    for i in engine.dev.items
-  ]
-  assert state.dev_accuracy == [pytest.approx(np.mean(greedy))]
+    for i in mcqs
+  }
+  assert record["evaluate"]["accuracy"] == pytest.approx(np.mean(list(greedy.values())))
+  descriptions = [i for i in engine.dev.items if not i.options]
+  assert len(descriptions) == len(engine.dev.images) and len(mcqs) == 5 * len(descriptions)
+  for item in descriptions:
+    text = model.describe(engine.dev.images[item.image_id], item.question)
+    overall = sum(
+      judge_offline.score_request(judge_types.JudgeRequest("0", "noref", dim, 0, text, item.answer))
+      for dim in bench_prompts.DIMENSIONS
+    )
+    assert record["evaluate"]["description_scores"][item.id] == overall
+    greedy[item.id] = overall >= config.description_pass
+    assert (item.id in failed) == (overall < config.description_pass)  # deterministic: R equal
+  assert state.dev_accuracy == [pytest.approx(np.mean([greedy[i.id] for i in engine.dev.items]))]
+  assert record["evaluate"]["score"] == state.dev_accuracy[0]
   # tau_sim 0 and a budget above the pool: every pool image is drawn once.
   selected = [image for image, _ in record["sample"]["selected"]]
   assert sorted(selected) == sorted(engine.pool.images)
@@ -230,6 +247,13 @@ def test_routes_after_iteration_zero_follow_the_rule(tmp_path):
   model = HeuristicBenchModel()
   for s in second:
     item = items[s["id"]]
+    if not item.options:  # a description: the heuristic model gives no token log-probs
+      image = engine.pool.images[item.image_id]
+      assert s["self_answer"] == model.describe(image, item.question)
+      assert s["entropy"] is None and s["route"] == "review"
+      if s["oracle_answer"] is not None:
+        assert s["delta"] == pytest.approx(routing.token_f1(s["self_answer"], s["oracle_answer"]))
+      continue
     letters = sorted(item.options)
     logp = special.log_softmax(
       model.option_log_likelihoods(
@@ -311,7 +335,8 @@ class _SlowServer(http.server.ThreadingHTTPServer):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-  """'How severe' questions -> 1 s (past the client's timeout); others -> 'A'."""
+  """'How severe' questions -> 1 s (past the client's timeout); other MCQs -> 'A',
+  descriptions -> a short description."""
 
   def log_message(self, *args):
     del args
@@ -321,7 +346,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     text = next(p["text"] for p in body["messages"][-1]["content"] if p["type"] == "text")
     if "How severe" in text:
       time.sleep(1.0)
-    data = json.dumps({"choices": [{"message": {"role": "assistant", "content": "A"}}]}).encode()
+    reply = "A" if oracle.MCQ_INSTRUCTION in text else "Mild noise. Overall, the quality is usable."
+    data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
     try:
       self.send_response(200)
       self.send_header("Content-Type", "application/json")
@@ -397,10 +423,10 @@ if __name__ == "__main__":
   make_engine(sys.argv[1], resume_config()).run()
 
 
-def test_unimplemented_finetune_halts_and_a_rerun_goes_on(tmp_path):
+def test_finetune_without_a_step_halts_and_a_rerun_goes_on(tmp_path):
   engine = make_engine(tmp_path, make_config(budget=3, finetune="trainer"))
   state = engine.run()
-  assert "not implemented" in engine.halted and not state.stopped
+  assert "built without a fine-tuning step" in engine.halted and not state.stopped
   assert state.phase == "accumulate" and state.accumulated
   engine = make_engine(tmp_path, make_config(budget=3, max_iterations=2, patience=5))
   state = engine.run()
