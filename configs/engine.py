@@ -145,7 +145,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # iteration) failure-driven vs random sampling at the same number of annotations.
   config.experiment = ml_collections.ConfigDict()
   config.experiment.base_steps = 150
-  config.experiment.budgets = (4, 8, 16, 32)
+  config.experiment.budgets = (4, 8, 16)
   if arg.sample_efficiency:
     config.model_flux_ae = "builtin"
     config.description_items = False  # perception only: the tiny model's text is not scored

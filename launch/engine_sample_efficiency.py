@@ -32,7 +32,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory.")
 
 def train_base(config, workdir: str) -> str:
   """The base model: tiny stage 2 on the pool split (resumes; returns its run directory)."""
-  from launch import engine as engine_launch
+  from launch import engine_build as engine_launch
   from launch import jobs
 
   model = engine_launch.model_config(config)
@@ -51,7 +51,7 @@ def run(config, workdir: str) -> list[dict]:
   """The experiment's rows (see the module docstring); writes the CSV and the figure."""
   import jax
 
-  from launch import engine as engine_launch
+  from launch import engine_build as engine_launch
   from launch import prepare
   from medq_jax.engine import loop_state, sample_efficiency
 
