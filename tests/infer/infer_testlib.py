@@ -24,12 +24,14 @@ def tiny_setup(tmp_dir, scope="ffn", seed=0, condition_injection="bagel"):
   tokenizer = train_bpe_tokenizer(TEXTS, 300, str(tmp_dir))
   spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, 2)
   key_model, key_vae, key_head = jax.random.split(jax.random.key(seed), 3)
-  params = nn.unbox(MedQUni(config.model).init(key_model, init_batch(config.model))["params"])
+  params = nn.unbox(
+    jax.jit(MedQUni(config.model).init)(key_model, init_batch(config.model))["params"]
+  )
   # llm2vae starts at zero (BAGEL); give it weights so velocities depend on the inputs.
   kernel = params["llm2vae"]["kernel"]
   params["llm2vae"]["kernel"] = 0.05 * jax.random.normal(key_head, kernel.shape, kernel.dtype)
   image = np.zeros((1, spec.vae_image_size, spec.vae_image_size, 3), np.float32)
-  vae_params = nn.unbox(FluxAutoEncoder(config.model.vae).init(key_vae, image)["params"])
+  vae_params = nn.unbox(jax.jit(FluxAutoEncoder(config.model.vae).init)(key_vae, image)["params"])
   return config, params, vae_params, tokenizer, spec
 
 

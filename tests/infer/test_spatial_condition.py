@@ -84,17 +84,18 @@ def test_zero_initialised_projection_leaves_bagel_outputs():
   batch = dict(batch)
   batch["gen_latents"] = jnp.asarray(rng.normal(size=batch["gen_latents"].shape), jnp.float32)
   batch["gen_cond_latents"] = jnp.asarray(rng.normal(size=batch["gen_latents"].shape), jnp.float32)
-  params = nn.unbox(MedQUni(spatial.model).init(jax.random.key(0), batch)["params"])
+  params = nn.unbox(jax.jit(MedQUni(spatial.model).init)(jax.random.key(0), batch)["params"])
   assert not np.asarray(params["cond2llm"]["kernel"]).any()
   kernel = params["llm2vae"]["kernel"]
   params["llm2vae"]["kernel"] = 0.05 * jax.random.normal(jax.random.key(1), kernel.shape)
   bagel_params = {k: v for k, v in params.items() if k != "cond2llm"}
-  out_s = MedQUni(spatial.model).apply({"params": params}, batch)["velocity"]
-  out_b = MedQUni(bagel.model).apply({"params": bagel_params}, batch)["velocity"]
+  apply_s, apply_b = jax.jit(MedQUni(spatial.model).apply), jax.jit(MedQUni(bagel.model).apply)
+  out_s = apply_s({"params": params}, batch)["velocity"]
+  out_b = apply_b({"params": bagel_params}, batch)["velocity"]
   np.testing.assert_array_equal(np.asarray(out_s), np.asarray(out_b))
   # with a trained (non-zero) projection the condition changes the velocity
   params["cond2llm"]["kernel"] = 0.05 * jnp.ones_like(params["cond2llm"]["kernel"])
-  out_t = MedQUni(spatial.model).apply({"params": params}, batch)["velocity"]
+  out_t = apply_s({"params": params}, batch)["velocity"]
   assert np.abs(np.asarray(out_t) - np.asarray(out_s)).max() > 1e-3
 
 
@@ -134,10 +135,15 @@ def test_prefix_cache_equals_recomputation_spatial(spatial_setup):
 
 def test_sampler_reads_the_spatial_condition(spatial_setup):
   """Zeroing the projection (keeping everything else) changes the restoration."""
-  config, params, *rest = spatial_setup
-  zeroed = dict(params, cond2llm=jax.tree_util.tree_map(jnp.zeros_like, params["cond2llm"]))
-  with_cond = _run(spatial_setup)
-  without = _run((config, zeroed, *rest))
+  config, params, vae_params, tokenizer, spec = spatial_setup
+  settings = InferenceSettings(
+    decode=DecodeSettings(max_new_tokens=4), sampler=SamplerSettings(num_timesteps=3)
+  )
+  engine = AssessRestore(config.model, params, vae_params, tokenizer, spec, settings)
+  with_cond = engine(images(2, seed=3), INSTRUCTIONS)
+  # the jitted functions take the parameters as arguments: swapping them does not recompile
+  engine.params = dict(params, cond2llm=jax.tree_util.tree_map(jnp.zeros_like, params["cond2llm"]))
+  without = engine(images(2, seed=3), INSTRUCTIONS)
   assert np.abs(with_cond.restored - without.restored).max() > 1e-3
 
 
@@ -170,15 +176,15 @@ def test_degraded_flow_loss_targets_the_degraded_minus_clean_latents():
   config.train.update(alpha_l1=0.0, beta_ssim=0.0, sample_vae_posterior=False, stage=1)
   spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, 1)
   model, vae = state_lib.build_models(config.model)
-  params = nn.unbox(model.init(jax.random.key(0), init_batch(config.model))["params"])
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), init_batch(config.model))["params"])
   image = jnp.zeros((1, spec.vae_image_size, spec.vae_image_size, 3), jnp.float32)
-  vae_params = nn.unbox(vae.init(jax.random.key(1), image)["params"])
+  vae_params = nn.unbox(jax.jit(vae.init)(jax.random.key(1), image)["params"])
   row = layout_lib.pack_example(
     _example(np.random.default_rng(3)), _CharTokenizer(), spec, SPECIAL, plan=None
   )
   batch = {k: jnp.asarray(v)[None] for k, v in row.items()}
   loss_fn = step_lib.make_loss_fn(model, vae, config.model, config.train)
-  _, metrics = loss_fn(params, vae_params, batch, jax.random.key(2))
+  _, metrics = jax.jit(loss_fn)(params, vae_params, batch, jax.random.key(2))
   latents = vae.apply({"params": vae_params}, batch["vae_images"][0], None, method=vae.encode)
   tokens = np.asarray(patchify_latents(latents, config.model.latent_patch_size))
   expected = np.mean((tokens[0] - tokens[1]) ** 2)
