@@ -139,6 +139,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # > 0: keep an EMA of the parameters in the train state (ema = d * ema + (1 - d) * params
       # after each applied step), saved with it; evaluation loads it instead of the parameters.
       ema_decay=0.0,
+      # Gradient accumulation (docs/training.md): the global batch_size is processed as this many
+      # micro-batches inside one optimizer step (batch_size % (this x data-parallel size) == 0).
+      grad_accum_steps=1,
+      # Precision policy: "fp32", "bf16" (bf16 compute over fp32 master weights and optimizer
+      # state; sets model.dtype / model.param_dtype), or "" (model.dtype/param_dtype as set).
+      precision="",
+      # Parameters frozen on top of the stage's rule: groups (vit, connector, embeddings,
+      # lm_head, und, gen, vae) or regexes searched in parameter paths (medq_jax/train/freeze.py).
+      freeze=(),
     )
   )
   # Starting weights (empty = fresh init). MedQ-UNI fine-tunes UniMedVL: point bagel_ema at its

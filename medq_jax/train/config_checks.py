@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import os
 
+import flax.linen as nn
 import jax
 
 from medq_jax import checkpoints
 from medq_jax import sharding as sharding_lib
+from medq_jax.convert.core import flatten
+from medq_jax.models.medq_uni import abstract_params
+from medq_jax.train import freeze, precision
 
 
 class ConfigError(ValueError):
@@ -27,7 +31,7 @@ def check_numbers(config) -> None:
   _positive_int(config, "steps", 0)
   for field in ("batch_size", "checkpoint_every", "log_every"):
     _positive_int(config, field, 1)
-  for field in ("max_consecutive_nonfinite", "max_consecutive_skips"):
+  for field in ("max_consecutive_nonfinite", "max_consecutive_skips", "grad_accum_steps"):
     if field in config.train:
       _positive_int(config, field, 1)
   decay = config.train.get("ema_decay", 0.0)
@@ -54,6 +58,14 @@ def check_mesh_and_batch(config, num_devices: int | None = None) -> tuple[int, .
   sizes = dict(zip(axes, shape))
   data_parallel = sizes.get("data", 1) * sizes.get("fsdp", 1)
   batch = config.train.batch_size
+  accum = int(config.train.get("grad_accum_steps", 1) or 1)
+  if accum > 1 and batch % (accum * data_parallel):
+    raise ConfigError(
+      f"train.batch_size={batch} is not divisible by train.grad_accum_steps={accum} x the "
+      f"data-parallel size {data_parallel} (mesh data={sizes.get('data', 1)} x "
+      f"fsdp={sizes.get('fsdp', 1)}): each micro-batch must split over the devices; use a "
+      f"multiple of {accum * data_parallel}"
+    )
   if batch % data_parallel:
     raise ConfigError(
       f"train.batch_size={batch} is not divisible by the data-parallel size {data_parallel} "
@@ -65,6 +77,17 @@ def check_mesh_and_batch(config, num_devices: int | None = None) -> tuple[int, .
       f"train.batch_size={batch} is not divisible by the {jax.process_count()} processes"
     )
   return shape
+
+
+def check_precision_and_freeze(config) -> None:
+  """`train.precision` agrees with `model.dtype` / `model.param_dtype`, and every `train.freeze`
+  entry matches a parameter of `config.model` (its shapes only: nothing is initialised)."""
+  found = precision.problems(config)
+  if not found and freeze.entries(config.train):
+    names = flatten(nn.unbox(abstract_params(config.model)))
+    found = freeze.problems(names, config.train)
+  if found:
+    raise ConfigError("; ".join(found))
 
 
 def _latest_readable_step(directory: str, manager) -> int | None:
@@ -99,10 +122,11 @@ def check_checkpoint_fits(run_dir: str, model_config, field: str) -> None:
 
 
 def check_training(config, workdir: str) -> None:
-  """Every check above for a `loop.train(config, workdir)` run: numbers, mesh and batch, the
-  checkpoint it resumes from (workdir) and the one it starts from (init.from_checkpoint)."""
+  """Every check above for a `loop.train(config, workdir)` run: numbers, mesh and batch
+  (micro-batches included), precision policy and frozen groups, the checkpoint it resumes from (workdir) and the one it starts from (init.from_checkpoint)."""
   check_numbers(config)
   check_mesh_and_batch(config)
+  check_precision_and_freeze(config)
   check_checkpoint_fits(workdir, config.model, f"resume from {workdir}")
   if config.get("init") and config.init.get("from_checkpoint"):
     check_checkpoint_fits(config.init.from_checkpoint, config.model, "init.from_checkpoint")

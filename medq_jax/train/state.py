@@ -3,15 +3,15 @@
 Parameters are created already sharded: `jax.jit(init, out_shardings=...)` from the logical
 partitioning metadata, so no host ever materialises the whole tree.
 
-Stage 1 trains the gen (Med-IR) parameters alone: `split_params` cuts the tree into the trainable
-and the frozen subtree; the train step differentiates the trainable one only (no weight gradient
-is computed for a frozen parameter) and the optimizer holds state for it alone.
+Stage 1 trains the gen (Med-IR) parameters alone, and `train.freeze` (`freeze.py`) freezes named
+groups or regexes on top: `split_params` cuts the tree into the trainable and the frozen subtree;
+the train step differentiates the trainable one only (no weight gradient is computed for a frozen
+parameter) and the optimizer holds state for it alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import flax
@@ -25,6 +25,9 @@ from medq_jax import layout as layout_lib
 from medq_jax import sharding as sharding_lib
 from medq_jax.models.medq_uni import MedQUni, init_batch
 from medq_jax.models.vae import FluxAutoEncoder
+from medq_jax.train import freeze as freeze_lib
+from medq_jax.train import precision as precision_lib
+from medq_jax.train.config_checks import ConfigError
 
 
 @flax.struct.dataclass
@@ -44,9 +47,18 @@ def path_name(path) -> str:
 
 
 def is_trainable(name: str, stage: int, stage1_regex: str) -> bool:
-  """Whether the parameter at path `name` ("decoder/layers/mlp_moe_gen/...") trains in `stage`:
+  """Whether the parameter at path `name` ("decoder/layers/mlp_moe_gen/...") trains in `stage`
+  by the stage's rule alone (`freeze.stage_trains`; `train.freeze` is `split_params`' business):
   everything in stage 2, the gen (Med-IR) parameters matching `stage1_regex` in stage 1."""
-  return stage != 1 or re.search(stage1_regex, name) is not None
+  return freeze_lib.stage_trains(name, stage, stage1_regex)
+
+
+def check_freeze(params: Any, train_config) -> None:
+  """`train.freeze` against the parameter paths of `params` (arrays or shapes): raises
+  `ConfigError` for an entry that matches nothing or leaves nothing to train."""
+  found = freeze_lib.problems(traverse_util.flatten_dict(params, sep="/"), train_config)
+  if found:
+    raise ConfigError("; ".join(found))
 
 
 def trainable_labels(params: Any, stage: int, stage1_regex: str) -> Any:
@@ -59,10 +71,11 @@ def trainable_labels(params: Any, stage: int, stage1_regex: str) -> Any:
 
 def split_params(params: dict, train_config) -> tuple[dict, dict]:
   """(trainable, frozen): two nested dicts holding the parameters of `params` that train in
-  `train_config.stage` and the others (`is_trainable`); `frozen` is empty in stage 2.
-  Idempotent on a trainable subtree. `merge_params` puts them back together."""
+  this run (`trains_predicate`: the stage's rule, then `train.freeze`) and the others; `frozen`
+  is empty in stage 2 without `train.freeze`. Idempotent on a trainable subtree.
+  `merge_params` puts them back together."""
   flat = traverse_util.flatten_dict(params, sep="/")
-  trains = lambda name: is_trainable(name, train_config.stage, train_config.stage1_trainable)
+  trains = freeze_lib.trains_predicate(train_config)
   trainable = {k: v for k, v in flat.items() if trains(k)}
   frozen = {k: v for k, v in flat.items() if not trains(k)}
   return traverse_util.unflatten_dict(trainable, sep="/"), traverse_util.unflatten_dict(
@@ -199,13 +212,20 @@ class TrainSetup:
 
 
 def build_setup(config, rng) -> TrainSetup:
-  """Layout spec, modules, mesh, parameters initialised into their shardings, and optimizer."""
-  spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, config.train.stage)
-  model, vae = build_models(config.model)
+  """Layout spec, modules (in `train.precision`'s dtypes), mesh, parameters initialised into
+  their shardings, and optimizer. A precision conflict or a `train.freeze` entry that matches
+  nothing raises `ConfigError`."""
+  found = precision_lib.problems(config)
+  if found:
+    raise ConfigError("; ".join(found))
+  model_config = precision_lib.model_config(config)
+  spec = layout_lib.LayoutSpec.from_config(model_config, config.layout, config.train.stage)
+  model, vae = build_models(model_config)
   mesh = sharding_lib.make_mesh(config.mesh)
   params, vae_params, param_shardings, vae_shardings = init_params_sharded(
-    model, vae, spec, config.model, mesh, config.sharding_rules, rng
+    model, vae, spec, model_config, mesh, config.sharding_rules, rng
   )
+  check_freeze(params, config.train)
   return TrainSetup(
     spec,
     model,

@@ -26,6 +26,7 @@ import optax
 from medq_jax import objectives
 from medq_jax.layout import IMAGES_PER_EXAMPLE
 from medq_jax.models.vae import patchify_latents, unpatchify_latents
+from medq_jax.train import accumulate
 from medq_jax.train.state import TrainState, merge_params, split_params
 from medq_jax.types import PAD_SAMPLE
 
@@ -149,11 +150,29 @@ def make_loss_fn(model, vae, model_config, train_config) -> Callable:
   return loss_fn
 
 
+def loss_counts(batch) -> dict:
+  """What each term of `make_loss_fn`'s loss is a mean over, in `batch`: rectified-flow loss
+  tokens ("rf"), description tokens of the CE and token accuracy ("ce"), target images with loss
+  tokens of the pixel losses ("pixel"; their `t <= pixel_loss_max_t` selection aside). Gradient
+  accumulation weights each micro-batch's means by these (`accumulate.py`)."""
+  num_images = batch["vae_images"].shape[1]
+  has_target = jnp.sum(target_tokens(batch["gen_loss_mask"], num_images), axis=-1) > 0
+  return {
+    "rf": jnp.sum(batch["gen_loss_mask"] > 0),
+    "ce": jnp.sum(batch["und_loss_mask"] > 0),
+    "pixel": jnp.sum(has_target),
+  }
+
+
 def make_grad_fn(loss_fn: Callable, train_config) -> Callable:
   """grad_fn(params, vae_params, batch, rng) -> (grads, metrics): the gradient of `loss_fn` with
-  respect to the stage's trainable subtree only (`split_params`), the frozen subtree closed over
-  as a constant, so no weight gradient of a frozen parameter is ever formed. `grads` has the
-  trainable subtree's structure."""
+  respect to the run's trainable subtree only (`split_params`: the stage's rule and
+  `train.freeze`), the frozen subtree closed over as a constant, so no weight gradient of a
+  frozen parameter is ever formed. `grads` has the trainable subtree's structure. With
+  `train.grad_accum_steps` = k > 1 the batch is processed as k micro-batches whose gradients are
+  summed (`accumulate.make_accumulated_grad_fn`: equal to the whole batch's)."""
+  if accumulate.steps_of(train_config) > 1:
+    return accumulate.make_accumulated_grad_fn(loss_fn, train_config, loss_counts)
 
   def grad_fn(params, vae_params, batch, rng):
     trainable, frozen = split_params(params, train_config)
