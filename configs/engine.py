@@ -126,6 +126,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Evolve (§2.4): pHash dedup against dev and test (max Hamming distance in bits).
   config.dedup_max_distance = 4
+  # TF-IDF cosine at or above which a new description label is a near-duplicate of an earlier
+  # one and dropped (dedup.TEXT_THRESHOLD; 0.9 keeps paraphrases that differ in a finding)
+  config.description_dedup_threshold = 0.9
   # Fine-tuning on the accumulated data: "none" (the model is not changed; the loop then
   # re-evaluates and stops at the plateau) or "trainer" (model=ours: each iteration trains the
   # stage-2 objective, medq_jax/train/loop.py, on every accumulated annotation from the previous

@@ -653,9 +653,40 @@ class Engine:
           **_meta(item),
         }
       )
+    rows, duplicates = self._drop_near_duplicate_descriptions(state, rows)
     path = os.path.join(self._iter_dir(state), "data.jsonl")
     loop_state.atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    return {"ids": [r["id"] for r in rows], "file": os.path.relpath(path, self.workdir)}
+    return {
+      "ids": [r["id"] for r in rows],
+      "file": os.path.relpath(path, self.workdir),
+      "description_duplicates": duplicates,
+    }
+
+  def _drop_near_duplicate_descriptions(self, state, rows: list[dict]):
+    """The TF-IDF near-duplicate filter on description labels: a new description whose cosine
+    to an earlier one (accumulated in earlier iterations, or kept earlier in this one) is at
+    least `description_dedup_threshold` is dropped. Returns (kept rows, [{id, duplicate_of,
+    similarity}])."""
+    earlier = []  # (id, text) of descriptions accumulated by earlier iterations
+    for rel in state.data_files:
+      with open(os.path.join(self.workdir, rel)) as handle:
+        for line in handle:
+          row = json.loads(line)
+          if row.get("question_type") == DESCRIPTION:
+            earlier.append((row["id"], row["answer"]))
+    new = [i for i, r in enumerate(rows) if r.get("question_type") == DESCRIPTION]
+    if not new:
+      return rows, []
+    texts = [t for _, t in earlier] + [rows[i]["answer"] for i in new]
+    ids = [i for i, _ in earlier] + [rows[i]["id"] for i in new]
+    threshold = self.config.get("description_dedup_threshold", dedup.TEXT_THRESHOLD)
+    result = dedup.dedup_descriptions(texts, float(threshold))
+    duplicates, dropped_rows = [], set()
+    for index, (of, similarity) in sorted(result.dropped.items()):
+      if index >= len(earlier):  # earlier iterations' data stays as it was accumulated
+        dropped_rows.add(new[index - len(earlier)])
+        duplicates.append({"id": ids[index], "duplicate_of": ids[of], "similarity": similarity})
+    return [r for i, r in enumerate(rows) if i not in dropped_rows], duplicates
 
   def finetune(self, state) -> dict:
     """The stage-2 fine-tuning on the accumulated data (`finetune=trainer`), starting from the
