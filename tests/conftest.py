@@ -9,6 +9,27 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _share_compilation_cache():
+  """One persistent XLA compilation cache for the whole test session: many tests compile the same
+  tiny train/init/sampling programs (a resumed run, a rerun, another test file on the same
+  config), and a cache hit skips the compile (the same executable, so no behaviour changes).
+  The first process to import this file (pytest, or xdist's controller before it spawns the
+  workers) makes the directory; the workers and every subprocess a test starts inherit it through
+  the environment. A directory the user set is kept."""
+  import atexit
+  import shutil
+  import tempfile
+
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  directory = tempfile.mkdtemp(prefix="medq_jax_test_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+  atexit.register(shutil.rmtree, directory, ignore_errors=True)
+
+
+_share_compilation_cache()
+
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
