@@ -76,8 +76,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model_workdir = ""
   config.model_config = "size=tiny,stage=2"
   config.model_flux_ae = ""  # init.flux_ae of the model: a file, "builtin", "" = the run's vae/
-  # Sampling temperature over the options' log-likelihoods for the R evaluation runs; the
-  # routed self answer is the greedy (argmax) option.
+  # Sampling temperature of the R evaluation runs: over the options' log-likelihoods (MCQ) and
+  # of the description decoding (model=ours: `describe_samples`); the routed self answer and the
+  # dev score use the greedy option / description.
   config.temperature = 1.0
 
   # Evaluate (§2.2): R sampled runs; persistent failure when the error rate over R > gamma.

@@ -40,7 +40,9 @@ def load_ours(config, run_dir: str):
   """Our model from a medq-train run directory (the base run or a fine-tuned checkpoint)."""
   from medq_jax.infer.bench_model import load_from_workdir
 
-  return load_from_workdir(run_dir, model_config(config))
+  model = load_from_workdir(run_dir, model_config(config))
+  model.sample_temperature = float(config.temperature)  # the R sampled description runs
+  return model
 
 
 def build_model(config):

@@ -374,8 +374,8 @@ class Engine:
       if item.is_description:
         seed = int(rng.integers(2**31))
         texts = describe_runs(model, image, item.question, c.runs, seed)
-        greedy_text = texts[0] if hasattr(model, "describe_samples") else None
-        described.append((n, [greedy_text or str(model.describe(image, item.question)), *texts]))
+        # the dev score's description is the greedy one; the R runs are sampled
+        described.append((n, [str(model.describe(image, item.question)), *texts]))
         continue
       logp = option_log_probs(model, image, item)
       letters = sorted(item.options)

@@ -86,6 +86,8 @@ class MedQUniBenchModel:
     self.max_new_tokens = self.settings.decode.max_new_tokens
     self.answer_max_new_tokens = answer_max_new_tokens
     self._engines: dict[int, AssessRestore] = {}
+    self._samplers: dict[tuple[float, int], AssessRestore] = {}
+    self.sample_temperature = 1.0  # describe_samples' default (MedQ-Engine sets its own)
     model = MedQUni(config.model)
     self._scores = jax.jit(
       lambda p, chunk, targets: _option_log_likelihoods(model, p, chunk, targets)
@@ -120,6 +122,33 @@ class MedQUniBenchModel:
 
   def describe(self, image: np.ndarray, prompt: str) -> str:
     return assess(self.engine(), grey01(image)[None], [prompt])[0]
+
+  def describe_samples(
+    self, image: np.ndarray, prompt: str, runs: int, seed: int, temperature: float | None = None
+  ) -> list[str]:
+    """`runs` descriptions of one image sampled at `temperature` (default
+    `self.sample_temperature`, 1.0) and top-p from the settings, drawn together as one batch
+    from `seed`: MedQ-Engine's R sampled runs."""
+    if runs < 1:
+      raise ValueError(f"describe_samples: runs must be >= 1, got {runs}")
+    temperature = self.sample_temperature if temperature is None else float(temperature)
+    if temperature <= 0:
+      raise ValueError(f"describe_samples: temperature must be > 0, got {temperature}")
+    key = (temperature, self.max_new_tokens)
+    if key not in self._samplers:
+      decode = dataclasses.replace(self.settings.decode, temperature=temperature)
+      self._samplers[key] = AssessRestore(
+        self.config.model,
+        self.params,
+        self.vae_params,
+        self.tokenizer,
+        self.spec,
+        dataclasses.replace(self.settings, decode=decode),
+      )
+    engine = self._samplers[key]
+    # the seed is read when called, not traced: one compiled engine serves every seed
+    engine.settings = dataclasses.replace(engine.settings, seed=int(seed))
+    return assess(engine, np.repeat(grey01(image)[None], runs, axis=0), [prompt] * runs)
 
   def option_log_likelihoods(
     self, image: np.ndarray, question: str, options: list[str]

@@ -140,3 +140,20 @@ def test_load_from_workdir_needs_the_vae(setup, tmp_path):
   loaded.max_new_tokens = 4
   image = _image(4)
   assert loaded.describe(image, "Describe it.") == direct.describe(image, "Describe it.")
+
+
+def test_describe_samples_draws_distinct_reproducible_runs(bench_model):
+  """MedQ-Engine's R sampled description runs: a batch decoded at temperature > 0 gives
+  different texts across runs (a random tiny model at temperature 5 is close to uniform), the
+  same seed the same texts, another seed other texts; greedy `describe` is unchanged."""
+  image = _image(2)
+  greedy = bench_model.describe(image, NOREF_REASONING_PROMPT)
+  runs = bench_model.describe_samples(image, NOREF_REASONING_PROMPT, 4, seed=3, temperature=5.0)
+  assert len(runs) == 4 and len(set(runs)) > 1
+  again = bench_model.describe_samples(image, NOREF_REASONING_PROMPT, 4, seed=3, temperature=5.0)
+  assert again == runs
+  other = bench_model.describe_samples(image, NOREF_REASONING_PROMPT, 4, seed=4, temperature=5.0)
+  assert other != runs
+  assert bench_model.describe(image, NOREF_REASONING_PROMPT) == greedy
+  with pytest.raises(ValueError, match="temperature"):
+    bench_model.describe_samples(image, NOREF_REASONING_PROMPT, 2, seed=0, temperature=0.0)
