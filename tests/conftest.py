@@ -25,6 +25,10 @@ def _share_compilation_cache():
     return
   directory = tempfile.mkdtemp(prefix="medq_jax_test_xla_cache_")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+  # A size limit turns on JAX's file lock around each read and write: two workers compiling the
+  # same program never read a half-written entry (an unreadable one is only recompiled, with a
+  # warning). 16 GiB is never reached; the directory goes when the session ends.
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 << 30))
   atexit.register(shutil.rmtree, directory, ignore_errors=True)
 
 
