@@ -105,15 +105,19 @@ class MedQUniBenchModel:
     budget = max_new_tokens or self.max_new_tokens
     if budget not in self._engines:
       decode = dataclasses.replace(self.settings.decode, max_new_tokens=budget)
-      self._engines[budget] = AssessRestore(
-        self.config.model,
-        self.params,
-        self.vae_params,
-        self.tokenizer,
-        self.spec,
-        dataclasses.replace(self.settings, decode=decode),
-      )
+      self._engines[budget] = self._engine_decoding(decode)
     return self._engines[budget]
+
+  def _engine_decoding(self, decode) -> AssessRestore:
+    """An assess-then-restore engine of this model with other decode settings."""
+    return AssessRestore(
+      self.config.model,
+      self.params,
+      self.vae_params,
+      self.tokenizer,
+      self.spec,
+      dataclasses.replace(self.settings, decode=decode),
+    )
 
   # --------------------------------------------------------------------------- protocol
   def answer(self, image: np.ndarray, prompt: str) -> str:
@@ -137,14 +141,7 @@ class MedQUniBenchModel:
     key = (temperature, self.max_new_tokens)
     if key not in self._samplers:
       decode = dataclasses.replace(self.settings.decode, temperature=temperature)
-      self._samplers[key] = AssessRestore(
-        self.config.model,
-        self.params,
-        self.vae_params,
-        self.tokenizer,
-        self.spec,
-        dataclasses.replace(self.settings, decode=decode),
-      )
+      self._samplers[key] = self._engine_decoding(decode)
     engine = self._samplers[key]
     # the seed is read when called, not traced: one compiled engine serves every seed
     engine.settings = dataclasses.replace(engine.settings, seed=int(seed))
