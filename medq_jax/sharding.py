@@ -79,6 +79,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def per_host_batch_size(global_batch_size: int) -> int:
+  """Rows each JAX process loads; the global batch must split evenly over processes."""
+  count = jax.process_count()
+  if global_batch_size % count:
+    raise ValueError(f"train.batch_size={global_batch_size} is not divisible by {count} processes")
+  return global_batch_size // count
+
+
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Host-local numpy batch -> global jax.Arrays sharded over the batch axes (multi-host safe)."""
   sharding = batch_sharding(mesh)

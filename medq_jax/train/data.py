@@ -19,21 +19,13 @@ two chunks, so the grouping is a pure function of the chunk and resumes exactly.
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 from data_pipeline import loader as data_loader
 from medq_jax import layout as layout_lib
 from medq_jax import packing
+from medq_jax.sharding import per_host_batch_size
 from medq_jax.tokenizer import load_tokenizer, special_ids
-
-
-def per_host_batch_size(global_batch_size: int) -> int:
-  """Rows each JAX process loads; the global batch must split evenly over processes."""
-  count = jax.process_count()
-  if global_batch_size % count:
-    raise ValueError(f"train.batch_size={global_batch_size} is not divisible by {count} processes")
-  return global_batch_size // count
 
 
 def make_train_loader(

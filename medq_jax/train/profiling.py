@@ -13,6 +13,11 @@ The parts are measured as separate programs, so they need not add up exactly to 
 table shows the sum beside the step. A `jax.profiler` trace of the timed steps is written too.
 FLOPs and the peak are totals over the mesh's devices; on fake CPU devices (which share the same
 cores) the peak is not additive, so profile CPU runs on one device.
+
+batches="synthetic" feeds the same step rows that the same packer (`layout.PackExamples`) makes
+from in-memory examples (random images, a MedQ-Uni-length instruction and description) instead of
+the data loader: for a machine without the data stack (TorchIO, Grain, TFDS). The step, its
+shapes and its FLOPs are the loader's; the data wait is then the in-memory packing's.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from medq_jax import layout as layout_lib
 from medq_jax import sharding as sharding_lib
 from medq_jax.packing import examples_in_batch
-from medq_jax.train import data as data_lib
+from medq_jax.train import precision as precision_lib
 from medq_jax.train import state as state_lib
 from medq_jax.train import step as step_lib
 from medq_jax.train.timing import print_table
@@ -48,6 +54,7 @@ class StepProfile:
   xla_flops: float  # per step, all devices (XLA's per-device figure x devices)
   analytic_flops: float  # per step, all devices
   peak_flops_per_second: float  # one device's measured matmul peak x devices
+  datasheet_flops_per_second: float  # train.peak_tflops_per_device x devices (0: not given)
   parts: dict[str, float]  # part name -> seconds
   trace_dir: str | None
 
@@ -55,6 +62,13 @@ class StepProfile:
   def mfu(self) -> float:
     """Achieved XLA FLOP/s of the step over the measured matmul peak."""
     return self.xla_flops / self.step_seconds / self.peak_flops_per_second
+
+  @property
+  def mfu_datasheet(self) -> float:
+    """Achieved XLA FLOP/s over the datasheet peak (how MaxText reports MFU); 0 when unknown."""
+    if not self.datasheet_flops_per_second:
+      return 0.0
+    return self.xla_flops / self.step_seconds / self.datasheet_flops_per_second
 
   @property
   def data_wait_fraction(self) -> float:
@@ -72,9 +86,15 @@ def xla_flops(compiled) -> float:
   return float((analysis or {}).get("flops", 0.0))
 
 
+def peak_matmul_size() -> int:
+  """The matmul side that reaches an accelerator's peak (8192) or a CPU's without minutes of
+  timing (1024)."""
+  return 1024 if jax.default_backend() == "cpu" else 8192
+
+
 def matmul_peak_flops(dtype=jnp.float32, size: int = 1024, iters: int = 10) -> float:
-  """FLOP/s of a square [size, size] matmul chain on the default device: the peak the step's
-  MFU is measured against (same process, same threads)."""
+  """FLOP/s of a square [size, size] matmul chain in `dtype` on the default device: the peak the
+  step's MFU is measured against (same process, same threads, the step's compute dtype)."""
   a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), dtype)
   b = jnp.asarray(np.random.default_rng(1).standard_normal((size, size)), dtype)
   chain = 8
@@ -136,6 +156,44 @@ def analytic_step_flops(model_config, batch: dict, stage: int) -> float:
   return 3.0 * forward
 
 
+# A MedQ-Uni-length instruction and five-aspect description for synthetic rows.
+SYNTHETIC_INSTRUCTION = "Assess the quality of this medical image, then restore it."
+SYNTHETIC_DESCRIPTION = (
+  "Modality: CT. Noise: moderate quantum noise across the soft tissue, with a fine grain over the "
+  "liver parenchyma. Sharpness: vessel edges are slightly blurred. Contrast: low-contrast lesions "
+  "are hard to separate from the background. Artefacts: no motion or streak artefacts are "
+  "visible. Overall, the quality of this image is usable for diagnosis with caution."
+)
+
+
+def synthetic_texts() -> list[str]:
+  """The texts synthetic rows are made of (for training a tokenizer that covers them)."""
+  return [SYNTHETIC_INSTRUCTION, SYNTHETIC_DESCRIPTION]
+
+
+def synthetic_batches(config, tokenizer_dir: str, spec: layout_lib.LayoutSpec, seed: int = 0):
+  """Endless host-local batches packed by the trainer's packer (`layout.PackExamples`) from
+  in-memory examples: random grey images and the texts above (unpacked rows only)."""
+  if spec.packed:
+    raise ValueError("batches='synthetic' packs one example per row; set pack_examples_per_row=1")
+  pack = layout_lib.PackExamples(tokenizer_dir, spec)
+  rng = np.random.default_rng(seed)
+  rows = sharding_lib.per_host_batch_size(config.train.batch_size)
+  side = spec.vae_image_size
+  while True:
+    examples = [
+      dict(
+        id=f"synthetic-{index}",
+        low=rng.random((side, side), np.float32),
+        high=rng.random((side, side), np.float32),
+        instruction=SYNTHETIC_INSTRUCTION,
+        description=SYNTHETIC_DESCRIPTION,
+      )
+      for index in range(rows)
+    ]
+    yield layout_lib.collate([pack(example) for example in examples])
+
+
 def _real_tokens(batch: dict) -> int:
   return int((batch["und_sample_ids"] >= 0).sum() + (batch["gen_sample_ids"] >= 0).sum())
 
@@ -185,6 +243,7 @@ def profile_training(
   trace_dir: str | None = None,
   part_iters: int = 5,
   say: Callable[[str], None] = print,
+  batches: str = "loader",
 ) -> StepProfile:
   """Runs `warmup + steps` real train steps of `config` and measures them (see module doc)."""
   init_rng, loop_rng = jax.random.split(jax.random.key(config.train.seed))
@@ -195,8 +254,17 @@ def profile_training(
   )
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
   step_fn = step_lib.make_train_step(setup.model, setup.vae, optimizer, config.model, config.train)
-  iterator = data_lib.make_train_iterator(config, tokenizer_dir, setup.spec)
-  next_batch = lambda: sharding_lib.global_batch(data_lib.as_numpy_batch(next(iterator)), mesh)
+  if batches == "synthetic":
+    iterator = synthetic_batches(config, tokenizer_dir, setup.spec)
+  elif batches == "loader":
+    from medq_jax.train import data as data_lib
+
+    iterator = map(
+      data_lib.as_numpy_batch, data_lib.make_train_iterator(config, tokenizer_dir, setup.spec)
+    )
+  else:
+    raise ValueError(f"batches: expected 'loader' or 'synthetic', got {batches!r}")
+  next_batch = lambda: sharding_lib.global_batch(next(iterator), mesh)
   batch = next_batch()
   host_batch = {k: np.asarray(v) for k, v in batch.items()}
   with sharding_lib.mesh_context(mesh, config.sharding_rules):
@@ -232,6 +300,7 @@ def profile_training(
   devices = mesh.devices.size
   positions = host_batch["und_token_ids"].size + host_batch["gen_positions"].size
 
+  compute_dtype = jnp.dtype(precision_lib.model_config(config).dtype)
   say("profile: timing the step's parts")
   params = jax.device_get(state.params)
   parts_fns = _part_programs(setup, config, params, setup.vae_params, host_batch, loop_rng)
@@ -254,7 +323,10 @@ def profile_training(
     real_tokens_per_second=_real_tokens(host_batch) / step_seconds,
     xla_flops=xla_flops(compiled) * devices,
     analytic_flops=analytic_step_flops(config.model, host_batch, config.train.stage),
-    peak_flops_per_second=matmul_peak_flops() * devices,
+    peak_flops_per_second=matmul_peak_flops(compute_dtype, peak_matmul_size()) * devices,
+    datasheet_flops_per_second=float(config.train.get("peak_tflops_per_device", 0.0))
+    * 1e12
+    * devices,
     parts=parts,
     trace_dir=trace_dir,
   )
@@ -277,7 +349,11 @@ def print_profile(profile: StepProfile, config) -> None:
       ["data-wait fraction", profile.data_wait_fraction],
       ["GFLOP / step (XLA cost analysis)", gflop(profile.xla_flops)],
       ["GFLOP / step (analytic: decoder, ViT, LM head; 3x forward)", gflop(profile.analytic_flops)],
-      ["matmul peak GFLOP/s (this process)", gflop(profile.peak_flops_per_second)],
+      ["matmul peak GFLOP/s (this process, compute dtype)", gflop(profile.peak_flops_per_second)],
+      [
+        "datasheet peak GFLOP/s (train.peak_tflops_per_device)",
+        gflop(profile.datasheet_flops_per_second),
+      ],
       ["achieved GFLOP/s (XLA)", gflop(profile.xla_flops / profile.step_seconds)],
     ],
   )
@@ -290,4 +366,6 @@ def print_profile(profile: StepProfile, config) -> None:
   )
   if profile.trace_dir:
     print(f"trace: {profile.trace_dir}")
+  if profile.datasheet_flops_per_second:
+    print(f"mfu_datasheet={profile.mfu_datasheet:.4f}")
   print(f"mfu={profile.mfu:.4f}")
