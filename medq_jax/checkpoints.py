@@ -147,11 +147,18 @@ def open_manager(directory: str) -> ocp.CheckpointManager:
       f"{directory}: no such checkpoint directory (expected "
       f"<workdir>/{CHECKPOINTS_SUBDIR} of a medq-train run)"
     )
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-  # Only the state item is read; a PyTree handler reads its metadata and partial restores.
-  return ocp.CheckpointManager(
-    directory, options=options, item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler()}
-  )
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  # Only the state item is read; a PyTree handler reads its metadata and partial restores. The
+  # data item (the Grain iterator position) gets its handler too, where Grain is installed, so
+  # orbax does not warn at every read that it has none.
+  handlers = {STATE_ITEM: ocp.PyTreeCheckpointHandler()}
+  try:
+    import grain
+
+    handlers[DATA_ITEM] = grain.checkpoint.CheckpointHandler()
+  except ImportError:
+    pass
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def _check_shapes(saved: Any, abstract: Any, where: str) -> None:

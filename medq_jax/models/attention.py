@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from medq_jax.types import PAD_SAMPLE, SPLIT_CAUSAL, SPLIT_NOISE
 
@@ -55,20 +56,30 @@ def xla_attention(q, k, v, mask):
   """Reference attention with grouped-query heads and an arbitrary boolean mask.
 
   q: [B, Lq, H, D]; k, v: [B, Lk, KV, D] with H % KV == 0; mask: [B, Lq, Lk].
-  Returns [B, Lq, H, D]. Softmax in float32; fully masked rows give zeros.
+  Returns [B, Lq, H, D]. Softmax in float32; a query with no allowed key gets zeros.
+
+  Each kv head's query groups are folded into one [G * Lq, D] operand, so both products are one
+  batched matmul per (row, kv head) and the [B, KV, G, Lq, Lk] logits need no relayout copy:
+  1.5x faster forward + backward than a [B, Lq, KV, G, D] einsum on CPU at `small`'s shapes
+  (docs/training.md "Profiling a step"). The 1/sqrt(D) scale goes on q, and empty rows are
+  zeroed by a [B, Lq] factor on the output instead of a second select over the logits: two
+  passes fewer over the largest tensor of the step.
   """
   batch, q_len, heads, head_dim = q.shape
-  kv_heads = k.shape[2]
+  k_len, kv_heads = k.shape[1], k.shape[2]
   groups = heads // kv_heads
-  q = q.reshape(batch, q_len, kv_heads, groups, head_dim)
-  logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
-  logits = logits / jnp.sqrt(jnp.float32(head_dim))
-  big_neg = jnp.finfo(jnp.float32).min
-  logits = jnp.where(mask[:, None, None, :, :], logits, big_neg)
-  weights = jax.nn.softmax(logits, axis=-1)
-  weights = jnp.where(mask[:, None, None, :, :], weights, 0.0).astype(v.dtype)
-  out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v)
-  return out.reshape(batch, q_len, heads, head_dim)
+  q = q * jnp.asarray(1.0 / np.sqrt(head_dim), q.dtype)  # on q, not on the [.., Lq, Lk] logits
+  q = q.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+  q = q.reshape(batch, kv_heads, groups * q_len, head_dim)
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  logits = jnp.einsum("bkmd,bksd->bkms", q, k, preferred_element_type=jnp.float32)
+  logits = logits.reshape(batch, kv_heads, groups, q_len, k_len)
+  logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkms,bksd->bkmd", weights.reshape(batch, kv_heads, groups * q_len, k_len), v)
+  out = out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
+  out = out.reshape(batch, q_len, heads, head_dim)
+  return out * mask.any(axis=-1)[:, :, None, None].astype(out.dtype)
 
 
 def cudnn_attention(q, k, v, mask):

@@ -169,7 +169,8 @@ def train(
     compiled = jitted.lower(state, vae_params, global_first, loop_rng).compile()
     logging.info("train step compiled in %.1fs", time.perf_counter() - start)
   _log_memory(compiled)
-  flops = profiling.xla_flops(compiled)
+  # Per device: the unrolled step's count (a scanned step's own analysis counts one layer).
+  flops = profiling.step_flops(config, global_first, mesh) / mesh.devices.size
 
   writer = MetricsWriter(workdir, config.train.tensorboard, resume_step=start_step)
   nonfinite = _NonFiniteCounter(
