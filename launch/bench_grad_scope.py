@@ -62,6 +62,10 @@ def main(argv):
   from medq_jax.types import latent_dim
 
   config = _CONFIG.value
+  # Layers unrolled: XLA's cost analysis counts a scanned loop's body once, so a scanned step
+  # would show one layer of each stack in the GFLOP column.
+  with config.unlocked():
+    config.model.scan_layers = False
   setup = state_lib.build_setup(config, jax.random.key(0))
   batch = layout_lib.zeros_batch(setup.spec, config.train.batch_size, latent_dim(config.model))
   for key in ("gen_latents", "gen_timesteps"):

@@ -99,3 +99,37 @@ def placed_params():
     return tuple(trees)
 
   return make
+
+
+# Files that take a minute or more (CI run of 2026-12-04, seconds summed over their tests). With
+# `--dist loadfile` xdist hands whole files to the two workers in collection order, so these go
+# first: a long file started last would leave the other worker idle for minutes at the end.
+LONG_FILES = (
+  "tests/engine/test_engine_sample_efficiency.py",
+  "tests/engine/test_engine_finetune.py",
+  "tests/test_cli.py",
+  "tests/test_profile.py",
+  "tests/test_multihost.py",
+  "tests/test_pipeline.py",
+  "tests/test_grad_accum.py",
+  "tests/test_evaluate.py",
+  "tests/test_cluster_launch.py",
+  "tests/test_train_faults.py",
+  "tests/infer/test_sampler.py",
+  "tests/test_train_loop.py",
+  "tests/models/test_decoder_parity.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Long files first (in LONG_FILES' order), every other file after them as collected; a file's
+  tests stay together and in order. Deterministic, so every xdist worker collects the same list."""
+  root = str(config.rootpath)
+  rank = {name: index for index, name in enumerate(LONG_FILES)}
+
+  def key(indexed):
+    index, item = indexed
+    path = os.path.relpath(str(item.path), root)
+    return (rank.get(path, len(rank)), index if path not in rank else 0, index)
+
+  items[:] = [item for _, item in sorted(enumerate(items), key=key)]
