@@ -51,7 +51,8 @@ def main(argv):
     f"mesh={dict(step.mesh.shape)} platform={step.mesh.devices.flat[0].platform} "
     f"layers={llm.num_layers} batch={config.train.batch_size} "
     f"rows/device={budget_lib.rows_per_device(config, step.mesh)} "
-    f"tokens/row={step.spec.max_und_len + step.spec.gen_len} dtype={config.model.dtype} "
+    f"tokens/row={step.spec.row_und_len + step.spec.row_gen_len} "
+    f"examples/row={step.spec.examples_per_row} dtype={config.model.dtype} "
     f"remat={config.model.remat_policy} attention={config.model.attention_impl} "
     f"compile_s={seconds:.1f}"
   )

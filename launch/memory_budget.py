@@ -166,7 +166,7 @@ def activation_bytes(config, spec, mesh) -> tuple[int, int, int]:
   """(saved across the decoder's layers, one layer's backward working set, LM-head logits and
   their gradient) per device under `config.model.remat_policy`; docs/scale.md derives them.
 
-  b rows of T = und + gen tokens, hidden H, L layers, compute dtype of dt bytes:
+  b rows of T = und + gen tokens (a packed row's: `spec.row_und_len + spec.row_gen_len`), hidden H, L layers, compute dtype of dt bytes:
   - saved: `full` keeps each layer's input, L b T H dt; `dots_with_no_batch_dims_saveable`
     also each projection's output, L b T (2H + 2 kv hd + H + 2 I) dt; `none` keeps every layer's
     working set.
@@ -176,7 +176,7 @@ def activation_bytes(config, spec, mesh) -> tuple[int, int, int]:
   """
   llm, mesh_shape = config.model.llm, mesh.shape
   b = rows_per_device(config, mesh)
-  t = spec.max_und_len + spec.gen_len
+  t = spec.row_und_len + spec.row_gen_len  # a packed row holds examples_per_row examples
   h, inter, layers = llm.hidden_size, llm.intermediate_size, llm.num_layers
   heads = llm.num_heads // mesh_shape["tensor"]
   kv = max(1, llm.num_kv_heads // mesh_shape["tensor"])
@@ -192,7 +192,7 @@ def activation_bytes(config, spec, mesh) -> tuple[int, int, int]:
     saved = layers * (carry + projections + 3 * b * t * inter_shard * dt)
   else:
     saved = layers * (carry + working)
-  logits = 2 * b * spec.max_und_len * (llm.vocab_size // mesh_shape["tensor"]) * 4
+  logits = 2 * b * spec.row_und_len * (llm.vocab_size // mesh_shape["tensor"]) * 4
   return saved, working, logits if config.train.stage == 2 else 0
 
 

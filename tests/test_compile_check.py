@@ -105,6 +105,15 @@ def test_saved_activations_follow_the_remat_policy():
   bigger = _config(2)
   bigger.train.batch_size *= 2
   assert budget_lib.activation_bytes(bigger, spec, mesh)[0] == 2 * saved["full"]
+  # Two examples packed per row (und budget 2 x max_und_len): each row twice as long, so twice
+  # the saved layer inputs and LM-head logits, four times the fp32 attention logits.
+  packed = _config(2)
+  packed.layout.pack_examples_per_row = 2
+  packed_spec = layout_lib.LayoutSpec.from_config(packed.model, packed.layout, 2)
+  one = budget_lib.activation_bytes(_config(2), spec, mesh)
+  two = budget_lib.activation_bytes(packed, packed_spec, mesh)
+  assert two[0] == 2 * one[0] and two[2] == 2 * one[2]
+  assert two[1] > 2 * one[1]
 
 
 def test_a_bad_topology_is_one_message():
