@@ -66,13 +66,26 @@ def next_token_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Ar
   return masked_mean(-token_ll, mask), masked_mean(correct, mask)
 
 
-def pixel_losses(restored: jax.Array, target: jax.Array, row_weight: jax.Array):
+def pixel_losses(
+  restored: jax.Array,
+  target: jax.Array,
+  row_weight: jax.Array,
+  pixel_mask: jax.Array | None = None,
+):
   """(L1, 1 - SSIM) between restored and target grey images [B, H, W] in [0, 1].
 
   row_weight [B] selects rows that count (e.g. t <= max_t); both losses are weighted means.
+  pixel_mask [B, H, W] (optional): each image's own pixels, for images smaller than the canvas
+  they are padded into; L1 is their mean and SSIM the image's own (`metrics.ssim(mask=...)`).
   """
-  l1 = jnp.mean(jnp.abs(restored - target), axis=(-2, -1))
-  one_minus_ssim = 1.0 - ssim(restored, target, data_range=1.0, per_image=True)
+  if pixel_mask is None:
+    l1 = jnp.mean(jnp.abs(restored - target), axis=(-2, -1))
+  else:
+    pixel_mask = pixel_mask.astype(jnp.float32)
+    l1 = jnp.sum(jnp.abs(restored - target) * pixel_mask, axis=(-2, -1)) / jnp.maximum(
+      jnp.sum(pixel_mask, axis=(-2, -1)), 1.0
+    )
+  one_minus_ssim = 1.0 - ssim(restored, target, data_range=1.0, per_image=True, mask=pixel_mask)
   return masked_mean(l1, row_weight), masked_mean(one_minus_ssim, row_weight)
 
 

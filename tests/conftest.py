@@ -101,7 +101,7 @@ def placed_params():
   return make
 
 
-# Files that take a minute or more (CI run of 2026-12-04, seconds summed over their tests). With
+# Files that take half a minute or more (CI runs of 2026-12-04, seconds summed over their tests). With
 # `--dist loadfile` xdist hands whole files to the two workers in collection order, so these go
 # first: a long file started last would leave the other worker idle for minutes at the end.
 LONG_FILES = (
@@ -118,6 +118,11 @@ LONG_FILES = (
   "tests/infer/test_sampler.py",
   "tests/test_train_loop.py",
   "tests/models/test_decoder_parity.py",
+  "tests/engine/test_engine_loop_cli.py",
+  "tests/test_restore_mesh.py",
+  "tests/test_prepare_multihost.py",
+  "tests/test_packing_loss.py",
+  "tests/test_vae_stage.py",
 )
 
 

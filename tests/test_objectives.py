@@ -80,3 +80,34 @@ def test_paper_loss_weights(image_pair):
   l_ir = objectives.restoration_loss(1.0, l1, one_minus_ssim, 0.2, 0.1)
   assert abs(float(l_ir) - (1.0 + 0.2 * float(l1) + 0.1 * float(one_minus_ssim))) < 1e-6
   assert abs(float(objectives.total_loss(l_ir, 2.0, 0.25)) - (float(l_ir) + 0.5)) < 1e-6
+
+
+def test_masked_pixel_losses_equal_the_cropped_images(image_pair):
+  """An image padded into a larger canvas (top-left, the rest anything) with its pixel mask
+  scores what scikit-image gives the image cropped: SSIM and L1; an empty mask counts nothing."""
+  clean, noisy = image_pair
+  side, canvas = 32, 48
+  target = np.full((2, canvas, canvas), 0.5, np.float32)
+  restored = np.random.default_rng(1).random((2, canvas, canvas)).astype(np.float32)
+  target[0, :side, :side], restored[0, :side, :side] = clean[:side, :side], noisy[:side, :side]
+  mask = np.zeros((2, canvas, canvas), bool)
+  mask[0, :side, :side] = True  # row 1: an empty packed slot
+  expected_ssim = structural_similarity(
+    clean[:side, :side],
+    noisy[:side, :side],
+    data_range=1.0,
+    gaussian_weights=True,
+    sigma=1.5,
+    use_sample_covariance=False,
+  )
+  values = ssim(restored, target, per_image=True, mask=mask)
+  assert abs(float(values[0]) - expected_ssim) < 1e-5 and float(values[1]) == 0.0
+  l1, one_minus_ssim = objectives.pixel_losses(restored, target, jnp.array([1.0, 0.0]), mask)
+  assert abs(float(l1) - np.abs(noisy[:side, :side] - clean[:side, :side]).mean()) < 1e-6
+  assert abs(float(one_minus_ssim) - (1 - expected_ssim)) < 1e-5
+  full = np.ones((1, canvas, canvas), bool)  # a full mask is the unmasked loss
+  np.testing.assert_allclose(
+    objectives.pixel_losses(noisy[None], clean[None], jnp.ones(1), full),
+    objectives.pixel_losses(noisy[None], clean[None], jnp.ones(1)),
+    rtol=1e-6,
+  )

@@ -107,3 +107,17 @@ def test_bad_vae_size_is_one_clear_error(size):
     layout_lib.pack_example(
       lib.example(5), lib.CharTokenizer(), lib.spec(2), lib.SPECIAL, vae_size=size
     )
+
+
+def test_pixel_mask_of_a_small_target_is_its_top_left_block():
+  """The train step's pixel mask for the pixel losses (`step.token_pixel_mask` of the target's
+  loss-masked tokens) covers exactly the pixels a smaller image occupies in the canvas."""
+  from medq_jax.train import step as step_lib
+
+  full, _, mixed, _ = _rows(2)
+  targets = step_lib.target_tokens(mixed["gen_loss_mask"][None], layout_lib.IMAGES_PER_EXAMPLE)
+  side = full.vae_image_size
+  mask = np.asarray(step_lib.token_pixel_mask(jnp.asarray(targets), side, side))[0]
+  expected = np.zeros((side, side), bool)
+  expected[:SMALL, :SMALL] = True
+  np.testing.assert_array_equal(mask, expected)

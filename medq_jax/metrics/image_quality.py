@@ -28,10 +28,18 @@ def _filter(images: jax.Array, kernel: np.ndarray) -> jax.Array:
   return x[:, 0]
 
 
-def ssim(x: jax.Array, y: jax.Array, data_range: float = 1.0, per_image: bool = False):
+def ssim(
+  x: jax.Array,
+  y: jax.Array,
+  data_range: float = 1.0,
+  per_image: bool = False,
+  mask: jax.Array | None = None,
+):
   """Mean SSIM of images x, y [..., H, W] (channels, if any, folded into the batch).
 
-  Returns a scalar, or [N] per-image values when `per_image`.
+  Returns a scalar, or [N] per-image values when `per_image`. `mask` [..., H, W] (optional)
+  marks each image's pixels: only windows that lie wholly inside it count, so an image padded
+  into a larger canvas scores what it scores cropped (an empty mask scores 0).
   """
   lead = x.shape[:-2]
   x = x.reshape((-1,) + x.shape[-2:]).astype(jnp.float32)
@@ -51,7 +59,14 @@ def ssim(x: jax.Array, y: jax.Array, data_range: float = 1.0, per_image: bool = 
   )
   # skimage filters with reflect padding and then crops (win_size - 1) // 2 pixels per side:
   # exactly the 'valid' region computed here.
-  values = ssim_map.mean(axis=(-2, -1))
+  if mask is None:
+    values = ssim_map.mean(axis=(-2, -1))
+  else:
+    mask = mask.reshape((-1,) + mask.shape[-2:]).astype(jnp.float32)
+    inside = (_filter(mask, kernel) > 1.0 - 1e-5).astype(jnp.float32)  # all-positive weights
+    values = jnp.sum(ssim_map * inside, axis=(-2, -1)) / jnp.maximum(
+      jnp.sum(inside, axis=(-2, -1)), 1.0
+    )
   return values.reshape(lead) if per_image else values.mean()
 
 

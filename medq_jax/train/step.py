@@ -37,12 +37,31 @@ def to_grey01(images: jax.Array) -> jax.Array:
   return (jnp.mean(images, axis=-1) + 1.0) / 2.0
 
 
-def pixel_loss_terms(decoded: jax.Array, target_images: jax.Array, row_weight: jax.Array):
+def pixel_loss_terms(
+  decoded: jax.Array,
+  target_images: jax.Array,
+  row_weight: jax.Array,
+  pixel_mask: jax.Array | None = None,
+):
   """(L1, 1 - SSIM) between the decoded prediction [B, H, W, 3] (unclipped) and the target
-  images [B, H, W, 3] in [-1, 1] (clipped to [0, 1] grey, a no-op for packed images)."""
+  images [B, H, W, 3] in [-1, 1] (clipped to [0, 1] grey, a no-op for packed images), over
+  each image's own pixels (`pixel_mask` [B, H, W]; all when None)."""
   restored = to_grey01(decoded)
   target = jnp.clip(to_grey01(target_images), 0.0, 1.0)
-  return objectives.pixel_losses(restored, target, row_weight)
+  return objectives.pixel_losses(restored, target, row_weight, pixel_mask)
+
+
+def token_pixel_mask(token_valid: jax.Array, height: int, width: int) -> jax.Array:
+  """[N, H, W] pixel mask of images whose latent tokens [N, T] (row-major over a T-token grid
+  of the canvas' aspect) are valid where > 0: each token stands for its block of pixels. A
+  smaller image of a mixed-size batch fills the top-left of the canvas, its tokens likewise."""
+  count, tokens = token_valid.shape
+  rows = int(round((tokens * height / width) ** 0.5))
+  cols = tokens // rows
+  if rows * cols != tokens or height % rows or width % cols:
+    raise ValueError(f"{tokens} tokens do not tile a {height}x{width} image")
+  grid = token_valid.reshape(count, rows, cols) > 0
+  return jnp.repeat(jnp.repeat(grid, height // rows, axis=1), width // cols, axis=2)
 
 
 def aligned_condition(x0: jax.Array, cond_index: jax.Array, sample_ids=None) -> jax.Array:
@@ -128,10 +147,16 @@ def make_loss_fn(model, vae, model_config, train_config) -> Callable:
       has_target = jnp.sum(targets(batch["gen_loss_mask"]), axis=-1) > 0
       weight = (t_slot.reshape(-1) <= train_config.pixel_loss_max_t).astype(jnp.float32)
       weight = weight * has_target.astype(jnp.float32)  # an empty slot of a packed row has none
+      # Only each target's own pixels: a smaller image of a mixed-size batch is padded into
+      # the canvas, and its padding tokens carry no loss (gen_loss_mask 0).
+      pixel_mask = token_pixel_mask(
+        targets(batch["gen_loss_mask"]), images.shape[2], images.shape[3]
+      )
       l1, one_minus_ssim = pixel_loss_terms(
         decode_tokens(vae_params, x0_hat, latent_hw),
         images[:, IMAGES_PER_EXAMPLE - 1 :: IMAGES_PER_EXAMPLE].reshape((-1,) + images.shape[2:]),
         weight,
+        pixel_mask,
       )
       l_ir = objectives.restoration_loss(
         rf, l1, one_minus_ssim, train_config.alpha_l1, train_config.beta_ssim
