@@ -65,18 +65,40 @@ def perturbed(params, key):
   )
 
 
-def loss_setup():
-  """Jitted (value_and_grad, loss) of the tiny stage-2 loss with perturbed parameters (llm2vae
-  starts at zero), pixel losses only for t <= 0.8, as functions of (batch, rng)."""
-  cfg = config(2)
-  with cfg.unlocked():
-    cfg.train.pixel_loss_max_t = 0.8  # some slots without pixel losses
+def perturbed_models(cfg):
+  """(model, vae, params, vae_params) of `cfg.model`: the model initialised from key 0 and
+  `perturbed` (llm2vae starts at zero), the VAE initialised at the tiny layout's image size."""
   model, vae = state_lib.build_models(cfg.model)
   model_key, vae_key, noise_key = jax.random.split(jax.random.key(0), 3)
   params = nn.unbox(jax.jit(model.init)(model_key, init_batch(cfg.model))["params"])
   params = perturbed(params, noise_key)
   size = spec(2).vae_image_size
   vae_params = nn.unbox(jax.jit(vae.init)(vae_key, jnp.zeros((1, size, size, 3)))["params"])
+  return model, vae, params, vae_params
+
+
+def jaxpr_equations(jaxpr, stack: str = ""):
+  """(equation, name stack) of every equation of `jaxpr`, the bodies of scans, pjits and
+  custom_vjps included (their stacks joined by '|')."""
+  found = []
+  for eqn in jaxpr.eqns:
+    where = stack + str(eqn.source_info.name_stack)
+    found.append((eqn, where))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          found.extend(jaxpr_equations(inner, where + "|"))
+  return found
+
+
+def loss_setup():
+  """Jitted (value_and_grad, loss) of the tiny stage-2 loss with perturbed parameters (llm2vae
+  starts at zero), pixel losses only for t <= 0.8, as functions of (batch, rng)."""
+  cfg = config(2)
+  with cfg.unlocked():
+    cfg.train.pixel_loss_max_t = 0.8  # some slots without pixel losses
+  model, vae, params, vae_params = perturbed_models(cfg)
   loss_fn = step_lib.make_loss_fn(model, vae, cfg.model, cfg.train)
   value_and_grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
   loss_only = jax.jit(loss_fn)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -22,7 +21,7 @@ import packing_testlib as lib
 
 from medq_jax import layout as layout_lib
 from medq_jax.convert.core import flatten
-from medq_jax.models.medq_uni import abstract_params, init_batch
+from medq_jax.models.medq_uni import abstract_params
 from medq_jax.train import config_checks, freeze
 from medq_jax.train import state as state_lib
 from medq_jax.train import step as step_lib
@@ -44,27 +43,9 @@ def _config(entries=FREEZE, stage=2):
 @pytest.fixture(scope="module")
 def setup():
   config = _config()
-  model, vae = state_lib.build_models(config.model)
-  model_key, vae_key, noise_key = jax.random.split(jax.random.key(0), 3)
-  params = nn.unbox(jax.jit(model.init)(model_key, init_batch(config.model))["params"])
-  params = lib.perturbed(params, noise_key)
-  size = lib.spec(2).vae_image_size
-  vae_params = nn.unbox(jax.jit(vae.init)(vae_key, jnp.zeros((1, size, size, 3)))["params"])
+  model, vae, params, vae_params = lib.perturbed_models(config)
   batch = layout_lib.collate(lib.single_rows(2, 2))
   return config, model, vae, params, vae_params, batch
-
-
-def _walk(jaxpr, found, stack=""):
-  """(primitive, name stack) of every equation, nested bodies included."""
-  for eqn in jaxpr.eqns:
-    where = stack + str(eqn.source_info.name_stack)
-    found.append((eqn.primitive.name, where))
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (list, tuple)) else (param,):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          _walk(inner, found, where + "|")
-  return found
 
 
 def _backward(config, setup):
@@ -74,7 +55,10 @@ def _backward(config, setup):
   grad_fn = step_lib.make_grad_fn(loss_fn, config.train)
   args = (params, vae_params, batch, jax.random.key(1))
   grads, _ = jax.eval_shape(grad_fn, *args)
-  eqns = _walk(jax.make_jaxpr(grad_fn)(*args).jaxpr, [])
+  eqns = [
+    (eqn.primitive.name, where)
+    for eqn, where in lib.jaxpr_equations(jax.make_jaxpr(grad_fn)(*args).jaxpr)
+  ]
   return flatten(grads), [(p, w) for p, w in eqns if w.startswith("transpose")]
 
 

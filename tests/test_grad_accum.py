@@ -7,7 +7,6 @@ skips the whole update; a batch that does not split is one config error."""
 import sys
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +19,6 @@ import packing_testlib as lib
 
 from medq_jax import layout as layout_lib
 from medq_jax.convert.core import flatten
-from medq_jax.models.medq_uni import init_batch
 from medq_jax.train import accumulate, config_checks
 from medq_jax.train import state as state_lib
 from medq_jax.train import step as step_lib
@@ -34,12 +32,7 @@ def setup():
   row 1 has no rectified-flow loss tokens (as an empty packed slot), so micro-batches hold
   different numbers of rf tokens, CE tokens and target images."""
   config = lib.config(2)
-  model, vae = state_lib.build_models(config.model)
-  model_key, vae_key, noise_key = jax.random.split(jax.random.key(0), 3)
-  params = nn.unbox(jax.jit(model.init)(model_key, init_batch(config.model))["params"])
-  params = lib.perturbed(params, noise_key)
-  size = lib.spec(2).vae_image_size
-  vae_params = nn.unbox(jax.jit(vae.init)(vae_key, jnp.zeros((1, size, size, 3)))["params"])
+  model, vae, params, vae_params = lib.perturbed_models(config)
   batch = layout_lib.collate(lib.single_rows(2, ROWS))
   batch["gen_loss_mask"][1] = 0.0
   per_row = jax.vmap(step_lib.loss_counts)({k: v[:, None] for k, v in batch.items()})

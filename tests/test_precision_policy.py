@@ -35,18 +35,13 @@ def _config(policy):
   return config
 
 
-def _dots(jaxpr, found, stack=""):
+def _dots(jaxpr):
   """(operand dtypes, name stack) of every dot_general, scan/pjit/custom_vjp bodies included."""
-  for eqn in jaxpr.eqns:
-    where = stack + str(eqn.source_info.name_stack)
-    if eqn.primitive.name == "dot_general":
-      found.append((tuple(str(v.aval.dtype) for v in eqn.invars), where))
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (list, tuple)) else (param,):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          _dots(inner, found, where + "|")
-  return found
+  return [
+    (tuple(str(v.aval.dtype) for v in eqn.invars), where)
+    for eqn, where in lib.jaxpr_equations(jaxpr)
+    if eqn.primitive.name == "dot_general"
+  ]
 
 
 def _abstract_step(policy):
@@ -81,7 +76,7 @@ def test_master_weights_and_optimizer_state_stay_fp32(policy):
 
 def test_bf16_matmuls_of_the_model_fp32_of_the_vae():
   _, jaxpr, _ = _abstract_step("bf16")
-  dots = _dots(jaxpr.jaxpr, [])
+  dots = _dots(jaxpr.jaxpr)
   model = [(dtypes, where) for dtypes, where in dots if "MedQUni" in where]
   vae = [(dtypes, where) for dtypes, where in dots if "FluxAutoEncoder" in where]
   assert len(model) + len(vae) == len(dots)  # every matmul is the model's or the VAE's
@@ -92,7 +87,7 @@ def test_bf16_matmuls_of_the_model_fp32_of_the_vae():
   assert any("transpose" in where for _, where in model)  # the backward pass is there too
   assert vae and all(dtypes == ("float32", "float32") for dtypes, _ in vae)
   _, jaxpr32, _ = _abstract_step("fp32")
-  dots32 = _dots(jaxpr32.jaxpr, [])
+  dots32 = _dots(jaxpr32.jaxpr)
   assert len(dots32) == len(dots)
   assert all(dtypes == ("float32", "float32") for dtypes, _ in dots32)
 
