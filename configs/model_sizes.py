@@ -189,7 +189,14 @@ def model_config(size: str, expert_scope: str = "ffn") -> ml_collections.ConfigD
       param_dtype="float32",  # master weights stay fp32
       scan_layers=True,
       remat_policy="none",  # none | full | dots_with_no_batch_dims_saveable
-      attention_impl="xla",  # xla | cudnn | splash
+      # auto (chunked on one CPU device, else xla) | xla | chunked | cudnn | splash
+      attention_impl="auto",
+      # Training runs the LM head only at the positions with a description loss, as BAGEL's
+      # lm_head(last_hidden_state[ce_loss_indexes]): at most this many per example (the layout
+      # skips an example with more, naming it); 0 = every und position (tiny: its 512-token
+      # vocabulary spells a description in up to ~165 tokens of its 320). small: the built-in
+      # data's descriptions are at most 89 tokens in its 2048-token vocabulary.
+      max_ce_tokens={"tiny": 0, "small": 192}.get(size, 512),
     )
   )
 

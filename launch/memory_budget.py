@@ -172,7 +172,9 @@ def activation_bytes(config, spec, mesh) -> tuple[int, int, int]:
     working set.
   - working set of one layer: fp32 attention logits and weights 2 b nh T^2 4, the MLP's
     gate/up/activation 3 b T I dt, q/k/v/o b T (2H + 2 kv hd) dt.
-  - logits (stage 2's CE): b Lu V 4, twice (values and gradient), V split over `tensor`.
+  - logits (stage 2's CE): b C V 4, twice (values and gradient), V split over `tensor`, at
+    the C positions per row the LM head runs on (`step.ce_positions`: `model.max_ce_tokens` per
+    example).
   """
   llm, mesh_shape = config.model.llm, mesh.shape
   b = rows_per_device(config, mesh)
@@ -192,7 +194,8 @@ def activation_bytes(config, spec, mesh) -> tuple[int, int, int]:
     saved = layers * (carry + projections + 3 * b * t * inter_shard * dt)
   else:
     saved = layers * (carry + working)
-  logits = 2 * b * spec.row_und_len * (llm.vocab_size // mesh_shape["tensor"]) * 4
+  ce_len = step_lib.ce_positions(config.model, spec.row_und_len, spec.examples_per_row)
+  logits = 2 * b * ce_len * (llm.vocab_size // mesh_shape["tensor"]) * 4
   return saved, working, logits if config.train.stage == 2 else 0
 
 

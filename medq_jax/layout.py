@@ -180,6 +180,9 @@ class LayoutSpec:
   # the und tokens of a packed row (0: examples_per_row * max_und_len).
   examples_per_row: int = 1
   pack_max_und_len: int = 0
+  # Description (CE) tokens allowed per example: the LM head runs on at most this many
+  # positions per example slot in training (`model.max_ce_tokens`; 0: no limit).
+  max_ce_tokens: int = 0
 
   @classmethod
   def from_config(cls, model, layout, stage: int) -> LayoutSpec:
@@ -197,11 +200,16 @@ class LayoutSpec:
       stage=stage,
       examples_per_row=int(layout.get("pack_examples_per_row", 1)),
       pack_max_und_len=int(layout.get("pack_max_und_len", 0)),
+      max_ce_tokens=int(model.get("max_ce_tokens", 0)),
     )
     spec.validate()
     return spec
 
   def validate(self):
+    if self.max_ce_tokens < 0:
+      raise ValueError(
+        f"model.max_ce_tokens: expected >= 0 (0: no limit), got {self.max_ce_tokens}"
+      )
     if self.examples_per_row < 1:
       raise ValueError(f"layout.pack_examples_per_row: expected >= 1, got {self.examples_per_row}")
     if self.pack_max_und_len and self.pack_max_und_len < self.max_und_len:
@@ -529,6 +537,13 @@ def pack_example(
       )
 
   out = finish_und(row, spec.max_und_len, special, example_id)
+  ce_tokens = int(np.count_nonzero(out["und_loss_mask"]))
+  if spec.max_ce_tokens and ce_tokens > spec.max_ce_tokens:
+    raise LayoutError(
+      f"example {example_id}: {ce_tokens} description tokens carry the CE loss, over "
+      f"model.max_ce_tokens={spec.max_ce_tokens} (the LM head's positions per example in "
+      "training; shorten the description, raise the limit, or 0 for every position)"
+    )
   for key, values in row.gen.items():
     out[f"gen_{key}"] = np.asarray(values, np.bool_ if key == "noised" else np.int32)
   out["gen_loss_mask"] = out["gen_noised"].astype(np.float32)

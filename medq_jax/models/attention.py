@@ -19,7 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medq_jax.models.chunked_attention import chunked_attention
 from medq_jax.types import PAD_SAMPLE, SPLIT_CAUSAL, SPLIT_NOISE
+
+IMPLS = ("auto", "xla", "chunked", "cudnn", "splash")
+CHUNKED_MIN_QUERIES = 64  # below this (decoding steps) the per-row loop costs more than it saves
 
 
 class TokenIds(NamedTuple):
@@ -91,8 +95,23 @@ def cudnn_attention(q, k, v, mask):
   return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="cudnn")
 
 
+def resolve_impl(impl: str, q_len: int) -> str:
+  """`model.attention_impl` as run: "auto" is "chunked" on a single CPU device for chunks of at
+  least CHUNKED_MIN_QUERIES queries (training steps, prefills), "xla" otherwise."""
+  if impl != "auto":
+    return impl
+  single_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+  return "chunked" if single_cpu and q_len >= CHUNKED_MIN_QUERIES else "xla"
+
+
 def attention(
-  q, k, v, q_ids: TokenIds, kv_ids: TokenIds, impl: str = "xla", kv_visible: jax.Array | None = None
+  q,
+  k,
+  v,
+  q_ids: TokenIds,
+  kv_ids: TokenIds,
+  impl: str = "auto",
+  kv_visible: jax.Array | None = None,
 ):
   """The one attention entry point: builds the mask from ids and dispatches on `impl`.
 
@@ -102,8 +121,11 @@ def attention(
   mask = allowed_mask(q_ids, kv_ids)
   if kv_visible is not None:
     mask = mask & kv_visible[:, None, :]
+  impl = resolve_impl(impl, q.shape[1])
   if impl == "xla":
     return xla_attention(q, k, v, mask)
+  if impl == "chunked":
+    return chunked_attention(q, k, v, mask)
   if impl == "cudnn":
     if jax.default_backend() != "gpu":
       raise ValueError("model.attention_impl='cudnn' needs a GPU backend; use 'xla' here")
@@ -113,5 +135,5 @@ def attention(
       "model.attention_impl='splash' (TPU Pallas kernel) is not wired yet; use 'xla'"
     )
   raise ValueError(
-    f"model.attention_impl: unknown implementation {impl!r} (expected 'xla', 'cudnn' or 'splash')"
+    f"model.attention_impl: unknown implementation {impl!r} (expected one of {', '.join(IMPLS)})"
   )

@@ -219,7 +219,7 @@ class MoTDecoder(nn.Module):
 
   config: ml_collections.ConfigDict
   expert_scope: str = "ffn"
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   scan_layers: bool = True

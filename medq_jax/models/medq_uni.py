@@ -160,11 +160,16 @@ class MedQUni(nn.Module):
     """Returns {'logits': [B, Lu, vocab] float32, 'velocity': [B, Lg, p*p*z] float32}, plus
     'kv' (this chunk's keys/values, for a cache) when `return_kv`.
 
+    With `und_logit_positions` [B, C] in the batch, 'logits' is [B, C, vocab] at those und
+    positions only (training: the positions with a description loss).
+
     With `cache`, the batch is a chunk that continues the cached sequences: its tokens attend to
     the visible cached tokens as the mask ids allow (decoding steps, sampler queries).
     """
     outputs = self.hidden_states(batch, cache, return_kv)
     und_h, gen_h = outputs[:2]
+    if "und_logit_positions" in batch:  # [B, C]: the LM head only there (BAGEL's ce_loss_indexes)
+      und_h = jnp.take_along_axis(und_h, batch["und_logit_positions"][..., None], axis=1)
     logits = constrain(self.lm_head(und_h), ("act_batch", "act_len", "act_vocab"))
     velocity = self.llm2vae(gen_h)
     result = {"logits": logits.astype(jnp.float32), "velocity": velocity.astype(jnp.float32)}

@@ -27,6 +27,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
+from medq_jax.models import attention as attention_lib
+from medq_jax.models.chunked_attention import chunked_attention
+
 Dtype = Any
 
 CONV_AXES = ("conv_h", "conv_w", "vae_in", "vae_out")
@@ -96,11 +99,16 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-  """Single-head self-attention over all H*W positions, residual. x: [B, H, W, C]."""
+  """Single-head self-attention over all H*W positions, residual. x: [B, H, W, C].
+
+  attention_impl: "auto" is the chunked kernel on a single CPU device (`attention.resolve_impl`;
+  the 1024-position attention of a 64-px image at 2x downsampling is its largest tensor),
+  else `jax.nn.dot_product_attention` ("xla"; what `profiling.step_flops` counts)."""
 
   norm_groups: int = 32
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -111,7 +119,11 @@ class AttnBlock(nn.Module):
       _conv(channels, 1, name, *args)(h).reshape(batch, height * width, 1, channels)
       for name in ("q", "k", "v")
     )
-    h = jax.nn.dot_product_attention(q, k, v).reshape(batch, height, width, channels)
+    if attention_lib.resolve_impl(self.attention_impl, height * width) == "chunked":
+      h = chunked_attention(q, k, v, None)
+    else:
+      h = jax.nn.dot_product_attention(q, k, v)
+    h = h.reshape(batch, height, width, channels)
     return x + _conv(channels, 1, "proj_out", *args)(h)
 
 
@@ -145,12 +157,13 @@ class MidBlock(nn.Module):
   norm_groups: int = 32
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     args = (self.norm_groups, self.dtype, self.param_dtype)
     x = ResnetBlock(x.shape[-1], *args, name="block_1")(x)
-    x = AttnBlock(*args, name="attn_1")(x)
+    x = AttnBlock(*args, self.attention_impl, name="attn_1")(x)
     return ResnetBlock(x.shape[-1], *args, name="block_2")(x)
 
 
@@ -204,7 +217,7 @@ class Encoder(nn.Module):
         self.remat_blocks,
         name=f"down_{level}",
       )(h)
-    h = MidBlock(cfg.norm_groups, *args, name="mid")(h)
+    h = MidBlock(cfg.norm_groups, *args, cfg.get("attention_impl", "auto"), name="mid")(h)
     h = nn.swish(_group_norm(cfg.norm_groups, "norm_out", *args)(h))
     return _conv(2 * cfg.z_channels, 3, "conv_out", *args)(h)
 
@@ -222,7 +235,7 @@ class Decoder(nn.Module):
     cfg = self.config
     args = (self.dtype, self.param_dtype)
     h = _conv(cfg.ch * cfg.ch_mult[-1], 3, "conv_in", *args)(z.astype(self.dtype))
-    h = MidBlock(cfg.norm_groups, *args, name="mid")(h)
+    h = MidBlock(cfg.norm_groups, *args, cfg.get("attention_impl", "auto"), name="mid")(h)
     for level in reversed(range(len(cfg.ch_mult))):
       h = ResLevel(
         cfg.ch * cfg.ch_mult[level],

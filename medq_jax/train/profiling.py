@@ -78,13 +78,21 @@ class StepProfile:
 
 
 def step_flops(config, batch: dict, mesh=None) -> float:
-  """FLOPs of one train step over all devices: XLA's cost analysis of the step lowered with its
-  layers unrolled (`model.scan_layers=False`). XLA counts a while loop's body once, so the
-  scanned step's own analysis counts one layer of each scanned stack (`small` stage 2: 79.5
-  instead of 152.3 GFLOP). Only lowered, from abstract arguments: nothing is compiled, run or
-  allocated. `batch`: the global batch (arrays or ShapeDtypeStructs)."""
+  """Model FLOPs of one train step over all devices: XLA's cost analysis of the same step
+  lowered without loops or recomputation. XLA counts a while loop's body once, so the scanned
+  step's own analysis counts one layer of each scanned stack (`small` stage 2: 79.5 instead of
+  152.3 GFLOP); hence layers unrolled (`model.scan_layers=False`), the reference attention
+  (`xla`: the chunked kernel loops over rows and chunks and recomputes the logits in its
+  backward, cuDNN's is a custom call XLA does not count), one micro-batch (accumulation is a
+  scan) and no rematerialisation: what MFU counts (MaxText's convention), not hardware FLOPs.
+  Only lowered, from abstract arguments: nothing is compiled, run or allocated. `batch`: the
+  global batch (arrays or ShapeDtypeStructs)."""
   unrolled = ml_collections.ConfigDict(config.to_dict())
   unrolled.model.scan_layers = False
+  unrolled.model.attention_impl = "xla"
+  unrolled.model.vae.attention_impl = "xla"  # a key only this copy has (VAE configs are saved)
+  unrolled.model.remat_policy = "none"
+  unrolled.train.grad_accum_steps = 1
   model_config = precision_lib.model_config(unrolled)
   spec = layout_lib.LayoutSpec.from_config(model_config, unrolled.layout, unrolled.train.stage)
   model, vae = state_lib.build_models(model_config)
@@ -167,14 +175,18 @@ def analytic_decoder_flops(llm, rows: int, und_len: int, gen_len: int) -> float:
 
 def analytic_step_flops(model_config, batch: dict, stage: int) -> float:
   """Matmul FLOPs of one train step counted from the shapes (padding included, as computed):
-  the decoder (`analytic_decoder_flops`), the LM head on und tokens, the ViT, forward x 3 for
-  forward + backward (the usual 6N rule; stage 1's frozen und weights still need activation
-  gradients, so this over-counts stage 1 by their weight gradients). The VAE, the pixel losses
-  and elementwise work are not counted (XLA's figure includes them, so it is the larger)."""
+  the decoder (`analytic_decoder_flops`), the LM head at the positions the step runs it on
+  (stage 2: those with a description loss, `model.max_ce_tokens` per example slot; stage 1 has
+  no CE, so none), the ViT, forward x 3 for forward + backward (the usual 6N rule; stage 1's
+  frozen und weights still need activation gradients, so this over-counts stage 1 by their
+  weight gradients). The VAE, the pixel losses and elementwise work are not counted (XLA's
+  figure includes them, so it is the larger)."""
   llm = model_config.llm
   rows, und_len = batch["und_token_ids"].shape
   gen_len = batch["gen_positions"].shape[1]
-  lm_head = 2 * und_len * llm.hidden_size * llm.vocab_size
+  slots = batch["vae_images"].shape[1] // layout_lib.IMAGES_PER_EXAMPLE
+  lm_positions = step_lib.ce_positions(model_config, und_len, slots) if stage == 2 else 0
+  lm_head = 2 * lm_positions * llm.hidden_size * llm.vocab_size
   vit = model_config.vit
   vit_tokens = batch["vit_patches"].shape[-2]
   vit_layer = (
@@ -183,7 +195,6 @@ def analytic_step_flops(model_config, batch: dict, stage: int) -> float:
   vit_layer += 2 * 2 * vit_tokens**2 * vit.hidden_size
   forward = analytic_decoder_flops(llm, rows, und_len, gen_len)
   forward += rows * (lm_head + vit.num_layers * vit_layer)
-  del stage
   return 3.0 * forward
 
 

@@ -87,6 +87,22 @@ def target_tokens(x: jax.Array, num_images: int) -> jax.Array:
   return targets.reshape((-1,) + targets.shape[2:])
 
 
+def ce_positions(model_config, und_len: int, slots: int) -> int:
+  """Positions per row the training step runs the LM head on: `model.max_ce_tokens` per
+  example slot (the layout rejects an example with more), or all `und_len` (0: no limit)."""
+  cap = int(model_config.get("max_ce_tokens", 0)) * slots
+  return cap if 0 < cap < und_len else und_len
+
+
+def loss_positions(loss_mask: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+  """(positions [B, count] int32, valid [B, count] bool): each row's positions with
+  loss_mask > 0 in order, then filler (position 0, not valid). The layout caps every row's
+  count at `count`, so no loss position is left out."""
+  positions = jax.vmap(lambda m: jnp.nonzero(m > 0, size=count, fill_value=0)[0])(loss_mask)
+  valid = jnp.arange(count)[None, :] < jnp.sum(loss_mask > 0, axis=1, keepdims=True)
+  return positions.astype(jnp.int32), valid
+
+
 def make_loss_fn(model, vae, model_config, train_config) -> Callable:
   """Returns loss_fn(params, vae_params, batch, rng) -> (loss, metrics)."""
   p = model_config.latent_patch_size
@@ -133,6 +149,13 @@ def make_loss_fn(model, vae, model_config, train_config) -> Callable:
       inputs["gen_cond_latents"] = aligned_condition(
         x0, batch["gen_cond_index"], batch["gen_sample_ids"]
       )
+    ce_targets, ce_mask = batch["und_targets"], batch["und_loss_mask"]
+    positions_per_row = ce_positions(model_config, ce_mask.shape[1], slots)
+    if with_ce and positions_per_row < ce_mask.shape[1]:
+      positions, valid = loss_positions(ce_mask, positions_per_row)
+      inputs["und_logit_positions"] = positions
+      ce_targets = jnp.take_along_axis(ce_targets, positions, axis=1)
+      ce_mask = jnp.where(valid, jnp.take_along_axis(ce_mask, positions, axis=1), 0.0)
     outputs = model.apply({"params": params}, inputs)
     velocity = outputs["velocity"]
     # per token over the batch, as BAGEL's mse (so independent of how examples share rows)
@@ -163,9 +186,7 @@ def make_loss_fn(model, vae, model_config, train_config) -> Callable:
       )
       metrics.update(loss_l1=l1, loss_1m_ssim=one_minus_ssim)
     if with_ce:
-      ce, accuracy = objectives.next_token_cross_entropy(
-        outputs["logits"], batch["und_targets"], batch["und_loss_mask"]
-      )
+      ce, accuracy = objectives.next_token_cross_entropy(outputs["logits"], ce_targets, ce_mask)
     else:
       ce = accuracy = jnp.zeros((), jnp.float32)
     loss = objectives.total_loss(l_ir, ce, train_config.lambda_iqa)
