@@ -88,6 +88,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # the und tokens of a packed row (0: pack_examples_per_row * max_und_len).
       pack_examples_per_row=1,
       pack_max_und_len=0,
+      # Images of different sizes in one batch: 0 packs every example at vae_image_size; else
+      # each at its own side (stride-aligned, clamped to [this, vae_image_size]; BAGEL's rule).
+      vae_min_image_size=0,
     )
   )
 

@@ -183,6 +183,10 @@ class LayoutSpec:
   # Description (CE) tokens allowed per example: the LM head runs on at most this many
   # positions per example slot in training (`model.max_ce_tokens`; 0: no limit).
   max_ce_tokens: int = 0
+  # Images of different sizes in one batch (`layout.vae_min_image_size`): 0 packs every example
+  # at vae_image_size; else each at its own side, stride-aligned and clamped to
+  # [vae_min_image_size, vae_image_size] (`example_vae_size`, BAGEL's ImageTransform rule).
+  vae_min_image_size: int = 0
 
   @classmethod
   def from_config(cls, model, layout, stage: int) -> LayoutSpec:
@@ -201,6 +205,7 @@ class LayoutSpec:
       examples_per_row=int(layout.get("pack_examples_per_row", 1)),
       pack_max_und_len=int(layout.get("pack_max_und_len", 0)),
       max_ce_tokens=int(model.get("max_ce_tokens", 0)),
+      vae_min_image_size=int(layout.get("vae_min_image_size", 0)),
     )
     spec.validate()
     return spec
@@ -227,7 +232,14 @@ class LayoutSpec:
         f"layout.vit_image_size={self.vit_image_size} exceeds the ViT position grid "
         f"({self.vit_grid_side} patches per side)"
       )
-    unit = self.vae_downsample * self.latent_patch_size
+    unit = self.vae_unit
+    if self.vae_min_image_size and not (
+      unit <= self.vae_min_image_size <= self.vae_image_size and self.vae_min_image_size % unit == 0
+    ):
+      raise ValueError(
+        f"layout.vae_min_image_size={self.vae_min_image_size}: expected 0 (every example at "
+        f"layout.vae_image_size) or a multiple of {unit} in [{unit}, {self.vae_image_size}]"
+      )
     if self.vae_image_size % unit:
       raise ValueError(
         f"layout.vae_image_size={self.vae_image_size} must be a multiple of {unit} "
@@ -240,6 +252,23 @@ class LayoutSpec:
       )
 
   @property
+  def vae_unit(self) -> int:
+    """Pixels per gen token side: VAE downsampling x latent patch."""
+    return self.vae_downsample * self.latent_patch_size
+
+  def example_vae_size(self, example: Mapping[str, Any]) -> int:
+    """The VAE side `pack_example` packs this example at: `vae_image_size`, or with
+    `vae_min_image_size` set, its target's own shorter side rounded down to the stride and
+    clamped to [vae_min_image_size, vae_image_size] (BAGEL's ImageTransform: no image is
+    upsampled past its own size except to the minimum, none exceeds the maximum)."""
+    shape = np.shape(example.get("high", ()))
+    if not self.vae_min_image_size or len(shape) < 2:  # a bad image: pack_example names it
+      return self.vae_image_size
+    own = min(shape[:2])
+    aligned = own // self.vae_unit * self.vae_unit
+    return int(min(max(aligned, self.vae_min_image_size), self.vae_image_size))
+
+  @property
   def vit_side(self) -> int:
     return self.vit_image_size // self.vit_patch_size
 
@@ -249,7 +278,7 @@ class LayoutSpec:
 
   @property
   def latent_side(self) -> int:
-    return self.vae_image_size // (self.vae_downsample * self.latent_patch_size)
+    return self.vae_image_size // self.vae_unit
 
   @property
   def tokens_per_image(self) -> int:
@@ -495,7 +524,7 @@ def pack_example(
   """
   example_id = str(example.get("id", "<no id>"))
   vae_size = spec.vae_image_size if vae_size is None else int(vae_size)
-  unit = spec.vae_downsample * spec.latent_patch_size
+  unit = spec.vae_unit
   if not (unit <= vae_size <= spec.vae_image_size and vae_size % unit == 0):
     raise LayoutError(
       f"example {example_id}: vae_size={vae_size} must be a multiple of {unit} in "
@@ -609,7 +638,12 @@ class PackExamples:
       self._tokenizer = load_tokenizer(self.tokenizer_dir)
       self._special = special_ids(self._tokenizer)
     return pack_example(
-      example, self._tokenizer, self.spec, self._special, dropped=self.dropped(example)
+      example,
+      self._tokenizer,
+      self.spec,
+      self._special,
+      dropped=self.dropped(example),
+      vae_size=self.spec.example_vae_size(example),
     )
 
   __call__ = map

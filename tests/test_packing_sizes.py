@@ -121,3 +121,51 @@ def test_pixel_mask_of_a_small_target_is_its_top_left_block():
   expected = np.zeros((side, side), bool)
   expected[:SMALL, :SMALL] = True
   np.testing.assert_array_equal(mask, expected)
+
+
+def test_the_loaders_transform_packs_each_example_at_its_own_size(tmp_path):
+  """`layout.vae_min_image_size` (BAGEL's ImageTransform rule): the trainer's transform packs each
+  example at its own side rounded down to the stride, clamped to [min, vae_image_size]; each row
+  equals `pack_example` at that size, and the stage-2 loss on the mixed batch is finite with
+  pixel losses over each target's own pixels."""
+  from medq_jax.tokenizer import load_tokenizer, special_ids, train_bpe_tokenizer
+  from medq_jax.train import step as step_lib
+
+  cfg = lib.config(2)
+  cfg.layout.vae_min_image_size = 16
+  spec = layout_lib.LayoutSpec.from_config(cfg.model, cfg.layout, 2)
+  assert (spec.vae_unit, spec.vae_image_size) == (8, 32)
+  # own sides -> packed sides: 12 up to the minimum, 16 and 24 as they are, 31 down to the
+  # stride, 40 down to the maximum
+  sides = {12: 16, 16: 16, 24: 24, 31: 24, 40: 32}
+  examples = [lib.example(i, size=side) for i, side in enumerate(sides)]
+  texts = [e[f] for e in examples for f in ("instruction", "description")]
+  train_bpe_tokenizer(texts * 5, 512, str(tmp_path / "tok"))
+  transform = layout_lib.PackExamples(str(tmp_path / "tok"), spec)
+  tokenizer = load_tokenizer(str(tmp_path / "tok"))
+  special = special_ids(tokenizer)
+  rows = []
+  for example, (own, packed) in zip(examples, sides.items()):
+    assert spec.example_vae_size(example) == packed, own
+    row = transform(example)
+    reference = layout_lib.pack_example(example, tokenizer, spec, special, vae_size=packed)
+    for key in reference:
+      np.testing.assert_array_equal(row[key], reference[key], err_msg=f"{own}: {key}")
+    target_tokens = row["gen_loss_mask"][spec.tokens_per_image :]
+    assert target_tokens.sum() == (packed // spec.vae_unit) ** 2
+    rows.append(row)
+  fixed = dataclasses.replace(spec, vae_min_image_size=0)
+  assert fixed.example_vae_size(examples[0]) == 32  # the default: every example at full size
+
+  model, vae, params, vae_params = lib.perturbed_models(cfg)
+  loss_fn = jax.jit(step_lib.make_loss_fn(model, vae, cfg.model, cfg.train))
+  loss, metrics = loss_fn(params, vae_params, layout_lib.collate(rows), jax.random.key(0))
+  assert np.isfinite(float(loss)) and metrics["loss_l1"] > 0 and metrics["loss_ce"] > 0
+
+
+@pytest.mark.parametrize("size", [4, 20, 64])
+def test_bad_vae_min_image_size_is_one_clear_error(size):
+  cfg = lib.config(2)
+  cfg.layout.vae_min_image_size = size
+  with pytest.raises(ValueError, match=f"layout.vae_min_image_size={size}: expected 0"):
+    layout_lib.LayoutSpec.from_config(cfg.model, cfg.layout, 2)
