@@ -64,24 +64,16 @@ def test_an_example_over_the_limit_is_a_layout_error_naming_it():
     layout_lib.LayoutSpec.from_config(cfg.model, cfg.layout, 2)
 
 
-def _value_and_grad(max_ce_tokens):
-  cfg = lib.config(2)
-  cfg.model.max_ce_tokens = max_ce_tokens
-  model, vae, params, vae_params = lib.perturbed_models(cfg)
-  loss_fn = step_lib.make_loss_fn(model, vae, cfg.model, cfg.train)
-  run = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-  return lambda batch, rng: run(params, vae_params, batch, rng)
-
-
 @pytest.fixture(scope="module")
 def rows():
   return lib.single_rows(2, 4, {2: ("instruction", "description")})
 
 
 def test_loss_and_gradient_at_loss_positions_equal_every_position(rows):
-  """The descriptions here carry 11-53 CE tokens; a cap of 53 (the longest: the boundary) and
-  128 give the loss and gradient of the LM head over all 320 und positions, one
-  example per row and two packed per row."""
+  """The descriptions here carry 11-53 CE tokens; a cap of 53 (the longest: the boundary, where
+  a row's positions are all loss positions) gives the loss and gradient of the LM head over all
+  320 und positions, one example per row and two packed per row. The parameters do not depend
+  on the cap, so one model serves both losses."""
   longest = max(int(np.count_nonzero(r["und_loss_mask"])) for r in rows)
   spec = lib.spec(2, 2, pack_max_und_len=330)
   batches = dict(
@@ -90,16 +82,22 @@ def test_loss_and_gradient_at_loss_positions_equal_every_position(rows):
       [packing.pack_rows(rows[:2], spec, 0), packing.pack_rows(rows[2:], spec, 0)]
     ),
   )
-  full = _value_and_grad(0)
-  for cap in (longest, 128):
-    capped = _value_and_grad(cap)
-    for name, batch in batches.items():
-      (_, ref_metrics), ref_grads = full(batch, jax.random.key(5))
-      (_, metrics), grads = capped(batch, jax.random.key(5))
-      assert ref_metrics["loss_ce"] > 0
-      for key in ref_metrics:
-        np.testing.assert_allclose(
-          metrics[key], ref_metrics[key], rtol=2e-5, atol=1e-6, err_msg=f"{name} {cap} {key}"
-        )
-      for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6, err_msg=f"{name} {cap}")
+  cfg = lib.config(2)
+  model, vae, params, vae_params = lib.perturbed_models(cfg)
+  runs = {}
+  for cap in (0, longest):
+    model_config = cfg.model.copy_and_resolve_references()
+    model_config.max_ce_tokens = cap
+    assert step_lib.ce_positions(model_config, 320, 2) == (2 * cap if cap else 320)  # gathered
+    loss_fn = step_lib.make_loss_fn(model, vae, model_config, cfg.train)
+    runs[cap] = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  for name, batch in batches.items():
+    (_, ref_metrics), ref_grads = runs[0](params, vae_params, batch, jax.random.key(5))
+    (_, metrics), grads = runs[longest](params, vae_params, batch, jax.random.key(5))
+    assert ref_metrics["loss_ce"] > 0
+    for key in ref_metrics:
+      np.testing.assert_allclose(
+        metrics[key], ref_metrics[key], rtol=2e-5, atol=1e-6, err_msg=f"{name} {key}"
+      )
+    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6, err_msg=name)
