@@ -141,3 +141,34 @@ def test_synthetic_rows_have_the_loaders_shapes(profile_and_config):
   assert (synthetic["und_sample_ids"][:, 0] == 0).all()
   assert synthetic["gen_noised"].any(axis=1).all()
   assert (synthetic["und_loss_mask"].sum(axis=1) > 10).all()  # the description's CE tokens
+
+
+def test_model_flops_do_not_depend_on_loops_or_recomputation():
+  """`step_flops` counts model FLOPs: the chunked attention (row and chunk loops, logits
+  recomputed in its backward), gradient accumulation (a scan over micro-batches) and full remat
+  give the count of the plain step; XLA's own count of those steps would be 1/k of it (loops
+  counted once) or more (recomputation)."""
+  import jax
+
+  from medq_jax import layout as layout_lib
+  from medq_jax.train.profiling import step_flops
+  from medq_jax.types import latent_dim
+
+  def flops(**changes):
+    config = medq_uni.get_config("size=tiny,stage=2,mesh=1x1x1")
+    for key, value in changes.items():
+      node, leaf = key.split(".")
+      config[node][leaf] = value
+    spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, 2)
+    batch = layout_lib.zeros_batch(spec, 4, latent_dim(config.model))
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+    return step_flops(config, batch)
+
+  plain = flops(**{"model.attention_impl": "xla"})
+  assert plain > 0
+  for changes in (
+    {"model.attention_impl": "chunked"},
+    {"train.grad_accum_steps": 2},
+    {"model.remat_policy": "full"},
+  ):
+    assert flops(**changes) == plain, changes
