@@ -19,7 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medq_jax.models.chunked_attention import chunked_attention
+from medq_jax.models.chunked_attention import (
+  chunked_attention,
+  fold_query_groups,
+  unfold_query_groups,
+  zero_empty_rows,
+)
 from medq_jax.types import PAD_SAMPLE, SPLIT_CAUSAL, SPLIT_NOISE
 
 IMPLS = ("auto", "xla", "chunked", "cudnn", "splash")
@@ -73,17 +78,14 @@ def xla_attention(q, k, v, mask):
   k_len, kv_heads = k.shape[1], k.shape[2]
   groups = heads // kv_heads
   q = q * jnp.asarray(1.0 / np.sqrt(head_dim), q.dtype)  # on q, not on the [.., Lq, Lk] logits
-  q = q.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
-  q = q.reshape(batch, kv_heads, groups * q_len, head_dim)
+  q = fold_query_groups(q, kv_heads, q_len)[:, 0]  # one chunk: [B, KV, G * Lq, D]
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   logits = jnp.einsum("bkmd,bksd->bkms", q, k, preferred_element_type=jnp.float32)
   logits = logits.reshape(batch, kv_heads, groups, q_len, k_len)
   logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkms,bksd->bkmd", weights.reshape(batch, kv_heads, groups * q_len, k_len), v)
-  out = out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
-  out = out.reshape(batch, q_len, heads, head_dim)
-  return out * mask.any(axis=-1)[:, :, None, None].astype(out.dtype)
+  return zero_empty_rows(unfold_query_groups(out[:, None], heads), mask)
 
 
 def cudnn_attention(q, k, v, mask):

@@ -26,6 +26,33 @@ _NEG = float(jnp.finfo(jnp.float32).min)
 QUERY_CHUNK = 256  # queries per block: 128, 256 and 512 measured, 256 the fastest at `small`
 
 
+def fold_query_groups(q, kv_heads: int, chunk: int):
+  """[B, Lq, H, D] (Lq a multiple of `chunk`) -> [B, Lq / chunk, KV, G * chunk, D]: each kv
+  head's G query groups of one chunk folded into one matmul operand, so the logits need no
+  relayout copy (docs/training.md "Profiling a step")."""
+  batch, q_len, heads, head_dim = q.shape
+  groups = heads // kv_heads
+  q = q.reshape(batch, q_len // chunk, chunk, kv_heads, groups, head_dim)
+  return q.transpose(0, 1, 3, 4, 2, 5).reshape(
+    batch, q_len // chunk, kv_heads, groups * chunk, head_dim
+  )
+
+
+def unfold_query_groups(out, heads: int):
+  """The inverse of `fold_query_groups`: [B, chunks, KV, G * C, D] -> [B, chunks * C, H, D]."""
+  batch, chunks, kv_heads, rows, head_dim = out.shape
+  groups = heads // kv_heads
+  chunk = rows // groups
+  out = out.reshape(batch, chunks, kv_heads, groups, chunk, head_dim)
+  return out.transpose(0, 1, 4, 2, 3, 5).reshape(batch, chunks * chunk, heads, head_dim)
+
+
+def zero_empty_rows(out, mask):
+  """out [B, Lq, H, D] with the rows of queries that may attend to no key (mask [B, Lq, Lk])
+  set to zero: a [B, Lq] factor, not a second select over the logits."""
+  return out * mask.any(axis=-1)[:, :, None, None].astype(out.dtype)
+
+
 def chunked_attention(q, k, v, mask, query_chunk: int = QUERY_CHUNK):
   """Same contract as `attention.xla_attention`: q [B, Lq, H, D]; k, v [B, Lk, KV, D];
   mask [B, Lq, Lk] boolean, or None for every key (the VAE's attention). Returns [B, Lq, H, D]
@@ -35,7 +62,6 @@ def chunked_attention(q, k, v, mask, query_chunk: int = QUERY_CHUNK):
   k_len, kv_heads = k.shape[1], k.shape[2]
   if heads % kv_heads:
     raise ValueError(f"attention: {heads} query heads are not a multiple of {kv_heads} kv heads")
-  groups = heads // kv_heads
   chunk = max(1, min(query_chunk, q_len))
   chunks = -(-q_len // chunk)
   pad = chunks * chunk - q_len
@@ -45,18 +71,10 @@ def chunked_attention(q, k, v, mask, query_chunk: int = QUERY_CHUNK):
   if mask is not None:
     mask_blocks = jnp.pad(mask, ((0, 0), (0, pad), (0, 0))).reshape(batch, chunks, chunk, k_len)
   scaled = q * jnp.asarray(1.0 / np.sqrt(head_dim), q.dtype)
-  # [B, chunks, KV, G * C, D]: each kv head's query groups of one chunk folded into one operand
-  q_blocks = scaled.reshape(batch, chunks, chunk, kv_heads, groups, head_dim)
-  q_blocks = q_blocks.transpose(0, 1, 3, 4, 2, 5).reshape(
-    batch, chunks, kv_heads, groups * chunk, head_dim
-  )
+  q_blocks = fold_query_groups(scaled, kv_heads, chunk)
   out = _attend(q_blocks, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask_blocks)
-  out = out.reshape(batch, chunks, kv_heads, groups, chunk, head_dim)
-  out = out.transpose(0, 1, 4, 2, 3, 5).reshape(batch, chunks * chunk, heads, head_dim)
-  out = out[:, :q_len].astype(q.dtype)
-  if mask is None:
-    return out
-  return out * mask.any(axis=-1)[:, :, None, None].astype(out.dtype)
+  out = unfold_query_groups(out, heads)[:, :q_len].astype(q.dtype)
+  return out if mask is None else zero_empty_rows(out, mask)
 
 
 def _logits(q_block, k, mask_block):
@@ -82,7 +100,8 @@ def _forward_block(q_block, k, v, mask_block):
   return out / total, peak + jnp.log(total)
 
 
-def _forward_row(k, v, q_blocks, mask_blocks):
+def _forward_row(q_blocks, k, v, mask_blocks):
+  """One row's (out, lse) [chunks, KV, G * C, ...]: a loop over its chunks."""
   return jax.lax.map(lambda xs: _forward_block(xs[0], k, v, xs[1]), (q_blocks, mask_blocks))
 
 
@@ -94,9 +113,7 @@ def _attend(q_blocks, k, v, mask_blocks):
 
 
 def _attend_fwd(q_blocks, k, v, mask_blocks):
-  out, lse = jax.lax.map(
-    lambda xs: _forward_row(xs[1], xs[2], xs[0], xs[3]), (q_blocks, k, v, mask_blocks)
-  )
+  out, lse = jax.lax.map(lambda xs: _forward_row(*xs), (q_blocks, k, v, mask_blocks))
   return out, (q_blocks, k, v, mask_blocks, out, lse)
 
 
