@@ -134,16 +134,15 @@ _DEVICE_PROBE = textwrap.dedent("""
 """)
 
 
-def _probe(*args):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+def _probe(env, *args):
   return _run(["-c", _DEVICE_PROBE, *args], env=env)
 
 
-def test_local_devices_takes_effect_from_main():
-  result = _probe("--local_devices=3")
+def test_local_devices_takes_effect_from_main(subprocess_env):
+  result = _probe(subprocess_env(), "--local_devices=3")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "devices (0, 1) 3 cpu" in result.stdout
-  late = _probe("--local_devices=3", "--", "--touch_jax_first")
+  late = _probe(subprocess_env(), "--local_devices=3", "--", "--touch_jax_first")
   assert late.returncode != 0
   assert "--local_devices=3: the JAX backend was already started" in late.stderr
 
@@ -159,8 +158,8 @@ def test_local_devices_takes_effect_from_main():
     ),
   ],
 )
-def test_distributed_flag_mistakes_are_usage_errors(args, message):
-  result = _probe(*args)
+def test_distributed_flag_mistakes_are_usage_errors(args, message, subprocess_env):
+  result = _probe(subprocess_env(), *args)
   assert result.returncode != 0 and message in result.stderr, result.stderr[-3000:]
 
 

@@ -20,13 +20,6 @@ TPU = os.path.join(ROOT, "launch", "cluster", "tpu_pod.sh")
 PYTHON = sys.executable
 
 
-def _env(**extra):
-  """No fake-device XLA flag (local.sh gives each process its own --local_devices)."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS" and not k.startswith("SLURM_")}
-  env.update(JAX_PLATFORMS="cpu", **extra)
-  return env
-
-
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
   """A small BPE tokenizer made here (training one from the dataset costs ~20 s per run)."""
@@ -44,7 +37,7 @@ def _final_metrics(log: str) -> dict[str, float]:
   return {k: float(v) for k, v in re.findall(r"(\w+)=(\S+)", lines[0])}
 
 
-def test_local_two_processes_train_and_agree(tmp_path, tokenizer_dir):
+def test_local_two_processes_train_and_agree(tmp_path, tokenizer_dir, subprocess_env):
   workdir, logs = tmp_path / "run", tmp_path / "logs"
   command = [
     LOCAL,
@@ -69,7 +62,7 @@ def test_local_two_processes_train_and_agree(tmp_path, tokenizer_dir):
   result = subprocess.run(
     command,
     cwd=ROOT,
-    env=_env(MEDQ_LOG_DIR=str(logs)),
+    env=subprocess_env(MEDQ_LOG_DIR=str(logs)),
     capture_output=True,
     text=True,
     timeout=600,
@@ -90,13 +83,13 @@ def test_local_two_processes_train_and_agree(tmp_path, tokenizer_dir):
   assert os.path.isdir(workdir / "checkpoints" / "3")
 
 
-def test_local_failure_stops_the_others(tmp_path):
+def test_local_failure_stops_the_others(tmp_path, subprocess_env):
   # Process 1 fails at once; process 0 would sleep 60 s: the launcher stops it and reports 1.
   script = 'case "$3" in --process_id=1) echo broken input >&2; exit 3;; *) sleep 60;; esac'
   start = time.monotonic()
   result = subprocess.run(
     [LOCAL, "2", "0", "bash", "-c", script, "worker"],
-    env=_env(MEDQ_LOG_DIR=str(tmp_path)),
+    env=subprocess_env(MEDQ_LOG_DIR=str(tmp_path)),
     capture_output=True,
     text=True,
     timeout=60,
@@ -107,10 +100,10 @@ def test_local_failure_stops_the_others(tmp_path):
   assert "broken input" in result.stderr
 
 
-def test_local_passes_each_process_its_flags(tmp_path):
+def test_local_passes_each_process_its_flags(tmp_path, subprocess_env):
   result = subprocess.run(
     [LOCAL, "3", "4", "bash", "-c", 'echo "$@"', "worker"],
-    env=_env(MEDQ_LOG_DIR=str(tmp_path), MEDQ_PORT="23456"),
+    env=subprocess_env(MEDQ_LOG_DIR=str(tmp_path), MEDQ_PORT="23456"),
     capture_output=True,
     text=True,
     timeout=60,
@@ -126,8 +119,10 @@ def test_local_passes_each_process_its_flags(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["0", "1", "true"], ["two", "1", "true"], ["2", "x", "true"]])
-def test_local_usage_errors(args):
-  result = subprocess.run([LOCAL, *args], env=_env(), capture_output=True, text=True, timeout=30)
+def test_local_usage_errors(args, subprocess_env):
+  result = subprocess.run(
+    [LOCAL, *args], env=subprocess_env(), capture_output=True, text=True, timeout=30
+  )
   assert result.returncode == 2
   assert "must be" in result.stderr and result.stdout == ""
 
@@ -142,8 +137,8 @@ def _fake_srun(tmp_path):
   return str(bin_dir)
 
 
-def test_slurm_script_runs_train_distributed(tmp_path):
-  env = _env(
+def test_slurm_script_runs_train_distributed(tmp_path, subprocess_env):
+  env = subprocess_env(
     PATH=_fake_srun(tmp_path) + os.pathsep + os.environ["PATH"],
     SLURM_JOB_ID="77",
     SLURM_NTASKS="16",
@@ -171,16 +166,18 @@ def test_slurm_script_runs_train_distributed(tmp_path):
 
 
 @pytest.mark.parametrize("missing", ["SLURM_JOB_ID", "MEDQ_REPO", "MEDQ_WORKDIR"])
-def test_slurm_script_names_a_missing_variable(tmp_path, missing):
-  env = _env(SLURM_JOB_ID="77", SLURM_NTASKS="8", MEDQ_REPO=ROOT, MEDQ_WORKDIR=str(tmp_path))
+def test_slurm_script_names_a_missing_variable(tmp_path, missing, subprocess_env):
+  env = subprocess_env(
+    SLURM_JOB_ID="77", SLURM_NTASKS="8", MEDQ_REPO=ROOT, MEDQ_WORKDIR=str(tmp_path)
+  )
   env.pop(missing)
   result = subprocess.run(["bash", SLURM], env=env, capture_output=True, text=True, timeout=30)
   assert result.returncode == 1
   assert f"{missing} is not set" in result.stderr
 
 
-def test_tpu_script_command_and_missing_variable():
-  env = _env(
+def test_tpu_script_command_and_missing_variable(subprocess_env):
+  env = subprocess_env(
     TPU_NAME="pod",
     TPU_ZONE="us-east5-a",
     MEDQ_REMOTE_REPO="~/medq-jax",

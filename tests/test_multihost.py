@@ -9,8 +9,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(args, **kwargs):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+def _run(env, args, **kwargs):
   return subprocess.Popen(
     [sys.executable, "-m", "launch.multihost_check", *args],
     cwd=ROOT,
@@ -22,14 +21,17 @@ def _run(args, **kwargs):
   )
 
 
-def test_two_processes_match_one(free_port, tmp_path):
+def test_two_processes_match_one(free_port, tmp_path, subprocess_env):
   port = free_port
   config = "--config=configs/medq_uni.py:size=tiny,stage=2,mesh=2x2x2"
   common = [config, f"--coordinator=127.0.0.1:{port}", "--num_processes=2", "--local_devices=4"]
   workers = [
-    _run([*common, f"--process_id={i}", f"--out={tmp_path / 'multi.json'}"]) for i in range(2)
+    _run(subprocess_env(), [*common, f"--process_id={i}", f"--out={tmp_path / 'multi.json'}"])
+    for i in range(2)
   ]
-  single = _run([config, "--local_devices=8", f"--out={tmp_path / 'single.json'}"])
+  single = _run(
+    subprocess_env(), [config, "--local_devices=8", f"--out={tmp_path / 'single.json'}"]
+  )
   for proc in workers + [single]:
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]

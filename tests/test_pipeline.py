@@ -52,22 +52,20 @@ def _command(workdir, data_dir, vae_file):
   ]
 
 
-def _env(cache_dir):
+def _env(subprocess_env, cache_dir):
   """One CPU device (faster compiles than the tests' 8 fake ones) and a shared compilation
   cache, so the rerun does not compile stage 2 again."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir))
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
-  env["XLA_FLAGS"] = " ".join(flags.split())  # XLA reads a lone space as a file name
-  return env
+  return subprocess_env(
+    JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
+  )
 
 
 @pytest.fixture(scope="module")
-def killed_and_rerun(tmp_path_factory, vae_file):
+def killed_and_rerun(tmp_path_factory, vae_file, subprocess_env):
   """Runs the pipeline, kills it at stage 2's step 3, reruns it: (workdir, lines of each run)."""
   base = tmp_path_factory.mktemp("pipeline")
   workdir, data_dir = str(base / "run"), str(base / "data")
-  command, env = _command(workdir, data_dir, vae_file), _env(base / "jax_cache")
+  command, env = _command(workdir, data_dir, vae_file), _env(subprocess_env, base / "jax_cache")
   stderr_path = base / "stderr.txt"
   stderr_file = open(stderr_path, "w")  # noqa: SIM115 (closed below; kept for the assertion)
   process = subprocess.Popen(

@@ -9,9 +9,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_process_one_waits_for_data_and_tokenizer(free_port, tmp_path):
+def test_process_one_waits_for_data_and_tokenizer(free_port, tmp_path, subprocess_env):
   port = free_port
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = subprocess_env()
   overrides = [
     "--config=configs/medq_uni.py:size=tiny,stage=2,mesh=1x-1x1",
     f"--config.data.data_dir={tmp_path / 'data'}",

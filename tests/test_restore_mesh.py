@@ -114,10 +114,7 @@ def saved_run(tmp_path_factory, placed_params):
   return workdir, {path: np.asarray(leaf) for path, leaf in flatten(state.params).items()}
 
 
-def _run_restores(workdir, devices, mesh_spec, out_prefix):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["JAX_PLATFORMS"] = "cpu"
+def _run_restores(env, workdir, mesh_spec, out_prefix):
   env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
   return subprocess.Popen(
     [sys.executable, os.path.abspath(__file__), workdir, mesh_spec, out_prefix],
@@ -129,11 +126,12 @@ def _run_restores(workdir, devices, mesh_spec, out_prefix):
   )
 
 
-def test_restore_from_8_devices_onto_4_and_1(saved_run, tmp_path):
+def test_restore_from_8_devices_onto_4_and_1(saved_run, tmp_path, subprocess_env):
   workdir, saved = saved_run
   meshes = {4: ("1x-1x2", {"data": 1, "fsdp": 2, "tensor": 2}), 1: ("1x-1x1", None)}
   procs = {
-    n: _run_restores(workdir, n, spec, str(tmp_path / f"on{n}")) for n, (spec, _) in meshes.items()
+    n: _run_restores(subprocess_env(devices=n), workdir, spec, str(tmp_path / f"on{n}"))
+    for n, (spec, _) in meshes.items()
   }
   for n, proc in procs.items():
     output, _ = proc.communicate(timeout=600)

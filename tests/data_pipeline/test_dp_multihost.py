@@ -20,11 +20,11 @@ def _ids(config, **kwargs):
 
 
 def test_two_jax_processes_read_disjoint_shards_covering_the_split(
-  free_port, built_sample, tmp_path
+  free_port, built_sample, tmp_path, subprocess_env
 ):
   config, manifest = built_sample
   port = free_port
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = subprocess_env()
   procs = [
     subprocess.Popen(
       [

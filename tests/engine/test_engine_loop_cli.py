@@ -17,7 +17,7 @@ def data_dir(tiny_data_config_session):
   return tiny_data_config_session.data_dir
 
 
-def _engine(data_dir, workdir, *args):
+def _engine(env, data_dir, workdir, *args):
   flags_ = [
     "--config=configs/engine.py:runlocal",
     f"--config.data.data_dir={data_dir}",
@@ -27,21 +27,24 @@ def _engine(data_dir, workdir, *args):
     f"--workdir={workdir}",
     *args,
   ]
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   return subprocess.run(
     [sys.executable, "-m", "launch.engine", *flags_],
     cwd=REPO,
-    env={**env, "JAX_PLATFORMS": "cpu"},
+    env=env,
     capture_output=True,
     text=True,
     timeout=300,
   )
 
 
-def test_unattended_run_then_a_corrupt_state(tmp_path, data_dir):
+def test_unattended_run_then_a_corrupt_state(tmp_path, data_dir, subprocess_env):
   workdir = tmp_path / "run"
   result = _engine(
-    data_dir, workdir, "--config.review.auto_decision=accept", "--config.max_iterations=1"
+    subprocess_env(),
+    data_dir,
+    workdir,
+    "--config.review.auto_decision=accept",
+    "--config.max_iterations=1",
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "stopped: max_iterations=1 reached" in result.stdout
@@ -60,7 +63,7 @@ def test_unattended_run_then_a_corrupt_state(tmp_path, data_dir):
   state = json.loads((workdir / "state.json").read_text())
   assert state["phase"] == "finetune" and state["pool"]["size"] > 0
   (workdir / "state.json").write_text('{"schema": "medq-engine-state", "version": 1')
-  broken = _engine(data_dir, workdir, "--config.review.auto_decision=accept")
+  broken = _engine(subprocess_env(), data_dir, workdir, "--config.review.auto_decision=accept")
   assert broken.returncode == 1 and "Traceback" not in broken.stderr
   fatal = [line for line in broken.stderr.splitlines() if line.startswith("FATAL")]
   assert len(fatal) == 1 and fatal[0].startswith(

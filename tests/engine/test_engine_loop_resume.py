@@ -16,9 +16,8 @@ from medq_jax.engine import loop, loop_state
 SCRIPT = os.path.join(REPO, "tests", "engine", "test_engine_loop.py")
 
 
-def _run_script(workdir, kill_after=None):
-  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
-  env.pop("XLA_FLAGS", None)
+def _run_script(env, workdir, kill_after=None):
+  env = dict(env, PYTHONPATH=REPO)
   env.pop(loop.KILL_ENV, None)
   if kill_after:
     env[loop.KILL_ENV] = kill_after
@@ -32,18 +31,18 @@ def _run_script(workdir, kill_after=None):
   )
 
 
-def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, subprocess_env):
   whole = tmp_path / "whole"
   make_engine(whole, resume_config()).run()
   killed = tmp_path / "killed"
   # Mid-iteration 0 after the evaluation, after the oracle's answers, and mid-iteration 1.
   for kill_after in ("0:evaluate", "0:annotate", "1:retrieve"):
-    result = _run_script(killed, kill_after)
+    result = _run_script(subprocess_env(), killed, kill_after)
     assert result.returncode == -9, (kill_after, result.stderr[-2000:])
     state = loop_state.load(str(killed / "state.json"))
     iteration, phase = kill_after.split(":")
     assert (state.iteration, state.phase) == (int(iteration), phase)
-  final = _run_script(killed)
+  final = _run_script(subprocess_env(), killed)
   assert final.returncode == 0, final.stderr[-2000:]
   a = json.loads((whole / "state.json").read_text())
   b = json.loads((killed / "state.json").read_text())

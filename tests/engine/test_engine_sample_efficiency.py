@@ -16,7 +16,7 @@ from medq_jax.engine import loop, oracle, sample_efficiency
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_one_budget_miniature(tmp_path, tiny_data_config_session):
+def test_one_budget_miniature(tmp_path, tiny_data_config_session, subprocess_env):
   data = tiny_data_config_session
   workdir = tmp_path / "experiment"
   flags = [
@@ -33,11 +33,11 @@ def test_one_budget_miniature(tmp_path, tiny_data_config_session):
     "--config.max_dev_images=6",
     f"--workdir={workdir}",
   ]
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = subprocess_env()
   result = subprocess.run(
     [sys.executable, "-m", "launch.engine_sample_efficiency", *flags],
     cwd=REPO,
-    env={**env, "JAX_PLATFORMS": "cpu"},
+    env=env,
     capture_output=True,
     text=True,
     timeout=900,

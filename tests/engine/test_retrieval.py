@@ -145,7 +145,7 @@ np.save({out!r}, np.concatenate([scores, rows.astype(np.float32)]))
 """
 
 
-def test_four_devices_in_a_subprocess(tmp_path):
+def test_four_devices_in_a_subprocess(tmp_path, subprocess_env):
   data, prototypes = _pool(count=301)
   store = make_pool(tmp_path / "pool", data)
   np.save(tmp_path / "protos.npy", prototypes)
@@ -155,7 +155,7 @@ def test_four_devices_in_a_subprocess(tmp_path):
     protos=str(tmp_path / "protos.npy"),
     out=str(tmp_path / "out.npy"),
   )
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  env = subprocess_env(devices=4)
   done = subprocess.run(
     [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
   )

@@ -24,8 +24,7 @@ SMALL = [
 ]
 
 
-def _bench(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+def _bench(env, *args):
   return subprocess.run(
     [sys.executable, "-m", "launch.bench_retrieval", *args],
     cwd=REPO,
@@ -36,11 +35,15 @@ def _bench(*args):
   )
 
 
-def test_bench_at_10k_and_pool_reuse(tmp_path):
+def test_bench_at_10k_and_pool_reuse(tmp_path, subprocess_env):
   pytest.importorskip("faiss")
   pool = str(tmp_path / "pool")
   done = _bench(
-    "--config.pool_size=10000", f"--config.pool_dir={pool}", "--config.shard_rows=3000", *SMALL
+    subprocess_env(),
+    "--config.pool_size=10000",
+    f"--config.pool_dir={pool}",
+    "--config.shard_rows=3000",
+    *SMALL,
   )
   assert done.returncode == 0, done.stderr[-3000:]
   lines = done.stdout.strip().splitlines()
@@ -58,7 +61,11 @@ def test_bench_at_10k_and_pool_reuse(tmp_path):
   first = store.read_rows(0, 10000).copy()
 
   grown = _bench(
-    "--config.pool_size=11000", f"--config.pool_dir={pool}", "--config.shard_rows=3000", *SMALL
+    subprocess_env(),
+    "--config.pool_size=11000",
+    f"--config.pool_dir={pool}",
+    "--config.shard_rows=3000",
+    *SMALL,
   )
   assert grown.returncode == 0, grown.stderr[-3000:]
   store = PoolStore(pool)
@@ -67,11 +74,15 @@ def test_bench_at_10k_and_pool_reuse(tmp_path):
 
   fresh = str(tmp_path / "fresh")
   _bench(
-    "--config.pool_size=11000", f"--config.pool_dir={fresh}", "--config.shard_rows=3000", *SMALL
+    subprocess_env(),
+    "--config.pool_size=11000",
+    f"--config.pool_dir={fresh}",
+    "--config.shard_rows=3000",
+    *SMALL,
   )
   np.testing.assert_array_equal(PoolStore(fresh).read_rows(0, 11000), store.read_rows(0, 11000))
 
-  smaller = _bench("--config.pool_size=5000", f"--config.pool_dir={pool}", *SMALL)
+  smaller = _bench(subprocess_env(), "--config.pool_size=5000", f"--config.pool_dir={pool}", *SMALL)
   assert smaller.returncode == 1
   assert smaller.stderr.strip().splitlines()[-1] == (
     f"FATAL bench_retrieval: --config.pool_dir={pool}: holds 11000 rows, not --config.pool_size=5000"

@@ -36,14 +36,14 @@ def _brute_force(prototypes, data, k):
   return np.take_along_axis(cosines, order, 1), order
 
 
-def test_two_processes_agree_with_brute_force(tmp_path, free_port):
+def test_two_processes_agree_with_brute_force(tmp_path, free_port, subprocess_env):
   rng = np.random.default_rng(0)
   data = rng.normal(size=(130, 16)).astype(np.float32)
   prototypes = rng.normal(size=(3, 16)).astype(np.float32)
   with PoolWriter(str(tmp_path / "pool"), 16, "test", shard_rows=50) as writer:
     writer.add(data, [f"img{i}" for i in range(130)])
   np.save(tmp_path / "protos.npy", prototypes)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  env = subprocess_env(devices=2)
   procs = []
   for index in range(2):
     script = _SCRIPT.format(
