@@ -43,6 +43,35 @@ def logical_dense(
   )
 
 
+class DenseParams(nn.Module):
+  """A `logical_dense` layer's parameters without its matmul: (kernel [in, out], bias [out] or
+  None), with the same names, initialisers and logical axes, so a caller can join several layers'
+  kernels into one matmul and keep the checkpoint layout of separate layers."""
+
+  features: int
+  axes: tuple[str, str]
+  use_bias: bool
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param(
+      "kernel",
+      nn.with_logical_partitioning(nn.initializers.normal(0.02), self.axes),
+      (in_features, self.features),
+      self.param_dtype,
+    )
+    if not self.use_bias:
+      return kernel, None
+    bias = self.param(
+      "bias",
+      nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[1],)),
+      (self.features,),
+      self.param_dtype,
+    )
+    return kernel, bias
+
+
 class RMSNorm(nn.Module):
   """Qwen2 RMSNorm: x * rsqrt(mean(x^2) + eps) * weight, computed in float32."""
 

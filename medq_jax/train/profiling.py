@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -211,6 +212,17 @@ SYNTHETIC_DESCRIPTION = (
 def synthetic_texts() -> list[str]:
   """The texts synthetic rows are made of (for training a tokenizer that covers them)."""
   return [SYNTHETIC_INSTRUCTION, SYNTHETIC_DESCRIPTION]
+
+
+def synthetic_tokenizer(config, workdir: str) -> str:
+  """A byte-level BPE trained on the synthetic rows' texts, under workdir/synthetic_tokenizer:
+  never in workdir/tokenizer, where a later loader run would take it for the dataset's own."""
+  from medq_jax.tokenizer import train_bpe_tokenizer
+
+  tokenizer_dir = os.path.join(workdir, "synthetic_tokenizer")
+  vocab_size = min(int(config.model.llm.vocab_size), 1024)
+  train_bpe_tokenizer(synthetic_texts() * 20, vocab_size, tokenizer_dir)
+  return tokenizer_dir
 
 
 def synthetic_batches(config, tokenizer_dir: str, spec: layout_lib.LayoutSpec, seed: int = 0):
