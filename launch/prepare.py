@@ -4,6 +4,7 @@ no host reads a half-written dataset or trains on a tokenizer another host is st
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -38,21 +39,59 @@ def training_texts(data_config) -> list[str]:
   return texts
 
 
+# Beside a tokenizer this module trained: what it was trained for, checked when it is reused.
+TOKENIZER_SOURCE_FILE = "medq_tokenizer_source.json"
+
+
+def tokenizer_source(config) -> dict:
+  """What a run's own tokenizer is trained for: the dataset (name, version) and vocabulary size."""
+  return {
+    "dataset": f"{config.data.name}/{config.data.version}",
+    "vocab_size": int(config.layout.tokenizer_vocab_size),
+  }
+
+
+def check_tokenizer_source(out_dir: str, want: dict) -> None:
+  """Raises ValueError when the tokenizer in `out_dir` was trained for something else than `want`
+  (another dataset or vocabulary size: every text would tokenize differently, and the layout
+  would skip or truncate what the model sees). A tokenizer without the file is taken as is."""
+  path = os.path.join(out_dir, TOKENIZER_SOURCE_FILE)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as handle:
+      saved = json.load(handle)
+  except (OSError, ValueError) as error:
+    raise ValueError(f"{path}: unreadable ({error}); remove it or the directory") from error
+  if saved != want:
+    raise ValueError(
+      f"{out_dir}: this run's tokenizer was trained for {saved}, but the config asks for {want} "
+      f"({path}); use another --workdir, remove {out_dir} to train a new one, or name a "
+      "tokenizer with --config.layout.tokenizer_dir"
+    )
+
+
 def ensure_tokenizer(config, workdir: str) -> str:
   """Returns the tokenizer directory: `config.layout.tokenizer_dir` when given (checked now, so a
   wrong path fails before any compile), else a byte-level BPE trained once on the train split's
-  texts and saved under `workdir/tokenizer`."""
+  texts and saved under `workdir/tokenizer`, with what it was trained for beside it (a rerun that
+  finds a tokenizer trained for another dataset or vocabulary size stops, naming both)."""
   out_dir = checkpoints.run_tokenizer_dir(workdir, config.layout)
   if config.layout.tokenizer_dir:
     tokenizer_lib.load_tokenizer(out_dir)
     return out_dir
-  if not os.path.exists(os.path.join(out_dir, "tokenizer.json")):
-    logging.info(
-      "training a %d-token BPE tokenizer into %s", config.layout.tokenizer_vocab_size, out_dir
-    )
-    tokenizer_lib.train_bpe_tokenizer(
-      training_texts(config.data), config.layout.tokenizer_vocab_size, out_dir
-    )
+  source = tokenizer_source(config)
+  if os.path.exists(os.path.join(out_dir, "tokenizer.json")):
+    check_tokenizer_source(out_dir, source)
+    return out_dir
+  logging.info(
+    "training a %d-token BPE tokenizer into %s", config.layout.tokenizer_vocab_size, out_dir
+  )
+  tokenizer_lib.train_bpe_tokenizer(
+    training_texts(config.data), config.layout.tokenizer_vocab_size, out_dir
+  )
+  with open(os.path.join(out_dir, TOKENIZER_SOURCE_FILE), "w") as handle:
+    json.dump(source, handle)
   return out_dir
 
 

@@ -41,11 +41,11 @@ flags.adopt_module_key_flags(distributed)
 def main(argv):
   del argv
   distributed.initialize()
-  from medq_jax.train.profiling import print_profile, profile_training
+  from medq_jax.train.profiling import print_profile, profile_training, synthetic_tokenizer
 
   config = _CONFIG.value
   if _BATCHES.value == "synthetic":
-    tokenizer_dir = _synthetic_tokenizer(config, _WORKDIR.value)
+    tokenizer_dir = synthetic_tokenizer(config, _WORKDIR.value)
   else:
     from launch import prepare
 
@@ -62,17 +62,6 @@ def main(argv):
     batches=_BATCHES.value,
   )
   print_profile(profile, config)
-
-
-def _synthetic_tokenizer(config, workdir: str) -> str:
-  """A byte-level BPE trained on the synthetic rows' texts, under workdir/tokenizer."""
-  from medq_jax.tokenizer import train_bpe_tokenizer
-  from medq_jax.train.profiling import synthetic_texts
-
-  tokenizer_dir = os.path.join(workdir, "tokenizer")
-  vocab_size = min(int(config.model.llm.vocab_size), 1024)
-  train_bpe_tokenizer(synthetic_texts() * 20, vocab_size, tokenizer_dir)
-  return tokenizer_dir
 
 
 def run_main():

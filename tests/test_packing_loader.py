@@ -2,6 +2,9 @@
 batches have the packed static shapes, rows respect the budgets and hold several examples with
 sample ids 0..n-1, and a restored iterator yields bit-identical packed batches."""
 
+import json
+import os
+
 import numpy as np
 
 from configs import medq_uni
@@ -24,6 +27,8 @@ def test_trainer_loader_packs_rows_and_resumes(tmp_path):
     config.layout.pack_max_und_len = 400
   prepare.ensure_dataset(config.data)
   tokenizer_dir = prepare.ensure_tokenizer(config, str(tmp_path / "run"))
+  with open(os.path.join(tokenizer_dir, prepare.TOKENIZER_SOURCE_FILE)) as handle:
+    assert json.load(handle) == prepare.tokenizer_source(config)  # what it was trained for
   spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, 2)
   assert spec.packed and spec.row_und_len == 400 and spec.row_gen_len == 3 * spec.gen_len
   iterator = data_lib.make_train_iterator(config, tokenizer_dir, spec)
