@@ -16,13 +16,13 @@ from launch import cli, distributed
 from medq_jax.models.attention import TokenIds
 from medq_jax.models.decoder import MoTDecoder
 from medq_jax.models.layers import dtype_of
-from medq_jax.train.timing import compile_seconds, median_seconds, print_table
+from medq_jax.train.timing import compile_seconds, interleaved_medians, print_table
 
 _CONFIG = cli.define_config_file("config", "configs/medq_uni.py:size=small", "Config file.")
 _BATCH = flags.DEFINE_integer("batch", 4, "Rows per step.")
 _UND_LEN = flags.DEFINE_integer("und_len", 192, "und tokens per row.")
 _GEN_LEN = flags.DEFINE_integer("gen_len", 64, "gen tokens per row.")
-_ITERS = flags.DEFINE_integer("iters", 10, "Timed iterations.")
+_ITERS = flags.DEFINE_integer("iters", 10, "Timed rounds (one call of each variant per round).")
 flags.adopt_module_key_flags(distributed)
 
 
@@ -32,8 +32,9 @@ def _ids(batch, length, offset):
   return TokenIds(sample=zeros, split=zeros, mode=zeros, order=order), order
 
 
-def step_time(model_config, scope: str, und_len: int, gen_len: int, batch: int, iters: int):
-  """(compile s, median fwd+bwd s) of the decoder with `und_len` und and `gen_len` gen tokens."""
+def step_program(model_config, scope: str, und_len: int, gen_len: int, batch: int):
+  """(compile s, zero-argument fwd+bwd call) of the decoder with `und_len` und and `gen_len` gen
+  tokens."""
   llm = model_config.llm
   decoder = MoTDecoder(
     llm,
@@ -43,6 +44,7 @@ def step_time(model_config, scope: str, und_len: int, gen_len: int, batch: int, 
     dtype_of(model_config.param_dtype),
     model_config.scan_layers,
     model_config.remat_policy,
+    model_config.get("fused_mlp", True),
   )
   key = jax.random.PRNGKey(0)
   und_h = jax.random.normal(key, (batch, und_len, llm.hidden_size))
@@ -57,7 +59,7 @@ def step_time(model_config, scope: str, und_len: int, gen_len: int, batch: int, 
 
   grad_fn = jax.jit(jax.grad(loss))
   compiled, seconds = compile_seconds(grad_fn, params, und_h, gen_h)
-  return seconds, median_seconds(compiled, params, und_h, gen_h, iters=iters)
+  return seconds, lambda: compiled(params, und_h, gen_h)
 
 
 def main(argv):
@@ -65,13 +67,18 @@ def main(argv):
   distributed.initialize()
   config = _CONFIG.value
   total = _UND_LEN.value + _GEN_LEN.value
-  run = functools.partial(step_time, config.model, batch=_BATCH.value, iters=_ITERS.value)
-  dense_c, dense = run(scope="ffn", und_len=total, gen_len=0)
-  rows = [["dense (one expert)", total, 0, dense_c, dense * 1e3, 1.0]]
+  program = functools.partial(step_program, config.model, batch=_BATCH.value)
+  programs = {"dense": program(scope="ffn", und_len=total, gen_len=0)}
   for scope in ("ffn", "all"):
-    compile_s, t = run(scope=scope, und_len=_UND_LEN.value, gen_len=_GEN_LEN.value)
+    programs[scope] = program(scope=scope, und_len=_UND_LEN.value, gen_len=_GEN_LEN.value)
+  # Round-robin: other load on the host drifts over the three alike, so the ratios hold.
+  seconds = interleaved_medians({name: call for name, (_, call) in programs.items()}, _ITERS.value)
+  dense = seconds["dense"]
+  rows = [["dense (one expert)", total, 0, programs["dense"][0], dense * 1e3, 1.0]]
+  for scope in ("ffn", "all"):
+    t = seconds[scope]
     rows.append(
-      [f"MoT scope={scope}", _UND_LEN.value, _GEN_LEN.value, compile_s, t * 1e3, t / dense]
+      [f"MoT scope={scope}", _UND_LEN.value, _GEN_LEN.value, programs[scope][0], t * 1e3, t / dense]
     )
   print(
     f"size={config.model.size} layers={config.model.llm.num_layers} "

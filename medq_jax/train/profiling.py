@@ -42,7 +42,7 @@ from medq_jax.packing import examples_in_batch
 from medq_jax.train import precision as precision_lib
 from medq_jax.train import state as state_lib
 from medq_jax.train import step as step_lib
-from medq_jax.train.timing import print_table
+from medq_jax.train.timing import interleaved_medians, median_seconds, print_table
 
 
 @dataclasses.dataclass
@@ -140,27 +140,8 @@ def matmul_peak_flops(dtype=jnp.float32, size: int = 1024, iters: int = 10) -> f
       x = (x @ b) * (1.0 / size)
     return x
 
-  seconds = _median_seconds(lambda: run(a, b), iters)
+  seconds = median_seconds(lambda: run(a, b), iters=iters)
   return 2.0 * size**3 * chain / seconds
-
-
-def _median_seconds(fn: Callable, iters: int, warmup: int = 2) -> float:
-  return _interleaved_medians({"fn": fn}, iters, warmup)["fn"]
-
-
-def _interleaved_medians(fns: dict[str, Callable], iters: int, warmup: int = 2) -> dict:
-  """Median seconds of each zero-argument callable, timed round-robin (one of each per round) so
-  that load from other processes drifts over all of them alike."""
-  for fn in fns.values():
-    for _ in range(warmup):
-      jax.block_until_ready(fn())
-  times = {name: [] for name in fns}
-  for _ in range(iters):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(values) for name, values in times.items()}
 
 
 def analytic_decoder_flops(llm, rows: int, und_len: int, gen_len: int) -> float:
@@ -358,7 +339,7 @@ def profile_training(
   say("profile: timing the step's parts")
   params = jax.device_get(state.params)
   parts_fns = _part_programs(setup, config, params, setup.vae_params, host_batch, loop_rng)
-  seconds = _interleaved_medians(parts_fns, part_iters)
+  seconds = interleaved_medians(parts_fns, part_iters)
   parts = {
     "model forward (decoder, ViT, embeddings; VAE encode inside)": seconds["forward"],
     "  of which frozen VAE encode": seconds["vae_encode"],
