@@ -22,7 +22,7 @@ import ml_collections
 from medq_jax.models import attention as attention_lib
 from medq_jax.models.kv_cache import DecoderCache, LayerCache
 from medq_jax.models.layers import (
-  DenseParams,
+  DenseKernel,
   RMSNorm,
   apply_rope,
   constrain,
@@ -59,9 +59,9 @@ class ExpertMLP(nn.Module):
     )
     if self.fused:
       kernels = [
-        DenseParams(cfg.intermediate_size, ("embed", "mlp"), False, self.param_dtype, name=name)(
+        DenseKernel(cfg.intermediate_size, ("embed", "mlp"), self.param_dtype, name=name)(
           x.shape[-1]
-        )[0]
+        )
         for name in ("gate_proj", "up_proj")
       ]
       both = jnp.einsum(

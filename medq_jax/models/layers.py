@@ -20,6 +20,12 @@ def dtype_of(name: str | Dtype) -> Dtype:
   return jnp.dtype(name) if isinstance(name, str) else name
 
 
+def _kernel_init(axes: tuple[str, str], zero_init: bool = False):
+  """The one dense-kernel initialiser (normal(0.02), or zeros) with logical axis names."""
+  init = nn.initializers.zeros if zero_init else nn.initializers.normal(0.02)
+  return nn.with_logical_partitioning(init, axes)
+
+
 def logical_dense(
   features: int,
   axes: tuple[str, str],
@@ -31,45 +37,31 @@ def logical_dense(
   zero_init: bool = False,
 ) -> nn.Dense:
   """nn.Dense whose kernel [in, out] and bias [out] carry logical axis names."""
-  kernel_init = nn.initializers.zeros if zero_init else nn.initializers.normal(0.02)
   return nn.Dense(
     features,
     use_bias=use_bias,
     dtype=dtype,
     param_dtype=param_dtype,
     name=name,
-    kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+    kernel_init=_kernel_init(axes, zero_init),
     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
   )
 
 
-class DenseParams(nn.Module):
-  """A `logical_dense` layer's parameters without its matmul: (kernel [in, out], bias [out] or
-  None), with the same names, initialisers and logical axes, so a caller can join several layers'
-  kernels into one matmul and keep the checkpoint layout of separate layers."""
+class DenseKernel(nn.Module):
+  """A bias-free `logical_dense` layer's kernel [in, out] without its matmul (the same name,
+  initialiser and logical axes), so a caller can join several layers' kernels into one matmul and
+  keep the checkpoint layout of separate layers."""
 
   features: int
   axes: tuple[str, str]
-  use_bias: bool
   param_dtype: Dtype
 
   @nn.compact
   def __call__(self, in_features: int):
-    kernel = self.param(
-      "kernel",
-      nn.with_logical_partitioning(nn.initializers.normal(0.02), self.axes),
-      (in_features, self.features),
-      self.param_dtype,
+    return self.param(
+      "kernel", _kernel_init(self.axes), (in_features, self.features), self.param_dtype
     )
-    if not self.use_bias:
-      return kernel, None
-    bias = self.param(
-      "bias",
-      nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[1],)),
-      (self.features,),
-      self.param_dtype,
-    )
-    return kernel, bias
 
 
 class RMSNorm(nn.Module):
