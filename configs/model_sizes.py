@@ -191,10 +191,6 @@ def model_config(size: str, expert_scope: str = "ffn") -> ml_collections.ConfigD
       remat_policy="none",  # none | full | dots_with_no_batch_dims_saveable
       # auto (chunked on one CPU device, else xla) | xla | chunked | cudnn | splash
       attention_impl="auto",
-      # SwiGLU gate and up projections as one matmul (their kernels stacked at run time; the
-      # parameters and checkpoints keep two layers). MaxText's `fused_mlp`, without its change of
-      # the checkpoint layout.
-      fused_mlp=True,
       # Training runs the LM head only at the positions with a description loss, as BAGEL's
       # lm_head(last_hidden_state[ce_loss_indexes]): at most this many per example (the layout
       # skips an example with more, naming it); 0 = every und position (tiny: its 512-token

@@ -22,7 +22,6 @@ import ml_collections
 from medq_jax.models import attention as attention_lib
 from medq_jax.models.kv_cache import DecoderCache, LayerCache
 from medq_jax.models.layers import (
-  DenseKernel,
   RMSNorm,
   apply_rope,
   constrain,
@@ -38,18 +37,11 @@ _STREAM_AXES = ("act_batch", "act_len", "act_embed")
 
 
 class ExpertMLP(nn.Module):
-  """SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
-
-  fused: gate and up as one matmul against their kernels stacked to [D, 2, F] (the memory of
-  concat([gate, up], axis=1), so one [D, 2F] product; F keeps its sharding, nothing moves between
-  devices). The parameters stay two layers (`gate_proj`, `up_proj`: the checkpoint layout and
-  initial values do not change); only the matmul is joined (2-3% of the `small` CPU step).
-  """
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
   config: ml_collections.ConfigDict
   dtype: Dtype
   param_dtype: Dtype
-  fused: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -57,20 +49,8 @@ class ExpertMLP(nn.Module):
     dense = lambda f, axes, name: logical_dense(
       f, axes, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name=name
     )
-    if self.fused:
-      kernels = [
-        DenseKernel(cfg.intermediate_size, ("embed", "mlp"), self.param_dtype, name=name)(
-          x.shape[-1]
-        )
-        for name in ("gate_proj", "up_proj")
-      ]
-      both = jnp.einsum(
-        "bld,dkf->blkf", x.astype(self.dtype), jnp.stack(kernels, axis=1).astype(self.dtype)
-      )
-      gate, up = both[:, :, 0], both[:, :, 1]
-    else:
-      gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)
-      up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)
+    gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)
+    up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)
     hidden = constrain(nn.silu(gate) * up, ("act_batch", "act_len", "act_mlp"))
     return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(hidden)
 
@@ -183,7 +163,6 @@ class MoTDecoderLayer(nn.Module):
   dtype: Dtype
   param_dtype: Dtype
   return_kv: bool = False
-  fused_mlp: bool = True
 
   def _norm(self, name):
     return RMSNorm(
@@ -220,9 +199,7 @@ class MoTDecoderLayer(nn.Module):
     )(x, ids, rope, cache)
     h = h + attn_out
     x = self._norm_both("post_attention_layernorm", h)
-    mlp = lambda name: ExpertMLP(
-      self.config, self.dtype, self.param_dtype, self.fused_mlp, name=name
-    )
+    mlp = lambda name: ExpertMLP(self.config, self.dtype, self.param_dtype, name=name)
     und_mlp, gen_mlp = mlp("mlp"), mlp("mlp" + GEN)
     if 0 < self.und_len < h.shape[1]:
       # Add each expert's output into its slice of the residual in place (no concat copy).
@@ -247,7 +224,6 @@ class MoTDecoder(nn.Module):
   param_dtype: Dtype = jnp.float32
   scan_layers: bool = True
   remat_policy: str = "none"
-  fused_mlp: bool = True
 
   @nn.compact
   def __call__(
@@ -274,7 +250,6 @@ class MoTDecoder(nn.Module):
       self.dtype,
       self.param_dtype,
       return_kv,
-      self.fused_mlp,
     )
     h = constrain(
       jnp.concatenate([und_h.astype(self.dtype), gen_h.astype(self.dtype)], axis=1), _STREAM_AXES

@@ -89,7 +89,6 @@ class MedQUni(nn.Module):
       self.param_dtype,
       cfg.scan_layers,
       cfg.remat_policy,
-      cfg.get("fused_mlp", True),
     )
     self.lm_head = logical_dense(
       llm.vocab_size, ("embed", "vocab"), use_bias=False, name="lm_head", **kw
