@@ -76,16 +76,11 @@ def abstract_step(config, devices=None, check_loop_init: bool = True) -> Abstrac
   spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, config.train.stage)
   model, vae = state_lib.build_models(config.model)
   mesh = sharding_lib.make_mesh(config.mesh, devices)
-  # The init functions init_params_sharded uses (one definition of what a model inits from).
-  model_init, vae_init = state_lib._init_fns(model, vae, spec, config.model)
-  key = jax.random.key(0)
-  trees = []
-  for init_fn in (model_init, vae_init):
-    boxed = jax.eval_shape(init_fn, key)
-    trees.append(
-      _sds(nn.unbox(boxed), sharding_lib.mesh_shardings(boxed, mesh, config.sharding_rules))
-    )
-  params, vae_params = trees
+  # From the init functions init_params_sharded uses (one definition of what a model inits from).
+  params, vae_params = (
+    _sds(nn.unbox(boxed), sharding_lib.mesh_shardings(boxed, mesh, config.sharding_rules))
+    for boxed in state_lib.abstract_params(model, vae, spec, config.model)
+  )
   optimizer = state_lib.make_optimizer(config.train)
   init_state = state_lib.jitted_state_init(params, optimizer, mesh)
   state_shape = jax.eval_shape(init_state, params)

@@ -98,10 +98,7 @@ def step_flops(config, batch: dict, mesh=None) -> float:
   spec = layout_lib.LayoutSpec.from_config(model_config, unrolled.layout, unrolled.train.stage)
   model, vae = state_lib.build_models(model_config)
   key = jax.random.key(0)
-  params, vae_params = (
-    nn.unbox(jax.eval_shape(init_fn, key))
-    for init_fn in state_lib._init_fns(model, vae, spec, model_config)
-  )
+  params, vae_params = map(nn.unbox, state_lib.abstract_params(model, vae, spec, model_config))
   optimizer = state_lib.make_optimizer(unrolled.train)
   ema_decay = unrolled.train.get("ema_decay", 0.0)
   state = jax.eval_shape(lambda p: state_lib.create_train_state(p, optimizer, ema_decay), params)

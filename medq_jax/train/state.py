@@ -139,6 +139,13 @@ def _init_fns(model, vae, spec: layout_lib.LayoutSpec, model_config):
   return model_init, vae_init
 
 
+def abstract_params(model, vae, spec: layout_lib.LayoutSpec, model_config) -> tuple[Any, Any]:
+  """(model, VAE) parameter shapes, boxed with their logical axes, from the same init functions
+  `init_params_sharded` runs; only traced (`jax.eval_shape`), nothing allocated."""
+  key = jax.random.key(0)
+  return tuple(jax.eval_shape(fn, key) for fn in _init_fns(model, vae, spec, model_config))
+
+
 def init_params_sharded(model, vae, spec, model_config, mesh, rules, rng):
   """Initialises (model params, vae params) directly into their mesh shardings.
 
