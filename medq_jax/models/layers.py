@@ -20,12 +20,6 @@ def dtype_of(name: str | Dtype) -> Dtype:
   return jnp.dtype(name) if isinstance(name, str) else name
 
 
-def _kernel_init(axes: tuple[str, str], zero_init: bool = False):
-  """The one dense-kernel initialiser (normal(0.02), or zeros) with logical axis names."""
-  init = nn.initializers.zeros if zero_init else nn.initializers.normal(0.02)
-  return nn.with_logical_partitioning(init, axes)
-
-
 def rows_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
   """`lax.dot_general` for a dense layer, with the leading axes of lhs folded into one row axis.
 
@@ -61,6 +55,7 @@ def logical_dense(
 ) -> nn.Dense:
   """nn.Dense whose kernel [in, out] and bias [out] carry logical axis names; its matmul is
   `rows_dot_general`."""
+  kernel_init = nn.initializers.zeros if zero_init else nn.initializers.normal(0.02)
   return nn.Dense(
     features,
     use_bias=use_bias,
@@ -68,7 +63,7 @@ def logical_dense(
     param_dtype=param_dtype,
     name=name,
     dot_general=rows_dot_general,
-    kernel_init=_kernel_init(axes, zero_init),
+    kernel_init=nn.with_logical_partitioning(kernel_init, axes),
     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
   )
 
