@@ -44,6 +44,7 @@ def step_program(model_config, scope: str, und_len: int, gen_len: int, batch: in
     dtype_of(model_config.param_dtype),
     model_config.scan_layers,
     model_config.remat_policy,
+    model_config.scan_unroll,
   )
   key = jax.random.PRNGKey(0)
   und_h = jax.random.normal(key, (batch, und_len, llm.hidden_size))

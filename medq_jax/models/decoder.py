@@ -1,10 +1,11 @@
 """Qwen2-style Mixture-of-Transformers decoder over two dense streams.
 
 The und stream [B, Lu, D] (text and ViT tokens) and the gen stream [B, Lg, D] (VAE-latent tokens)
-are joined once into one residual stream [B, Lu + Lg, D] (und first); each layer applies the und
-expert's weights to the static und slice and the gen expert's to the gen slice with plain dense
-matmuls, and runs one joint attention over everything. Routing costs a concat per split layer
-(only the FFN with expert_scope='ffn'), never a per-token gather or scatter.
+stay two arrays through every layer: each expert's norms, projections and FFN apply to its own
+stream with plain dense matmuls, and only attention joins them (und first) into one sequence.
+Routing costs the joins around attention, never a per-token gather or scatter nor a slice of a
+joint residual stream (a slice, its padded gradient and the re-join were copies of the whole
+stream per layer, docs/model.md).
 
 expert_scope:
   "ffn": shared q/k/v/o, q/k norms and layer norms; separate FFNs (the MedQ-UNI paper's form).
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -25,6 +27,7 @@ from medq_jax.models.layers import (
   RMSNorm,
   apply_rope,
   constrain,
+  layer_stack,
   logical_dense,
   remat_layer,
   rope_tables,
@@ -55,16 +58,19 @@ class ExpertMLP(nn.Module):
     return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(hidden)
 
 
-class JointSelfAttention(nn.Module):
-  """Grouped-query attention with q/k/v bias, optional QK-norm and RoPE over the joint stream.
+def _join(parts: list[jax.Array]) -> jax.Array:
+  """The streams' arrays joined along the length (und first); one stream: itself, no copy."""
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
 
-  x: [B, L, D] with the und tokens first (`und_len` of them) and the gen tokens after.
-  """
+
+class JointSelfAttention(nn.Module):
+  """Grouped-query attention with q/k/v bias, optional QK-norm and RoPE over the two streams
+  joined (und first): each stream projected by its expert's weights ('all') or both by the
+  shared ones ('ffn')."""
 
   config: ml_collections.ConfigDict
   expert_scope: str
   attention_impl: str
-  und_len: int
   dtype: Dtype
   param_dtype: Dtype
 
@@ -110,19 +116,19 @@ class JointSelfAttention(nn.Module):
     )(o)
 
   @nn.compact
-  def __call__(self, x, ids: attention_lib.TokenIds, rope, cache: LayerCache | None = None):
-    """Returns (output [B, L, D], (k, v) of these tokens after RoPE, each [B, L, KV, Dh]).
+  def __call__(self, xu, xg, ids: attention_lib.TokenIds, rope, cache: LayerCache | None = None):
+    """Returns ((und output [B, Lu, D], gen output [B, Lg, D]), (k, v) of these tokens after
+    RoPE, each [B, Lu + Lg, KV, Dh]). A stream with no tokens is returned as it came.
 
     With `cache`, the queries also attend to the cached keys/values (earlier tokens of the same
     sequences, already rotated), which are read, never written, here.
     """
-    split = self.expert_scope == "all" and 0 < self.und_len < x.shape[1]
-    if split:
-      (qu, ku, vu) = self._project(x[:, : self.und_len], "")
-      (qg, kg, vg) = self._project(x[:, self.und_len :], GEN)
-      q, k, v = (jnp.concatenate(pair, axis=1) for pair in ((qu, qg), (ku, kg), (vu, vg)))
+    per_expert = self.expert_scope == "all"
+    streams = [(x, suffix) for x, suffix in ((xu, ""), (xg, GEN)) if x.shape[1]]
+    if per_expert:
+      q, k, v = map(_join, zip(*(self._project(x, suffix) for x, suffix in streams)))
     else:
-      q, k, v = self._project(x, GEN if self.expert_scope == "all" and self.und_len == 0 else "")
+      q, k, v = self._project(_join([x for x, _ in streams]), "")
     cos, sin = rope
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     q = constrain(q, ("act_batch", "act_len", "act_heads", "act_head_dim"))
@@ -140,74 +146,68 @@ class JointSelfAttention(nn.Module):
         self.attention_impl,
         kv_visible=visible,
       )
-    if split:
-      out = jnp.concatenate(
-        [self._out(out[:, : self.und_len], ""), self._out(out[:, self.und_len :], GEN)], axis=1
-      )
-    else:
-      out = self._out(out, GEN if self.expert_scope == "all" and self.und_len == 0 else "")
-    return out, (k, v)
+    if per_expert:  # split the attention output, each part through its expert's o_proj
+      parts = jnp.split(out, [xu.shape[1]], axis=1) if len(streams) == 2 else [out]
+      outs = [self._out(part, suffix) for part, (_, suffix) in zip(parts, streams)]
+    else:  # one shared o_proj over the joined output, then split
+      out = self._out(out, "")
+      outs = jnp.split(out, [xu.shape[1]], axis=1) if len(streams) == 2 else [out]
+    outs = iter(outs)
+    return tuple(next(outs) if x.shape[1] else x for x in (xu, xg)), (k, v)
 
 
 class MoTDecoderLayer(nn.Module):
-  """One pre-norm decoder layer over the joint residual stream [B, L, D] (und tokens first).
+  """One pre-norm decoder layer over the two residual streams (und [B, Lu, D], gen [B, Lg, D]).
 
-  Per-expert weights apply to static slices of the stream; with expert_scope='ffn' only the FFN
-  is split, so routing costs one concat per layer. Scanned over layers.
+  Each expert's norms and FFN apply to its own stream (with expert_scope='ffn' the norms are
+  shared); attention joins the streams. Scanned over layers with the pair as its carry.
   """
 
   config: ml_collections.ConfigDict
   expert_scope: str
   attention_impl: str
-  und_len: int
   dtype: Dtype
   param_dtype: Dtype
   return_kv: bool = False
 
-  def _norm(self, name):
-    return RMSNorm(
-      self.config.rms_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+  def _per_stream(self, und_fn, gen_fn, hu, hg):
+    """(und_fn(hu), gen_fn(hg)), a stream with no tokens passed through (its module unused)."""
+    return (und_fn(hu) if hu.shape[1] else hu, gen_fn(hg) if hg.shape[1] else hg)
+
+  def _norms(self, name, hu, hg):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    und_norm = RMSNorm(self.config.rms_norm_eps, name=name, **kw)
+    gen_norm = (
+      und_norm
+      if self.expert_scope == "ffn"
+      else RMSNorm(self.config.rms_norm_eps, name=name + GEN, **kw)
     )
-
-  def _per_expert(self, x, und_fn, gen_fn):
-    """und_fn on the und slice, gen_fn on the gen slice, rejoined (no gen tokens: und only)."""
-    if self.und_len >= x.shape[1]:
-      return und_fn(x)
-    if self.und_len == 0:
-      return gen_fn(x)
-    return jnp.concatenate([und_fn(x[:, : self.und_len]), gen_fn(x[:, self.und_len :])], axis=1)
-
-  def _norm_both(self, name, h):
-    if self.expert_scope == "ffn":
-      return self._norm(name)(h)
-    return self._per_expert(h, self._norm(name), self._norm(name + GEN))
+    return self._per_stream(und_norm, gen_norm, hu, hg)
 
   @nn.compact
   def __call__(self, h, ids, rope, cache_ids=None, cache_visible=None, cache_kv=None):
-    """Returns (h, (k, v) of these tokens when `return_kv`, else None); with a cache (its ids
-    and visibility shared by all layers, this layer's (k, v) scanned) attends to it too."""
-    x = self._norm_both("input_layernorm", h)
+    """h: (und stream, gen stream). Returns (h, (k, v) of these tokens when `return_kv`, else
+    None); with a cache (its ids and visibility shared by all layers, this layer's (k, v)
+    scanned) attends to it too."""
+    hu, hg = h
     cache = None if cache_kv is None else LayerCache(*cache_kv, cache_ids, cache_visible)
-    attn_out, kv = JointSelfAttention(
+    (au, ag), kv = JointSelfAttention(
       self.config,
       self.expert_scope,
       self.attention_impl,
-      self.und_len,
       self.dtype,
       self.param_dtype,
       name="self_attn",
-    )(x, ids, rope, cache)
-    h = h + attn_out
-    x = self._norm_both("post_attention_layernorm", h)
+    )(*self._norms("input_layernorm", hu, hg), ids, rope, cache)
+    hu, hg = hu + au, hg + ag
     mlp = lambda name: ExpertMLP(self.config, self.dtype, self.param_dtype, name=name)
-    und_mlp, gen_mlp = mlp("mlp"), mlp("mlp" + GEN)
-    if 0 < self.und_len < h.shape[1]:
-      # Add each expert's output into its slice of the residual in place (no concat copy).
-      h = h.at[:, : self.und_len].add(und_mlp(x[:, : self.und_len]))
-      h = h.at[:, self.und_len :].add(gen_mlp(x[:, self.und_len :]))
-    else:
-      h = h + self._per_expert(x, und_mlp, gen_mlp)
-    return constrain(h, _STREAM_AXES), (kv if self.return_kv else None)
+    fu, fg = self._per_stream(
+      mlp("mlp"), mlp("mlp" + GEN), *self._norms("post_attention_layernorm", hu, hg)
+    )
+    hu, hg = hu + fu, hg + fg
+    return (constrain(hu, _STREAM_AXES), constrain(hg, _STREAM_AXES)), (
+      kv if self.return_kv else None
+    )
 
 
 class MoTDecoder(nn.Module):
@@ -224,6 +224,7 @@ class MoTDecoder(nn.Module):
   param_dtype: Dtype = jnp.float32
   scan_layers: bool = True
   remat_policy: str = "none"
+  scan_unroll: bool = False  # with scan_layers: straight-line code, same params (`layer_stack`)
 
   @nn.compact
   def __call__(
@@ -240,32 +241,16 @@ class MoTDecoder(nn.Module):
     cfg = self.config
     ids = attention_lib.TokenIds.concat(und_ids, gen_ids)
     rope = rope_tables(jnp.concatenate([und_pos, gen_pos], axis=1), cfg.head_dim, cfg.rope_theta)
-    layer_cls = remat_layer(MoTDecoderLayer, self.remat_policy, self.scan_layers)
-    und_len = und_h.shape[1]
-    args = (
-      cfg,
-      self.expert_scope,
-      self.attention_impl,
-      und_len,
-      self.dtype,
-      self.param_dtype,
-      return_kv,
-    )
-    h = constrain(
-      jnp.concatenate([und_h.astype(self.dtype), gen_h.astype(self.dtype)], axis=1), _STREAM_AXES
-    )
+    rolled = self.scan_layers and not self.scan_unroll
+    layer_cls = remat_layer(MoTDecoderLayer, self.remat_policy, rolled)
+    args = (cfg, self.expert_scope, self.attention_impl, self.dtype, self.param_dtype, return_kv)
+    h = tuple(constrain(x.astype(self.dtype), _STREAM_AXES) for x in (und_h, gen_h))
     cache_args = (
       (None, None, None) if cache is None else (cache.ids, cache.visible, (cache.k, cache.v))
     )
     if self.scan_layers:
-      stack = nn.scan(
-        layer_cls,
-        variable_axes={"params": 0},
-        split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
-        length=cfg.num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"},
-      )
+      in_axes = (nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0)
+      stack = layer_stack(layer_cls, cfg.num_layers, in_axes, self.scan_unroll)
       h, kv = stack(*args, name="layers")(h, ids, rope, *cache_args)
     else:
       kvs = []
@@ -279,8 +264,8 @@ class MoTDecoder(nn.Module):
     norm = lambda suffix: RMSNorm(
       cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm" + suffix
     )
-    if self.expert_scope == "ffn":
-      h_und, h_gen = jnp.split(norm("")(h), [und_len], axis=1)
-    else:  # one final norm per expert (both created even when a stream is empty)
-      h_und, h_gen = norm("")(h[:, :und_len]), norm(GEN)(h[:, und_len:])
+    und_norm = norm("")
+    gen_norm = und_norm if self.expert_scope == "ffn" else norm(GEN)
+    # Both applied even when a stream is empty, so both experts' final norms always exist.
+    h_und, h_gen = und_norm(h[0]), gen_norm(h[1])
     return (h_und, h_gen, kv) if return_kv else (h_und, h_gen)

@@ -59,7 +59,11 @@ class MedQUni(nn.Module):
       embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
     )
     self.vit = SiglipVisionEncoder(
-      cfg.vit, scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy, **kw
+      cfg.vit,
+      scan_layers=cfg.scan_layers,
+      remat_policy=cfg.remat_policy,
+      scan_unroll=cfg.scan_unroll,
+      **kw,
     )
     self.connector = MLPConnector(llm.hidden_size, **kw)
     vit_grid = cfg.vit.image_size // cfg.vit.patch_size
@@ -89,6 +93,7 @@ class MedQUni(nn.Module):
       self.param_dtype,
       cfg.scan_layers,
       cfg.remat_policy,
+      cfg.scan_unroll,
     )
     self.lm_head = logical_dense(
       llm.vocab_size, ("embed", "vocab"), use_bias=False, name="lm_head", **kw

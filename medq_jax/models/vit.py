@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from medq_jax.models.layers import remat_layer, rows_dot_general
+from medq_jax.models.layers import layer_stack, remat_layer, rows_dot_general
 
 Dtype = Any
 
@@ -171,20 +171,15 @@ class SiglipEncoder(nn.Module):
   param_dtype: Dtype = jnp.float32
   scan_layers: bool = True
   remat_policy: str = "none"
+  scan_unroll: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
-    layer_cls = remat_layer(SiglipEncoderLayer, self.remat_policy, self.scan_layers)
+    rolled = self.scan_layers and not self.scan_unroll
+    layer_cls = remat_layer(SiglipEncoderLayer, self.remat_policy, rolled)
     args = (self.config, self.dtype, self.param_dtype)
     if self.scan_layers:
-      stack = nn.scan(
-        layer_cls,
-        variable_axes={"params": 0},
-        split_rngs={"params": True},
-        in_axes=(nn.broadcast,),
-        length=self.config.num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"},
-      )
+      stack = layer_stack(layer_cls, self.config.num_layers, (nn.broadcast,), self.scan_unroll)
       x, _ = stack(*args, name="layers")(x, key_mask)
     else:
       for index in range(self.config.num_layers):
@@ -228,6 +223,7 @@ class SiglipVisionEncoder(nn.Module):
     dtype: compute dtype; param_dtype: storage dtype of the parameters.
     scan_layers: scan one stacked layer (compile time independent of depth).
     remat_policy: "none", "full" or "dots_with_no_batch_dims_saveable".
+    scan_unroll: with scan_layers, the stacked layers as straight-line code (`layer_stack`).
   """
 
   config: ml_collections.ConfigDict
@@ -235,6 +231,7 @@ class SiglipVisionEncoder(nn.Module):
   param_dtype: Dtype = jnp.float32
   scan_layers: bool = True
   remat_policy: str = "none"
+  scan_unroll: bool = False
 
   @property
   def grid_side(self) -> int:
@@ -264,6 +261,12 @@ class SiglipVisionEncoder(nn.Module):
     x = embeddings(patches, position_ids)
     x = nn.with_logical_constraint(x, ACT_AXES)
     x = SiglipEncoder(
-      cfg, self.dtype, self.param_dtype, self.scan_layers, self.remat_policy, name="encoder"
+      cfg,
+      self.dtype,
+      self.param_dtype,
+      self.scan_layers,
+      self.remat_policy,
+      self.scan_unroll,
+      name="encoder",
     )(x, valid)
     return _layer_norm(cfg.layer_norm_eps, "post_layernorm", self.dtype, self.param_dtype)(x)
