@@ -143,3 +143,55 @@ def test_patchify_errors():
     unpatchify_latents(jnp.zeros((1, 6, 64)), 5, 4)
   with pytest.raises(ValueError, match="do not fit"):
     unpatchify_latents(jnp.zeros((1, 7, 64)), 6, 4)
+
+
+@pytest.mark.parametrize("groups", [1, 4, 8])
+def test_group_norm_matches_torch_and_flax(groups):
+  """`GroupNorm` (positions reduced first, then each group's channels) against PyTorch's
+  `nn.GroupNorm`, FLUX's own layer: outputs and the gradients of input, scale and bias."""
+  import torch
+
+  from medq_jax.models.vae import GroupNorm
+
+  rng = np.random.default_rng(groups)
+  x = (3 * rng.normal(size=(2, 6, 5, 16)) + 2).astype(np.float32)  # offset: two-pass matters
+  scale = (1 + 0.2 * rng.normal(size=16)).astype(np.float32)
+  bias = (0.3 * rng.normal(size=16)).astype(np.float32)
+  weight = rng.normal(size=x.shape).astype(np.float32)
+  variables = {"params": {"scale": scale, "bias": bias}}
+  norm = GroupNorm(groups)
+
+  def loss(v, x):
+    return jnp.sum(jnp.tanh(norm.apply(v, x)) * weight)
+
+  out = norm.apply(variables, x)
+  grads, dx = jax.grad(loss, argnums=(0, 1))(variables, x)
+
+  reference = torch.nn.GroupNorm(groups, 16, eps=1e-6)
+  with torch.no_grad():
+    reference.weight.copy_(torch.from_numpy(scale))
+    reference.bias.copy_(torch.from_numpy(bias))
+  x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+  out_torch = reference(x_torch)
+  (torch.tanh(out_torch) * torch.from_numpy(weight).permute(0, 3, 1, 2)).sum().backward()
+  np.testing.assert_allclose(out, out_torch.detach().permute(0, 2, 3, 1), atol=1e-5)
+  np.testing.assert_allclose(dx, x_torch.grad.permute(0, 2, 3, 1), atol=1e-5)
+  np.testing.assert_allclose(grads["params"]["scale"], reference.weight.grad, atol=1e-4)
+  np.testing.assert_allclose(grads["params"]["bias"], reference.bias.grad, atol=1e-4)
+  # flax's two-pass GroupNorm, the layer this one replaced, with the same parameter tree.
+  flax_norm = nn.GroupNorm(num_groups=groups, epsilon=1e-6, use_fast_variance=False)
+  assert jax.tree.structure(flax_norm.init(jax.random.key(0), x)) == jax.tree.structure(
+    nn.unbox(norm.init(jax.random.key(0), x))
+  )
+  np.testing.assert_allclose(out, flax_norm.apply(variables, x), atol=1e-5)
+
+
+def test_group_norm_dtype_and_bad_groups():
+  from medq_jax.models.vae import GroupNorm
+
+  x = jnp.ones((1, 2, 2, 8), jnp.bfloat16).at[0, 0, 0].set(3)
+  norm = GroupNorm(2, dtype=jnp.bfloat16)
+  out = norm.apply(norm.init(jax.random.key(0), x), x)
+  assert out.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(out)))
+  with pytest.raises(ValueError, match="12 channels do not split into 8 groups"):
+    GroupNorm(8).init(jax.random.key(0), jnp.ones((1, 2, 2, 12)))
