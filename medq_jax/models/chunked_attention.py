@@ -25,9 +25,9 @@ _NEG = float(jnp.finfo(jnp.float32).min)
 
 QUERY_CHUNK = 256  # queries per block: 128, 256 and 512 measured, 256 the fastest at `small`
 # A row's chunks as straight-line code rather than a loop: a loop stacks each chunk's outputs
-# into a zero-filled buffer and slices its inputs out of one; unrolled, the `small` step ran 6%
-# faster, 3-6% over three interleaved runs (docs/training.md). Rows stay a loop (unrolling them too measured slower). Compile time
-# grows with Lq / QUERY_CHUNK.
+# into a zero-filled buffer and slices its inputs out of one; unrolled, the `small` step ran
+# 3-6% faster over three interleaved runs (docs/training.md). Rows stay a loop (unrolling them
+# too measured slower). Compile time grows with Lq / QUERY_CHUNK.
 CHUNKS_UNROLLED = True
 
 
