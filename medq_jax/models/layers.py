@@ -43,6 +43,15 @@ def rows_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_elem
   return rows.reshape(*lhs.shape[:-1], rhs.shape[1])
 
 
+# Kernel initialisers of `logical_dense`: "normal" (std 0.02: Qwen2 and BAGEL), "zeros" (a new
+# head that starts at zero, as BAGEL's llm2vae), "lecun" (flax's default: the ViT's layers).
+DENSE_INITS = {
+  "normal": nn.initializers.normal(0.02),
+  "zeros": nn.initializers.zeros,
+  "lecun": nn.initializers.lecun_normal(),
+}
+
+
 def logical_dense(
   features: int,
   axes: tuple[str, str],
@@ -51,11 +60,11 @@ def logical_dense(
   dtype: Dtype,
   param_dtype: Dtype,
   name: str,
-  zero_init: bool = False,
+  init: str = "normal",
 ) -> nn.Dense:
   """nn.Dense whose kernel [in, out] and bias [out] carry logical axis names; its matmul is
-  `rows_dot_general`."""
-  kernel_init = nn.initializers.zeros if zero_init else nn.initializers.normal(0.02)
+  `rows_dot_general`; `init` names its kernel initialiser (`DENSE_INITS`). The one dense layer of
+  the decoder, the embedders and the ViT."""
   return nn.Dense(
     features,
     use_bias=use_bias,
@@ -63,7 +72,7 @@ def logical_dense(
     param_dtype=param_dtype,
     name=name,
     dot_general=rows_dot_general,
-    kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+    kernel_init=nn.with_logical_partitioning(DENSE_INITS[init], axes),
     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
   )
 

@@ -81,7 +81,7 @@ class MedQUni(nn.Module):
     if cfg.get("condition_injection", "bagel") == "spatial":
       # Zero-initialised, so a model converted from BAGEL starts exactly as BAGEL.
       self.cond2llm = logical_dense(
-        llm.hidden_size, ("latent", "embed"), use_bias=True, name="cond2llm", zero_init=True, **kw
+        llm.hidden_size, ("latent", "embed"), use_bias=True, name="cond2llm", init="zeros", **kw
       )
     self.time_embedder = TimestepEmbedder(llm.hidden_size, cfg.timestep_freq_dim, **kw)
     self.latent_pos_embed = FixedPositionEmbedding(cfg.max_latent_size, llm.hidden_size)
@@ -100,7 +100,7 @@ class MedQUni(nn.Module):
     )
     # Zero-initialised as in BAGEL, so a fresh gen expert starts from a zero velocity.
     self.llm2vae = logical_dense(
-      latent_dim(cfg), ("embed", "latent"), use_bias=True, name="llm2vae", zero_init=True, **kw
+      latent_dim(cfg), ("embed", "latent"), use_bias=True, name="llm2vae", init="zeros", **kw
     )
 
   def embed_und(self, batch: Batch) -> jax.Array:

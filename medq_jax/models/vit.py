@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from medq_jax.models.layers import layer_stack, remat_layer, rows_dot_general
+from medq_jax.models.layers import layer_stack, logical_dense, remat_layer
 
 Dtype = Any
 
@@ -45,16 +45,9 @@ ACT_AXES = ("act_batch", "act_len", "act_embed")
 
 
 def _dense(features: int, axes: tuple[str, str], name: str, dtype: Dtype, param_dtype: Dtype):
-  """nn.Dense (kernel [in, out], with bias) whose params carry logical axis names; its matmul is
-  `rows_dot_general`."""
-  return nn.Dense(
-    features,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    dot_general=rows_dot_general,
-    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
-    name=name,
+  """The ViT's dense layer: `logical_dense` with a bias and flax's lecun-normal kernel."""
+  return logical_dense(
+    features, axes, use_bias=True, dtype=dtype, param_dtype=param_dtype, name=name, init="lecun"
   )
 
 
