@@ -1,9 +1,13 @@
 """One way to write a file that a kill cannot leave half-written: a temporary file in the same
 directory, flushed and fsynced, renamed over the target, then the directory fsynced. A reader
-sees the old file or the new one, never a mix; a failed write removes its temporary file."""
+sees the old file or the new one, never a mix; a failed write removes its temporary file.
+
+And one way to read back the JSON records written so (`read_json`): absent is None, anything
+unreadable (a flipped bit, a truncation, a directory in its place) an error naming the file."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -49,3 +53,20 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
   atomic_write(path, lambda handle: handle.write(data), binary=True)
+
+
+def read_json(
+  path: str,
+  describe: str = "unreadable JSON",
+  error: Callable[[str], Exception] = ValueError,
+  hint: str = "",
+):
+  """The JSON value in `path`, or None when there is no such file. A file that cannot be read or
+  parsed raises `error("<path>: <describe> (<reason>)[; <hint>]")`: `hint` says what to do."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as handle:
+      return json.load(handle)
+  except (OSError, ValueError) as reason:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+    raise error(f"{path}: {describe} ({reason})" + (f"; {hint}" if hint else "")) from None

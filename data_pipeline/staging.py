@@ -13,7 +13,7 @@ import pickle
 import grain
 from array_record.python import array_record_module
 
-from data_pipeline import sources_datasets, sources_sample
+from data_pipeline import atomic_files, sources_datasets, sources_sample
 
 RAW_FILE = "raw_slices.array_record"
 INDEX_FILE = "raw_index.json"
@@ -58,11 +58,11 @@ def write_staging(directory, raw_slices, skipped, fingerprint):
 
 def read_staging_index(directory):
   """The staging index, or None if stage 1 has not finished in `directory`."""
-  path = os.path.join(directory, INDEX_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as file:
-    return json.load(file)
+  return atomic_files.read_json(
+    os.path.join(directory, INDEX_FILE),
+    "unreadable staging index",
+    hint="delete it to stage the raw slices again",
+  )
 
 
 class RawSliceReader:

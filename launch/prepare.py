@@ -10,8 +10,8 @@ import os
 
 import jax
 
+from data_pipeline import atomic_files, precompute, tfds_format
 from data_pipeline import loader as data_loader
-from data_pipeline import precompute, tfds_format
 from launch import distributed
 from medq_jax import checkpoints
 from medq_jax import tokenizer as tokenizer_lib
@@ -56,14 +56,8 @@ def check_tokenizer_source(out_dir: str, want: dict) -> None:
   (another dataset or vocabulary size: every text would tokenize differently, and the layout
   would skip or truncate what the model sees). A tokenizer without the file is taken as is."""
   path = os.path.join(out_dir, TOKENIZER_SOURCE_FILE)
-  if not os.path.exists(path):
-    return
-  try:
-    with open(path) as handle:
-      saved = json.load(handle)
-  except (OSError, ValueError) as error:
-    raise ValueError(f"{path}: unreadable ({error}); remove it or the directory") from error
-  if saved != want:
+  saved = atomic_files.read_json(path, "unreadable", hint="remove it or the directory")
+  if saved is not None and saved != want:
     raise ValueError(
       f"{out_dir}: this run's tokenizer was trained for {saved}, but the config asks for {want} "
       f"({path}); use another --workdir, remove {out_dir} to train a new one, or name a "

@@ -120,14 +120,12 @@ def verify_checksums(directory: str, step: int, tree: Any, prefix: str = "") -> 
   values differ from what was saved. `tree` is a restored subtree at `prefix` ("params").
   A step saved without a checksum file (older runs) is accepted with a warning."""
   path = checksum_path(directory, step)
-  if not os.path.isfile(path):
+  saved = atomic_files.read_json(
+    path, "unreadable checksum file", lambda message: CheckpointError(f"step {step}: {message}")
+  )
+  if saved is None:
     logging.warning("checkpoint step %d: no checksum file %s; not verified", step, path)
     return
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as error:
-    raise CheckpointError(f"step {step}: unreadable checksum file {path}: {error}") from None
   actual = fingerprints(tree)
   name = lambda key: f"{prefix}/{key}" if prefix else key
   wrong = sorted(key for key, value in actual.items() if saved.get(name(key)) != value)

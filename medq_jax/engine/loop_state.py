@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 from data_pipeline import atomic_files
@@ -85,13 +84,9 @@ def save(state: LoopState, path: str) -> None:
 
 def load(path: str) -> LoopState | None:
   """The state at `path`, or None when there is none yet; StateError naming the file if bad."""
-  if not os.path.exists(path):
+  raw = atomic_files.read_json(path, "not a valid JSON state file", StateError)
+  if raw is None:
     return None
-  try:
-    with open(path, encoding="utf-8") as handle:
-      raw = json.load(handle)
-  except (json.JSONDecodeError, UnicodeDecodeError) as error:
-    raise StateError(f"{path}: not a valid JSON state file ({error})") from None
   if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
     raise StateError(f"{path}: not a {SCHEMA} file (schema {_get(raw, 'schema')!r})")
   if raw.get("version") != SCHEMA_VERSION:

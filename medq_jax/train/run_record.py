@@ -25,18 +25,17 @@ class RunRecordError(ValueError):
 
 
 def _read(path: str) -> dict:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as error:
-    raise RunRecordError(f"{path}: unreadable run record ({error}); delete it to reset") from None
+  record = atomic_files.read_json(
+    path, "unreadable run record", RunRecordError, "delete it to reset"
+  )
+  return {} if record is None else record
 
 
 def settle(config, workdir: str, resuming: bool):
   """Returns a copy of `config` whose `train.schedule_steps` is the run's horizon, after
   checking a resume's loader workers; writes `<workdir>/run.json` (process 0)."""
   path = os.path.join(workdir, RUN_FILE)
-  record = _read(path) if resuming and os.path.isfile(path) else {}
+  record = _read(path) if resuming else {}
   out = config.copy_and_resolve_references()
   workers = int(config.data.get("loader_workers", 0))
   saved_workers = record.get("loader_workers")
