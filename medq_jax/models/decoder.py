@@ -146,12 +146,11 @@ class JointSelfAttention(nn.Module):
         self.attention_impl,
         kv_visible=visible,
       )
-    if per_expert:  # split the attention output, each part through its expert's o_proj
-      parts = jnp.split(out, [xu.shape[1]], axis=1) if len(streams) == 2 else [out]
-      outs = [self._out(part, suffix) for part, (_, suffix) in zip(parts, streams)]
-    else:  # one shared o_proj over the joined output, then split
+    if not per_expert:  # one shared o_proj over the joined output, before the split
       out = self._out(out, "")
-      outs = jnp.split(out, [xu.shape[1]], axis=1) if len(streams) == 2 else [out]
+    outs = jnp.split(out, [xu.shape[1]], axis=1) if len(streams) == 2 else [out]
+    if per_expert:  # each part through its expert's o_proj
+      outs = [self._out(part, suffix) for part, (_, suffix) in zip(outs, streams)]
     outs = iter(outs)
     return tuple(next(outs) if x.shape[1] else x for x in (xu, xg)), (k, v)
 
@@ -241,8 +240,7 @@ class MoTDecoder(nn.Module):
     cfg = self.config
     ids = attention_lib.TokenIds.concat(und_ids, gen_ids)
     rope = rope_tables(jnp.concatenate([und_pos, gen_pos], axis=1), cfg.head_dim, cfg.rope_theta)
-    rolled = self.scan_layers and not self.scan_unroll
-    layer_cls = remat_layer(MoTDecoderLayer, self.remat_policy, rolled)
+    layer_cls = remat_layer(MoTDecoderLayer, self.remat_policy, self.scan_layers, self.scan_unroll)
     args = (cfg, self.expert_scope, self.attention_impl, self.dtype, self.param_dtype, return_kv)
     h = tuple(constrain(x.astype(self.dtype), _STREAM_AXES) for x in (und_h, gen_h))
     cache_args = (

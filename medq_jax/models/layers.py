@@ -146,11 +146,14 @@ REMAT_POLICIES = {
 }
 
 
-def remat_layer(layer_cls: type[nn.Module], policy: str, rolled_loop: bool) -> type[nn.Module]:
+def remat_layer(
+  layer_cls: type[nn.Module], policy: str, scan_layers: bool, scan_unroll: bool
+) -> type[nn.Module]:
   """`layer_cls` wrapped in `nn.remat` with the named policy ('none' returns it unchanged).
 
-  rolled_loop: the layer runs inside a rolled scan, whose loop already keeps XLA from merging
-  the recomputation with the forward; straight-line layers need `prevent_cse`.
+  A layer inside a rolled scan (`scan_layers` and not `scan_unroll`) needs no `prevent_cse`:
+  the loop already keeps XLA from merging the recomputation with the forward; straight-line
+  layers (unscanned or unrolled) do.
   """
   if policy not in REMAT_POLICIES:
     raise ValueError(
@@ -158,6 +161,7 @@ def remat_layer(layer_cls: type[nn.Module], policy: str, rolled_loop: bool) -> t
     )
   if policy == "none":
     return layer_cls
+  rolled_loop = scan_layers and not scan_unroll
   return nn.remat(layer_cls, policy=REMAT_POLICIES[policy], prevent_cse=not rolled_loop)
 
 

@@ -168,8 +168,9 @@ class SiglipEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
-    rolled = self.scan_layers and not self.scan_unroll
-    layer_cls = remat_layer(SiglipEncoderLayer, self.remat_policy, rolled)
+    layer_cls = remat_layer(
+      SiglipEncoderLayer, self.remat_policy, self.scan_layers, self.scan_unroll
+    )
     args = (self.config, self.dtype, self.param_dtype)
     if self.scan_layers:
       stack = layer_stack(layer_cls, self.config.num_layers, (nn.broadcast,), self.scan_unroll)
