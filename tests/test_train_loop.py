@@ -43,7 +43,16 @@ def test_resumed_run_matches_uninterrupted_run(data_dir, tmp_path):
   assert any(f.endswith(".xplane.pb") for f in traces), traces
   assert [m["step"] for m in _metrics(straight)] == [1, 2, 3]
   assert np.isfinite(final_straight["loss"]) and final_straight["loss_ce"] > 0
-  assert final_straight["tflops_per_second_per_device"] > 0
+  # The logged rate is the model FLOPs per device (counted in a second thread while the step
+  # compiled) over the step time: the same count as `step_flops` of the run's batch shapes.
+  from medq_jax import layout as layout_lib
+  from medq_jax.train import profiling
+
+  config = _config(data_dir, 3)
+  spec = layout_lib.LayoutSpec.from_config(config.model, config.layout, config.train.stage)
+  batch = next(profiling.synthetic_batches(config, os.path.join(straight, "tokenizer"), spec))
+  logged = final_straight["tflops_per_second_per_device"] * final_straight["step_seconds"] * 1e12
+  assert logged == pytest.approx(profiling.step_flops(config, batch) / 8, rel=1e-6)
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
   events = EventAccumulator(os.path.join(straight, "tensorboard"))
