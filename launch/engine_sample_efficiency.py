@@ -55,7 +55,10 @@ def run(config, workdir: str) -> list[dict]:
   from launch import prepare
   from medq_jax.engine import loop_state, sample_efficiency
 
-  jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
+  # Its runs compile the same tiny programs again and again: a persistent cache in the workdir,
+  # unless one is configured already (JAX_COMPILATION_CACHE_DIR: a shared cache is kept).
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   prepare.ensure_dataset(config.data)
   base_run = train_base(config, workdir)

@@ -21,13 +21,22 @@ STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def base(tiny_data_config_session, tmp_path_factory):
+def cache_every_compile():
+  """The session's persistent compilation cache (tests/conftest.py) keeps even sub-second
+  compiles while this module runs, then the default threshold again (no other test's settings
+  change)."""
+  key = "jax_persistent_cache_min_compile_time_secs"
+  before = getattr(jax.config, key)
+  jax.config.update(key, 0.0)
+  yield
+  jax.config.update(key, before)
+
+
+@pytest.fixture(scope="module")
+def base(cache_every_compile, tiny_data_config_session, tmp_path_factory):
   """(model config, base run dir): tiny stage 2 trained 2 steps on the session dataset."""
   from launch.jobs import run_training
 
-  cache = str(tmp_path_factory.mktemp("jax_cache"))
-  jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   config = medq_uni.get_config("size=tiny,stage=2")
   with config.unlocked():
     config.data = tiny_data_config_session.copy_and_resolve_references()
