@@ -17,6 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import traceback
+import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -156,7 +159,37 @@ def open_manager(directory: str) -> ocp.CheckpointManager:
     handlers[DATA_ITEM] = grain.checkpoint.CheckpointHandler()
   except ImportError:
     pass
-  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+  # Orbax warns "Given directory is read only" at every read-only open: what we asked for, not a
+  # problem, and it sat in every evaluation's log looking like one.
+  quiet = _DropMessage("Given directory is read only=%s")
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(quiet)
+  try:
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+  finally:
+    absl_logger.removeFilter(quiet)
+
+
+class _DropMessage(logging.Filter):
+  """Drops the log records whose unformatted message is `template`."""
+
+  def __init__(self, template: str):
+    super().__init__()
+    self.template = template
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.msg != self.template
+
+
+def has_steps(directory: str) -> bool:
+  """Whether Orbax lists a step in `directory` (a `checkpoint_dir`): what a resume restores."""
+  if not os.path.isdir(directory):
+    return False
+  manager = open_manager(directory)
+  try:
+    return bool(manager.all_steps())
+  finally:
+    manager.close()
 
 
 def _check_shapes(saved: Any, abstract: Any, where: str) -> None:
@@ -282,6 +315,7 @@ def restore_params(
       shardings = jax.tree_util.tree_map(lambda _: device, abstract)
     cast = jnp.dtype(dtype) if dtype else None
     problems = []
+    absorb_abandoned_reads()
     for candidate in steps:
       try:
         item = "ema" if prefer_ema and _has_ema(manager, candidate) else "params"
@@ -291,10 +325,83 @@ def restore_params(
         return restored, candidate
       except Exception as error:  # any unreadable step: report it, try the previous one
         problems.append(describe_failure(directory, candidate, error))
-        logging.warning("%s; trying the previous step", problems[-1])
+        if candidate != steps[-1]:
+          logging.warning("%s; trying the previous step", problems[-1])
+    if step is not None:  # the one step asked for
+      raise CheckpointError(problems[0])
     raise CheckpointError(f"{directory}: no usable checkpoint: " + "; ".join(problems))
   finally:
     manager.close()
+
+
+def _is_abandoned_read(unraisable) -> bool:
+  """Whether an unraisable exception comes from the reads Orbax abandons when a restore fails: an
+  Orbax coroutine collected unfinished, or TensorStore completing a read into the closed loop
+  (`RuntimeError: Event loop is closed` raised in `call_soon_threadsafe`)."""
+  code = getattr(unraisable.object, "cr_code", None)
+  if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+    return True
+  error, trace = unraisable.exc_value, unraisable.exc_traceback
+  if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+    return False
+  frames = [frame.f_code.co_name for frame, _ in traceback.walk_tb(trace)]
+  return "call_soon_threadsafe" in frames
+
+
+class _AbandonedTaskFilter(logging.Filter):
+  """Drops asyncio's "<Task|Future|_GatheringFuture> exception was never retrieved" for a read of
+  a restore that had already failed (an Orbax task, its gather, a TensorStore read), counting it
+  with the others."""
+
+  MARKS = ("orbax", "Encountered error while reading array", "OCDBT database")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    first_line = message.split("\n", 1)[0]
+    if first_line.endswith(" exception was never retrieved") and any(
+      mark in message for mark in self.MARKS
+    ):
+      ABANDONED_READS["absorbed"] += 1
+      return False
+    return True
+
+
+ABANDONED_READS = {"absorbed": 0}  # how many such reports absorb_abandoned_reads() has kept quiet
+
+
+def absorb_abandoned_reads() -> None:
+  """Keeps a failed restore's leftover reads from burying its one-line report.
+
+  Orbax runs a restore's array reads as asyncio tasks on a loop it closes as soon as one read
+  fails (a truncated or deleted file); the other reads are left running, and each later prints a
+  page of traceback through `sys.unraisablehook` (`Exception ignored in: <coroutine
+  _read_array_index_and_device_put>`, `RuntimeError: Event loop is closed`): 5,000 lines for one
+  truncated file of a tiny model, some before the failure reaches the caller. Called before a
+  restore, this puts a filter in front of the current hook (once) that counts those reports
+  (`ABANDONED_READS`) and passes every other one on; it also drops asyncio's log record of each
+  failed Orbax task whose exception nobody retrieved, and the `RuntimeWarning` of a read that
+  never started ("coroutine ... was never awaited").
+  """
+  warnings.filterwarnings(
+    "ignore",
+    message="coroutine '_read_array_index_and_device_put' was never awaited",
+    category=RuntimeWarning,
+  )
+  asyncio_logger = logging.getLogger("asyncio")
+  if not any(isinstance(f, _AbandonedTaskFilter) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_AbandonedTaskFilter())
+  previous = sys.unraisablehook
+  if getattr(previous, "absorbs_abandoned_reads", False):
+    return
+
+  def hook(unraisable):
+    if _is_abandoned_read(unraisable):
+      ABANDONED_READS["absorbed"] += 1
+      return
+    previous(unraisable)
+
+  hook.absorbs_abandoned_reads = True
+  sys.unraisablehook = hook
 
 
 def describe_failure(directory: str, step: int, error: Exception) -> str:

@@ -171,3 +171,44 @@ def pytest_collection_modifyitems(config, items):
     return (rank.get(path, len(rank)), index if path not in rank else 0, index)
 
   items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+
+
+@pytest.fixture
+def unraisable_reports(monkeypatch):
+  """What reaches the process's `sys.unraisablehook` during a test, and asyncio's log records
+  (outside pytest: the terminal). `.settle()` waits until a failed restore's abandoned reads have
+  stopped reporting (they arrive over about a second; `checkpoints.absorb_abandoned_reads` counts
+  the ones it keeps quiet) and returns one line per report that got through."""
+  import gc
+  import logging
+  import sys
+  import time
+  import types
+
+  from medq_jax import checkpoints
+
+  reports = []
+  monkeypatch.setattr(sys, "unraisablehook", reports.append)
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  asyncio_logger = logging.getLogger("asyncio")
+  asyncio_logger.addHandler(handler)
+
+  def settle(quiet_seconds=1.0, limit_seconds=20.0):
+    deadline = time.monotonic() + limit_seconds
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+      gc.collect()
+      count = checkpoints.ABANDONED_READS["absorbed"] + len(reports) + len(records)
+      if count != last:
+        last, since = count, time.monotonic()
+      elif time.monotonic() - since >= quiet_seconds:
+        break
+      time.sleep(0.1)
+    return [f"{u.exc_type.__name__}: {u.exc_value} in {u.object!r}" for u in reports] + [
+      f"asyncio: {r.getMessage()[:300]}" for r in records
+    ]
+
+  yield types.SimpleNamespace(reports=reports, settle=settle)
+  asyncio_logger.removeHandler(handler)

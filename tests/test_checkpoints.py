@@ -153,7 +153,7 @@ def two_steps(tmp_path_factory, placed_params):
 
 @pytest.mark.parametrize("damage", [_flip_bit, _truncate, _delete])
 def test_corrupt_latest_step_is_reported_and_the_previous_one_restored(
-  two_steps, tmp_path, damage, caplog
+  two_steps, tmp_path, damage, caplog, unraisable_reports
 ):
   import logging
   import os
@@ -172,6 +172,93 @@ def test_corrupt_latest_step_is_reported_and_the_previous_one_restored(
   assert "step 9" in warning
   with pytest.raises(checkpoints.CheckpointError, match="step 9"):
     checkpoints.restore_params(run, config.model, step=9)  # an explicit step must be good
+  # The failed restore's leftover reads (pages of traceback each) stay out of the terminal.
+  assert unraisable_reports.settle() == []
+
+
+def test_abandoned_reads_are_absorbed_and_other_reports_pass_on(monkeypatch):
+  """The filter keeps only a failed restore's leftovers quiet: an Orbax coroutine collected
+  unfinished, and TensorStore's late `call_soon_threadsafe` into the closed loop; anything else
+  (another coroutine, the same message from `call_soon`, another error) reaches the previous
+  hook."""
+  import asyncio
+  import sys
+  import types
+
+  from orbax.checkpoint._src.serialization import serialization
+
+  def raised(call):
+    try:
+      call()
+    except Exception as error:
+      return error
+    raise AssertionError("expected an error")
+
+  def unraisable(error, obj=None):
+    return types.SimpleNamespace(
+      exc_type=type(error),
+      exc_value=error,
+      exc_traceback=error.__traceback__,
+      err_msg=None,
+      object=obj,
+    )
+
+  closed = asyncio.new_event_loop()
+  closed.close()
+  late_read = raised(lambda: closed.call_soon_threadsafe(print))
+  late_callback = raised(lambda: closed.call_soon(print))
+  assert str(late_read) == str(late_callback) == "Event loop is closed"
+  orbax_read = types.SimpleNamespace(
+    cr_code=serialization._read_array_index_and_device_put.__code__
+  )
+  other_coroutine = types.SimpleNamespace(cr_code=unraisable.__code__)
+
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook", reported.append)
+  checkpoints.absorb_abandoned_reads()
+  checkpoints.absorb_abandoned_reads()  # idempotent: one filter, not a chain
+  before = checkpoints.ABANDONED_READS["absorbed"]
+  sys.unraisablehook(unraisable(Exception("Encountered error while reading"), orbax_read))
+  sys.unraisablehook(unraisable(late_read))
+  others = [
+    unraisable(late_callback),
+    unraisable(RuntimeError("Event loop is closed")),
+    unraisable(ValueError("Event loop is closed")),
+    unraisable(Exception("boom"), other_coroutine),
+  ]
+  for report in others:
+    sys.unraisablehook(report)
+  assert checkpoints.ABANDONED_READS["absorbed"] - before == 2
+  assert reported == others
+
+  # asyncio's log record of a failed task nobody awaited: an Orbax read's is dropped
+  import logging
+
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  asyncio_logger = logging.getLogger("asyncio")
+  asyncio_logger.addHandler(handler)
+  try:
+    before = checkpoints.ABANDONED_READS["absorbed"]
+    asyncio_logger.error(
+      "Task exception was never retrieved\nfuture: <Task finished coro=<"
+      "_read_array_index_and_device_put() done, defined at %s>>",
+      serialization.__file__,
+    )
+    asyncio_logger.error(
+      "_GatheringFuture exception was never retrieved\nfuture: <_GatheringFuture finished "
+      "exception=Exception('Encountered error while reading array index: (slice(0, 2, 1),)')>"
+    )
+    asyncio_logger.error("Task exception was never retrieved\nfuture: <Task coro=<judge()>>")
+    asyncio_logger.error("Unclosed client session (orbax)")
+  finally:
+    asyncio_logger.removeHandler(handler)
+  assert checkpoints.ABANDONED_READS["absorbed"] - before == 2
+  assert [r.getMessage().split("\n")[-1] for r in records] == [
+    "future: <Task coro=<judge()>>",
+    "Unclosed client session (orbax)",
+  ]
 
 
 def test_flipped_bit_in_the_values_fails_the_checksums(two_steps, tmp_path):
@@ -205,3 +292,19 @@ def test_no_usable_step_is_one_error(two_steps, tmp_path):
     _delete(_array_files(os.path.join(checkpoints.checkpoint_dir(run), step, "state"))[-1])
   with pytest.raises(checkpoints.CheckpointError, match=r"no usable checkpoint: step 9 .*; step 5"):
     checkpoints.restore_params(run, config.model)
+
+
+def test_read_only_open_does_not_warn(two_steps, caplog):
+  """Orbax warns at every read-only open; `open_manager` (every evaluation's) keeps that out of
+  the log, and only that: the steps are there, and absl's other records still pass."""
+  import logging
+
+  _, workdir, _ = two_steps
+  with caplog.at_level(logging.INFO):
+    manager = checkpoints.open_manager(checkpoints.checkpoint_dir(workdir))
+    steps = manager.all_steps()
+    manager.close()
+    logging.getLogger("absl").warning("Given directory is read only=%s and more", "x")
+  assert sorted(steps) == [5, 9]
+  messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert messages == ["Given directory is read only=x and more"]

@@ -96,7 +96,7 @@ def test_killed_pipeline_resumes_stage2_and_skips_complete_stages(killed_and_rer
   assert f"loading the VAE {vae_file}" in stage_lines(second, 0)[0]
   assert stage_lines(second, 1) == [
     f"stage 1 (2/3, restoration pre-training (gen expert)): complete at step 2 in "
-    f"{workdir}/stage1; skipped"
+    f"{workdir}/stage1, its parameters verified; skipped"
   ]
   resumed = re.search(r"resuming from step (\d+)", stage_lines(second, 2)[0])
   assert resumed, stage_lines(second, 2)
@@ -110,6 +110,45 @@ def test_killed_pipeline_resumes_stage2_and_skips_complete_stages(killed_and_rer
   # each stage directory loads alone (its own copy of the run's tokenizer)
   for stage in (1, 2):
     assert os.path.isfile(f"{workdir}/stage{stage}/tokenizer/tokenizer.json")
+
+
+def test_a_complete_stage_whose_final_step_does_not_verify_is_trained_again(
+  killed_and_rerun, tmp_path, capsys
+):
+  """A stage that reached its steps is skipped only when its final step's parameters restore and
+  match their checksums: with stage 1's final step truncated, the rerun hands stage 1 to the
+  trainer (which resumes from the good step before it) and still skips the intact stage 2."""
+  import shutil
+
+  from medq_jax import checkpoints
+
+  workdir = str(tmp_path / "run")
+  shutil.copytree(killed_and_rerun[0], workdir, symlinks=True)
+  step_dir = os.path.join(checkpoints.checkpoint_dir(f"{workdir}/stage1"), "2", "state")
+  largest = max(
+    (os.path.join(root, name) for root, _, names in os.walk(step_dir) for name in names),
+    key=os.path.getsize,
+  )
+  with open(largest, "r+b") as file:
+    file.truncate(os.path.getsize(largest) // 2)
+  config = medq_uni.get_config("size=tiny,stages=1-2")
+  config.pipeline.stage1_steps, config.pipeline.stage2_steps = 2, 4
+  trained = []
+
+  def train_fn(run_config, run_dir, tokenizer_dir, report):
+    trained.append((run_dir, run_config.train.steps))
+    return {"step": run_config.train.steps}
+
+  pipeline.run_pipeline(config, workdir, "", train_fn=train_fn)
+  assert trained == [(f"{workdir}/stage1", 2)]
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith(
+    "stage 1 (1/2, restoration pre-training (gen expert)): final step 2 does not verify ("
+  ), lines
+  assert "step 2" in lines[0] and "does not restore" in lines[0]
+  assert lines[1].endswith(
+    f"complete at step 4 in {workdir}/stage2, its parameters verified; skipped"
+  )
 
 
 def test_init_from_checkpoint_loads_a_runs_latest_parameters(killed_and_rerun):

@@ -69,6 +69,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
   CheckpointError when there are steps and none is usable."""
   directory = str(manager.directory)
   problems = []
+  checkpoints.absorb_abandoned_reads()
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       restored = manager.restore(

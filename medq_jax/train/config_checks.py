@@ -123,10 +123,13 @@ def check_checkpoint_fits(run_dir: str, model_config, field: str) -> None:
 
 def check_training(config, workdir: str) -> None:
   """Every check above for a `loop.train(config, workdir)` run: numbers, mesh and batch
-  (micro-batches included), precision policy and frozen groups, the checkpoint it resumes from (workdir) and the one it starts from (init.from_checkpoint)."""
+  (micro-batches included), precision policy and frozen groups, the checkpoint it resumes from
+  (workdir) and, for a run that has no step yet, the one it starts from (init.from_checkpoint:
+  a resume restores its own state and reads no init.* weights)."""
   check_numbers(config)
   check_mesh_and_batch(config)
   check_precision_and_freeze(config)
   check_checkpoint_fits(workdir, config.model, f"resume from {workdir}")
-  if config.get("init") and config.init.get("from_checkpoint"):
+  resuming = checkpoints.has_steps(checkpoints.checkpoint_dir(workdir))
+  if not resuming and config.get("init") and config.init.get("from_checkpoint"):
     check_checkpoint_fits(config.init.from_checkpoint, config.model, "init.from_checkpoint")

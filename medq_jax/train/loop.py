@@ -97,10 +97,6 @@ STOP_ERRORS = (
 )
 
 
-def _has_steps(directory: str) -> bool:
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
-
-
 def train(
   config,
   workdir: str,
@@ -117,14 +113,22 @@ def train(
   os.makedirs(workdir, exist_ok=True)
   config_checks.check_training(config, workdir)
   directory = checkpoints.checkpoint_dir(workdir)
-  config = run_record.settle(config, workdir, resuming=_has_steps(directory))
+  resuming = checkpoints.has_steps(directory)
+  config = run_record.settle(config, workdir, resuming=resuming)
   # Separate streams: initialisation and the loop's per-step noise never share a key.
   init_rng, loop_rng = jax.random.split(jax.random.key(config.train.seed))
-  setup = state_lib.build_setup(config, init_rng)
+  # A resume restores the whole state from the run's checkpoint: the model's parameters are
+  # then only shapes (no random init compiled and run, no init.* weights read and discarded,
+  # no second copy of the state in memory while restoring); the frozen VAE is loaded as before.
+  setup = state_lib.build_setup(config, init_rng, model_params=not resuming)
   spec, mesh, optimizer = setup.spec, setup.mesh, setup.optimizer
-  params, vae_params = pretrained.load_initial_weights(
-    config.init, config.model, setup.params, setup.vae_params, mesh, config.sharding_rules
-  )
+  if resuming:
+    params = setup.params
+    vae_params = pretrained.load_frozen_vae(config.init, config.model, setup.vae_params)
+  else:
+    params, vae_params = pretrained.load_initial_weights(
+      config.init, config.model, setup.params, setup.vae_params, mesh, config.sharding_rules
+    )
   logging.info(
     "MedQUni parameters: %.2fM (VAE %.2fM), mesh %s",
     param_count(params) / 1e6,
@@ -144,6 +148,9 @@ def train(
   if restored is not None:
     state = restored
     logging.info("resumed from step %d", start_step)
+  elif resuming:
+    manager.close()
+    raise checkpoints.CheckpointError(f"{directory}: its steps disappeared while resuming")
   if start_step >= config.train.steps:
     logging.info(
       "nothing to do: the checkpoint is at step %d >= train.steps=%d (raise "

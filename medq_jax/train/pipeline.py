@@ -7,8 +7,9 @@ directory, each resumable, each starting from the previous one's result.
   stage 2  joint assessment + restoration in <workdir>/stage2, its parameters initialised from
            stage 1's final checkpoint (`init.from_checkpoint`), a fresh optimizer
 
-A stage whose latest checkpoint has reached its steps is skipped; a stage cut short resumes from
-its latest checkpoint (data iterator included). `config.pipeline.stages` ("0-1-2") picks the
+A stage whose latest checkpoint has reached its steps is skipped once that step's parameters
+restore and match their checksums; a stage cut short, or whose final step does not verify, resumes
+from its latest good checkpoint (data iterator included; the trainer sets the bad step aside). `config.pipeline.stages` ("0-1-2") picks the
 stages, `config.pipeline.stage{k}_steps` their lengths.
 """
 
@@ -22,6 +23,7 @@ from collections.abc import Callable
 import jax
 
 from medq_jax import checkpoints
+from medq_jax import sharding as sharding_lib
 from medq_jax.train import pretrained
 
 STAGE_TITLES = {
@@ -62,6 +64,20 @@ def completed_step(run_dir: str) -> int:
     return manager.latest_step() or 0
   finally:
     manager.close()
+
+
+def final_step_problem(run_config, run_dir: str, step: int) -> str:
+  """'' when `step` of the run in `run_dir` restores and its parameters match their checksums
+  (what the next stage and evaluation read); otherwise why not, in one line. A params-only
+  restore: no optimizer is built."""
+  mesh = sharding_lib.make_mesh(run_config.mesh)
+  try:
+    checkpoints.restore_params(
+      run_dir, run_config.model, step=step, mesh=mesh, rules=run_config.sharding_rules
+    )
+  except checkpoints.CheckpointError as error:
+    return str(error)
+  return ""
 
 
 def stage_config(config, stage: int, workdir: str, vae_path: str):
@@ -147,10 +163,16 @@ def run_pipeline(
     run_dir, steps = run_config.workdir, run_config.train.steps
     done = completed_step(run_dir)
     if done >= steps:
-      say(f"complete at step {done} in {run_dir}; skipped")
-      results[stage] = {"step": done}
-      continue
-    say(f"{'resuming from step ' + str(done) if done else 'starting'} in {run_dir}, {steps} steps")
+      problem = final_step_problem(run_config, run_dir, done)
+      if not problem:
+        say(f"complete at step {done} in {run_dir}, its parameters verified; skipped")
+        results[stage] = {"step": done}
+        continue
+      say(f"final step {done} does not verify ({problem}); resuming from the last good step")
+    else:
+      say(
+        f"{'resuming from step ' + str(done) if done else 'starting'} in {run_dir}, {steps} steps"
+      )
     if main_process:
       os.makedirs(run_dir, exist_ok=True)
       _share_tokenizer(config, tokenizer_dir, run_dir)

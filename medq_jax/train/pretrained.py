@@ -102,11 +102,17 @@ def load_initial_weights(
   params = _place(params, loaded)
   if not from_checkpoint and not init_config.bagel_ema and init_config.qwen2:
     params = _copy_und_to_gen(params)
+  return params, load_frozen_vae(init_config, model_config, vae_params)
+
+
+def load_frozen_vae(init_config, model_config, vae_params: Any) -> Any:
+  """`vae_params` with the VAE file `init_config.flux_ae` names loaded into them (unchanged when
+  it names none). The VAE is not part of the train state, so a resumed run loads it again."""
   flux_ae = flux_ae_path(init_config, model_config)
-  if flux_ae:
-    logging.info("loading the frozen VAE from %s", flux_ae)
-    vae_loaded = core.flatten(
-      core.load_params(_shapes(vae_params), core.iter_safetensors(flux_ae), flux_vae_rules())
-    )
-    vae_params = _place(vae_params, vae_loaded)
-  return params, vae_params
+  if not flux_ae:
+    return vae_params
+  logging.info("loading the frozen VAE from %s", flux_ae)
+  vae_loaded = core.flatten(
+    core.load_params(_shapes(vae_params), core.iter_safetensors(flux_ae), flux_vae_rules())
+  )
+  return _place(vae_params, vae_loaded)

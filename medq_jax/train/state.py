@@ -146,18 +146,28 @@ def abstract_params(model, vae, spec: layout_lib.LayoutSpec, model_config) -> tu
   return tuple(jax.eval_shape(fn, key) for fn in _init_fns(model, vae, spec, model_config))
 
 
-def init_params_sharded(model, vae, spec, model_config, mesh, rules, rng):
+def init_params_sharded(model, vae, spec, model_config, mesh, rules, rng, model_params=True):
   """Initialises (model params, vae params) directly into their mesh shardings.
 
-  Returns (params, vae_params, param_shardings, vae_shardings), params unboxed.
+  Returns (params, vae_params, param_shardings, vae_shardings), params unboxed. With
+  `model_params=False` the model's are only shapes (ShapeDtypeStructs in their shardings, for a
+  run that restores them from its checkpoint); the VAE is initialised from the same key either
+  way, so a run with a randomly initialised frozen VAE gets the same one back when it resumes.
   """
   model_init, vae_init = _init_fns(model, vae, spec, model_config)
   rng_model, rng_vae = jax.random.split(rng)
   results = []
-  for init_fn, key in ((model_init, rng_model), (vae_init, rng_vae)):
+  for init_fn, key, real in ((model_init, rng_model, model_params), (vae_init, rng_vae, True)):
     abstract = jax.eval_shape(init_fn, key)
     shardings = sharding_lib.mesh_shardings(abstract, mesh, rules)
-    params = jax.jit(lambda k, fn=init_fn: nn.unbox(fn(k)), out_shardings=shardings)(key)
+    if real:
+      params = jax.jit(lambda k, fn=init_fn: nn.unbox(fn(k)), out_shardings=shardings)(key)
+    else:
+      params = jax.tree_util.tree_map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        nn.unbox(abstract),
+        shardings,
+      )
     results.append((params, shardings))
   (params, param_shardings), (vae_params, vae_shardings) = results
   return params, vae_params, param_shardings, vae_shardings
@@ -199,8 +209,13 @@ def jitted_state_init(params: Any, optimizer, mesh, ema_decay: float = 0.0):
 
 
 def init_train_state(params: Any, optimizer, mesh, ema_decay: float = 0.0) -> TrainState:
-  """Step 0 of training, sharded like the parameters (`jitted_state_init`)."""
-  return jitted_state_init(params, optimizer, mesh, ema_decay)(params)
+  """Step 0 of training, sharded like the parameters (`jitted_state_init`). For parameters
+  given as shapes (ShapeDtypeStructs with shardings) the state's shapes and shardings: the
+  restore target of a resume, nothing allocated."""
+  init = jitted_state_init(params, optimizer, mesh, ema_decay)
+  if all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree_util.tree_leaves(params)):
+    return jax.eval_shape(init, params)
+  return init(params)
 
 
 @dataclasses.dataclass
@@ -218,10 +233,11 @@ class TrainSetup:
   optimizer: optax.GradientTransformation
 
 
-def build_setup(config, rng) -> TrainSetup:
+def build_setup(config, rng, model_params: bool = True) -> TrainSetup:
   """Layout spec, modules (in `train.precision`'s dtypes), mesh, parameters initialised into
-  their shardings, and optimizer. A precision conflict or a `train.freeze` entry that matches
-  nothing raises `ConfigError`."""
+  their shardings (`model_params=False`: the model's as shapes only, for a resume), and
+  optimizer. A precision conflict or a `train.freeze` entry that matches nothing raises
+  `ConfigError`."""
   found = precision_lib.problems(config)
   if found:
     raise ConfigError("; ".join(found))
@@ -230,7 +246,7 @@ def build_setup(config, rng) -> TrainSetup:
   model, vae = build_models(model_config)
   mesh = sharding_lib.make_mesh(config.mesh)
   params, vae_params, param_shardings, vae_shardings = init_params_sharded(
-    model, vae, spec, model_config, mesh, config.sharding_rules, rng
+    model, vae, spec, model_config, mesh, config.sharding_rules, rng, model_params
   )
   check_freeze(params, config.train)
   return TrainSetup(
