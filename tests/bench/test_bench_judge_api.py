@@ -72,8 +72,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   def log_message(self, *args):  # keep test output quiet
     pass
 
+  def _leave_flight(self):
+    """Once per request, before its reply is written: the client may send its next request as
+    soon as it reads this one, before this thread would get back to a `finally`."""
+    if self.flying:
+      self.flying = False
+      with self.server.lock:
+        self.server.in_flight -= 1
+
   def _send(self, status, body, headers=()):
     payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    self._leave_flight()
     self.send_response(status)
     self.send_header("Content-Type", "application/json")
     self.send_header("Content-Length", str(len(payload)))
@@ -87,11 +96,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     with server.lock:
       server.in_flight += 1
       server.max_in_flight = max(server.max_in_flight, server.in_flight)
+    self.flying = True
     try:
       self._answer(server)
     finally:
-      with server.lock:
-        server.in_flight -= 1
+      self._leave_flight()  # a request dropped unanswered
 
   def _answer(self, server):
     body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -67,18 +67,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       )
       server.in_flight += 1
       server.max_in_flight = max(server.max_in_flight, server.in_flight)
-    try:
-      if "FAIL" in text:
-        return self._send(500, {"error": "boom"}, [("Retry-After", "0.01")])
-      if "AUTH" in text:
-        return self._send(401, {"error": {"message": "bad key"}})
+    if "FAIL" in text:
+      reply = 500, {"error": "boom"}, [("Retry-After", "0.01")]
+    elif "AUTH" in text:
+      reply = 401, {"error": {"message": "bad key"}}, ()
+    else:
       if "WAIT" in text:
         time.sleep(0.2)
       answer = server.answer if "ECHO" not in text else f"echo {text}"
-      self._send(200, {"choices": [{"message": {"role": "assistant", "content": answer}}]})
-    finally:
-      with server.lock:
-        server.in_flight -= 1
+      reply = 200, {"choices": [{"message": {"role": "assistant", "content": answer}}]}, ()
+    # Out of flight before the reply is written: the client may send its next request as soon as
+    # it reads this one, before this thread would get back to a `finally`.
+    with server.lock:
+      server.in_flight -= 1
+    self._send(*reply)
 
   def _send(self, status, payload, headers=()):
     data = json.dumps(payload).encode()
