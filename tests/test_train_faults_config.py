@@ -29,6 +29,11 @@ def _config(arg="size=tiny,stage=1,mesh=1x-1x1", **train):
     (dict(steps=-1), r"^train.steps=-1: expected an integer >= 0$"),
     (dict(log_every=0), r"^train.log_every=0: expected an integer >= 1$"),
     (dict(max_consecutive_nonfinite=0), r"train.max_consecutive_nonfinite=0"),
+    (dict(learning_rate=-2e-5), r"^train.learning_rate=-2e-05: expected a finite number > 0$"),
+    (dict(learning_rate=float("nan")), r"^train.learning_rate=nan: expected a finite number"),
+    (dict(grad_clip_norm=0.0), r"^train.grad_clip_norm=0.0: expected a finite number > 0$"),
+    (dict(weight_decay=-0.1), r"^train.weight_decay=-0.1: expected a finite number >= 0$"),
+    (dict(warmup_steps=-1), r"^train.warmup_steps=-1: expected an integer >= 0$"),
     (
       dict(batch_size=6),  # 8 CPU devices, mesh 1x-1x1: data x fsdp = 8
       r"^train.batch_size=6 is not divisible by the data-parallel size 8 \(mesh data=1 x fsdp=8\)",
@@ -36,7 +41,9 @@ def _config(arg="size=tiny,stage=1,mesh=1x-1x1", **train):
   ],
 )
 def test_bad_numbers_are_one_line_before_anything_is_built(tmp_path, monkeypatch, train, message):
-  monkeypatch.setattr(state_lib, "build_setup", lambda *a: pytest.fail("built before checking"))
+  monkeypatch.setattr(
+    state_lib, "build_setup", lambda *a, **k: pytest.fail("built before checking")
+  )
   with pytest.raises(config_checks.ConfigError, match=message) as error:
     loop.train(_config(**train), str(tmp_path), "unused")
   assert "\n" not in str(error.value)
@@ -80,7 +87,9 @@ def tiny_run(tmp_path_factory, placed_params):
 
 @pytest.mark.parametrize("arg", ["size=small,stage=1", "size=tiny,stage=1,scope=all"])
 def test_checkpoint_of_another_size_or_scope_is_one_line(tiny_run, tmp_path, arg, monkeypatch):
-  monkeypatch.setattr(state_lib, "build_setup", lambda *a: pytest.fail("built before checking"))
+  monkeypatch.setattr(
+    state_lib, "build_setup", lambda *a, **k: pytest.fail("built before checking")
+  )
   other = _config(arg)
   other.mesh.shape = (1, -1, 1)
   with pytest.raises(config_checks.ConfigError, match=r"^resume from .*does not fit config.model"):

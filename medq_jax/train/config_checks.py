@@ -4,6 +4,7 @@ not a ZeroDivisionError, an IndivisibleError or 40 tracebacks from inside a rest
 
 from __future__ import annotations
 
+import math
 import os
 
 import flax.linen as nn
@@ -39,6 +40,19 @@ def check_numbers(config) -> None:
     raise ConfigError(f"train.ema_decay={decay!r}: expected 0 (no EMA) or a decay in (0, 1)")
   if config.train.get("schedule_steps", 0):
     _positive_int(config, "schedule_steps", 1)
+  _positive_int(config, "warmup_steps", 0)
+  # The optimizer's numbers: a negative rate trains uphill, a zero clip norm zeroes every
+  # update, a NaN poisons the state; each would run to the end without an error.
+  for field, minimum, inclusive in (
+    ("learning_rate", 0.0, False),
+    ("grad_clip_norm", 0.0, False),
+    ("weight_decay", 0.0, True),
+  ):
+    value = config.train.get(field)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < minimum or (value == 0 and not inclusive):
+      expected = "a finite number >= 0" if inclusive else "a finite number > 0"
+      raise ConfigError(f"train.{field}={value!r}: expected {expected}")
 
 
 def check_mesh_and_batch(config, num_devices: int | None = None) -> tuple[int, ...]:
