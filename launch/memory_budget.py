@@ -42,12 +42,6 @@ class AbstractStep:
   loop_init_problem: str
 
 
-def _sds(tree, shardings):
-  return jax.tree_util.tree_map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
-  )
-
-
 def _loop_init_problem(init_state, params, state_shardings) -> str:
   """How the trainer's init (`state.jitted_state_init`, compiled here) places the AdamW moments,
   when not like the parameters (a regression guard: it shards them like the parameters)."""
@@ -78,14 +72,16 @@ def abstract_step(config, devices=None, check_loop_init: bool = True) -> Abstrac
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   # From the init functions init_params_sharded uses (one definition of what a model inits from).
   params, vae_params = (
-    _sds(nn.unbox(boxed), sharding_lib.mesh_shardings(boxed, mesh, config.sharding_rules))
+    sharding_lib.placed_shapes(
+      nn.unbox(boxed), sharding_lib.mesh_shardings(boxed, mesh, config.sharding_rules)
+    )
     for boxed in state_lib.abstract_params(model, vae, spec, config.model)
   )
   optimizer = state_lib.make_optimizer(config.train)
   init_state = state_lib.jitted_state_init(params, optimizer, mesh)
   state_shape = jax.eval_shape(init_state, params)
   state_shardings = state_lib.train_state_shardings(state_shape, params, mesh)
-  state = _sds(state_shape, state_shardings)
+  state = sharding_lib.placed_shapes(state_shape, state_shardings)
   # The trainer's own init, compiled: does it place the moments as the budget assumes?
   loop_init_problem = (
     _loop_init_problem(init_state, params, state_shardings) if check_loop_init else ""

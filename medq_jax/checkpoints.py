@@ -246,13 +246,7 @@ def _restore_step(manager, directory, step, abstract, shardings, cast, item="par
     ),
     abstract,
   )
-  target = {
-    item: jax.tree_util.tree_map(
-      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-      abstract,
-      shardings,
-    )
-  }
+  target = {item: sharding_lib.placed_shapes(abstract, shardings)}
   restore_args = jax.tree_util.tree_map(
     lambda leaf, sharding: ocp.ArrayRestoreArgs(dtype=leaf.dtype, sharding=sharding),
     abstract,

@@ -70,6 +70,16 @@ def mesh_shardings(abstract_boxed: Any, mesh: Mesh, rules) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, rules_tuple(rules))
 
 
+def placed_shapes(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs of `tree`'s leaves (arrays or shapes) in `shardings` (a matching tree):
+  the abstract arguments of a lowering, or the target of a restore; nothing is allocated."""
+  return jax.tree_util.tree_map(
+    lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+    tree,
+    shardings,
+  )
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis over ('data', 'fsdp'); everything else replicated."""
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))

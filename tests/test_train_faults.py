@@ -147,8 +147,10 @@ def test_no_usable_checkpoint_is_one_error(trained, tmp_path, unraisable_reports
   assert unraisable_reports.settle() == []
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the 1e39
 def test_nonfinite_steps_are_skipped_and_stop_the_run(trained, tmp_path):
-  """A NaN learning rate makes every update non-finite: each is skipped, the run stops after
+  """A learning rate beyond float32's range (inf inside the step; the config check refuses NaN
+  itself) makes every update non-finite: each is skipped, the run stops after
   max_consecutive_nonfinite, and no checkpoint is written or pruned."""
   data_dir, workdir, tokenizer_dir, _ = trained
   run = _copy_run(workdir, tmp_path / "run")
@@ -156,7 +158,7 @@ def test_nonfinite_steps_are_skipped_and_stop_the_run(trained, tmp_path):
   steps = (1, 2, 4)  # Orbax keeps the first step too
   before = {s: pathlib.Path(checkpoints.checksum_path(directory, s)).read_text() for s in steps}
   config = _config(
-    data_dir, 12, learning_rate=float("nan"), checkpoint_every=1, max_consecutive_nonfinite=3
+    data_dir, 12, learning_rate=1e39, checkpoint_every=1, max_consecutive_nonfinite=3
   )
   with pytest.raises(loop.NonFiniteError, match=r"stopping at step 7: 3 consecutive .*step 4"):
     loop.train(config, run, tokenizer_dir)

@@ -163,11 +163,7 @@ def init_params_sharded(model, vae, spec, model_config, mesh, rules, rng, model_
     if real:
       params = jax.jit(lambda k, fn=init_fn: nn.unbox(fn(k)), out_shardings=shardings)(key)
     else:
-      params = jax.tree_util.tree_map(
-        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-        nn.unbox(abstract),
-        shardings,
-      )
+      params = sharding_lib.placed_shapes(nn.unbox(abstract), shardings)
     results.append((params, shardings))
   (params, param_shardings), (vae_params, vae_shardings) = results
   return params, vae_params, param_shardings, vae_shardings
