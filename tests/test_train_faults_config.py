@@ -99,6 +99,36 @@ def test_checkpoint_of_another_size_or_scope_is_one_line(tiny_run, tmp_path, arg
     loop.train(other, str(tmp_path / "fresh"), "unused")
 
 
+@pytest.mark.parametrize(
+  "arg, train, message",
+  [
+    (
+      "size=tiny,stage=1,mesh=1x-1x1",
+      dict(ema_decay=0.999),
+      r"^resume from .* \(step 3\): the checkpoint holds no parameter EMA, "
+      r"train.ema_decay=0.999 asks for one; resume with train.ema_decay=0",
+    ),
+    (
+      "size=tiny,stage=2,mesh=1x-1x1",  # the stage-1 run resumed as stage 2: und trains too
+      {},
+      r"^resume from .* \(step 3\): the checkpoint's optimizer state \(\d+ arrays\) is not "
+      r"this config's \(\d+\): another set of trainable parameters \(train.stage=2",
+    ),
+  ],
+)
+def test_resume_with_another_train_state_is_one_line(tiny_run, arg, train, message, monkeypatch):
+  """An EMA or a set of trainable parameters other than the checkpoint's is named before
+  anything is built; Orbax would refuse every step with a page on tree structures, which the
+  fallback reported as unusable checkpoints."""
+  monkeypatch.setattr(
+    state_lib, "build_setup", lambda *a, **k: pytest.fail("built before checking")
+  )
+  with pytest.raises(config_checks.ConfigError, match=message) as error:
+    loop.train(_config(arg, **train), tiny_run, "unused")
+  assert "\n" not in str(error.value)
+  config_checks.check_training(_config(), tiny_run)  # the settings it started with resume
+
+
 def test_from_checkpoint_without_checkpoints_is_named(tmp_path):
   config = _config()
   config.init.from_checkpoint = str(tmp_path / "nothing")

@@ -115,8 +115,44 @@ def _latest_readable_step(directory: str, manager) -> int | None:
   return None
 
 
-def check_checkpoint_fits(run_dir: str, model_config, field: str) -> None:
-  """A run's latest checkpoint has `model_config`'s parameter names and shapes (one line)."""
+def _train_state_problem(config, saved_state) -> str:
+  """'' when the train state saved by a run has the parts this config's state has: a parameter
+  EMA exactly when `train.ema_decay` > 0, and AdamW moments of the same shapes (the same
+  trainable parameters: `train.stage`, `train.freeze`). Otherwise what differs and what to do:
+  Orbax would refuse every step with a page about tree structures, read as corrupt checkpoints."""
+  from medq_jax.train import state as state_lib  # imported late: state imports this module
+
+  saved = dict(getattr(saved_state, "tree", saved_state))
+  decay = float(config.train.get("ema_decay", 0.0))
+  if bool(saved.get("ema")) != (decay > 0):
+    if saved.get("ema"):
+      return (
+        f"the checkpoint holds a parameter EMA, train.ema_decay={decay} asks for none; resume "
+        "with the train.ema_decay the run started with, or start a new workdir"
+      )
+    return (
+      f"the checkpoint holds no parameter EMA, train.ema_decay={decay} asks for one; resume "
+      "with train.ema_decay=0, or start a new workdir (init.from_checkpoint=<this run> starts "
+      "one from its parameters)"
+    )
+  params = nn.unbox(abstract_params(config.model))
+  optimizer = state_lib.make_optimizer(config.train)
+  wanted = jax.eval_shape(optimizer.init, params)
+  shapes = lambda tree: sorted(tuple(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
+  saved_shapes, wanted_shapes = shapes(saved.get("opt_state", {})), shapes(wanted)
+  if saved_shapes != wanted_shapes:
+    return (
+      f"the checkpoint's optimizer state ({len(saved_shapes)} arrays) is not this config's "
+      f"({len(wanted_shapes)}): another set of trainable parameters (train.stage="
+      f"{config.train.stage}, train.freeze={tuple(config.train.get('freeze', ()))}); resume with "
+      "the settings the run started with, or start a new workdir"
+    )
+  return ""
+
+
+def check_checkpoint_fits(run_dir: str, model_config, field: str, config=None) -> None:
+  """A run's latest checkpoint has `model_config`'s parameter names and shapes (one line); with
+  the run's `config`, also the train state's parts (`_train_state_problem`)."""
   directory = checkpoints.checkpoint_dir(run_dir)
   if not os.path.isdir(directory):
     if field == "init.from_checkpoint":
@@ -131,6 +167,10 @@ def check_checkpoint_fits(run_dir: str, model_config, field: str) -> None:
       checkpoints.check_fits(directory, step, model_config, manager)
     except checkpoints.CheckpointError as error:
       raise ConfigError(f"{field}: {error}") from None
+    if config is not None:
+      problem = _train_state_problem(config, manager.item_metadata(step)[checkpoints.STATE_ITEM])
+      if problem:
+        raise ConfigError(f"{field} (step {step}): {problem}")
   finally:
     manager.close()
 
@@ -143,7 +183,7 @@ def check_training(config, workdir: str) -> None:
   check_numbers(config)
   check_mesh_and_batch(config)
   check_precision_and_freeze(config)
-  check_checkpoint_fits(workdir, config.model, f"resume from {workdir}")
+  check_checkpoint_fits(workdir, config.model, f"resume from {workdir}", config)
   resuming = checkpoints.has_steps(checkpoints.checkpoint_dir(workdir))
   if not resuming and config.get("init") and config.init.get("from_checkpoint"):
     check_checkpoint_fits(config.init.from_checkpoint, config.model, "init.from_checkpoint")
