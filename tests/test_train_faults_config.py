@@ -109,6 +109,12 @@ def test_checkpoint_of_another_size_or_scope_is_one_line(tiny_run, tmp_path, arg
       r"train.ema_decay=0.999 asks for one; resume with train.ema_decay=0",
     ),
     (
+      "size=tiny,stage=1,mesh=1x-1x1",
+      dict(model_param_dtype="bfloat16"),
+      r"^resume from .* \(step 3\): the checkpoint stores the parameters in float32, this "
+      r"config in bfloat16 \(\d+ arrays, e\.g\. [\w/]+\); their checksums",
+    ),
+    (
       "size=tiny,stage=2,mesh=1x-1x1",  # the stage-1 run resumed as stage 2: und trains too
       {},
       r"^resume from .* \(step 3\): the checkpoint's optimizer state \(\d+ arrays\) is not "
@@ -123,8 +129,11 @@ def test_resume_with_another_train_state_is_one_line(tiny_run, arg, train, messa
   monkeypatch.setattr(
     state_lib, "build_setup", lambda *a, **k: pytest.fail("built before checking")
   )
+  config = _config(arg, **{k: v for k, v in train.items() if not k.startswith("model_")})
+  if "model_param_dtype" in train:
+    config.model.param_dtype = train["model_param_dtype"]
   with pytest.raises(config_checks.ConfigError, match=message) as error:
-    loop.train(_config(arg, **train), tiny_run, "unused")
+    loop.train(config, tiny_run, "unused")
   assert "\n" not in str(error.value)
   config_checks.check_training(_config(), tiny_run)  # the settings it started with resume
 

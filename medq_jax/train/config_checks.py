@@ -117,8 +117,8 @@ def _latest_readable_step(directory: str, manager) -> int | None:
 
 def _train_state_problem(config, saved_state) -> str:
   """'' when the train state saved by a run has the parts this config's state has: a parameter
-  EMA exactly when `train.ema_decay` > 0, and AdamW moments of the same shapes (the same
-  trainable parameters: `train.stage`, `train.freeze`). Otherwise what differs and what to do:
+  EMA exactly when `train.ema_decay` > 0, parameters in the same dtype, and AdamW moments of the
+  same shapes (the same trainable parameters: `train.stage`, `train.freeze`). Otherwise what differs and what to do:
   Orbax would refuse every step with a page about tree structures, read as corrupt checkpoints."""
   from medq_jax.train import state as state_lib  # imported late: state imports this module
 
@@ -135,7 +135,21 @@ def _train_state_problem(config, saved_state) -> str:
       "with train.ema_decay=0, or start a new workdir (init.from_checkpoint=<this run> starts "
       "one from its parameters)"
     )
-  params = nn.unbox(abstract_params(config.model))
+  params = nn.unbox(abstract_params(precision.model_config(config)))
+  saved_params, wanted_params = flatten(saved.get("params", {})), flatten(params)
+  recast = sorted(
+    name
+    for name in saved_params.keys() & wanted_params.keys()
+    if str(saved_params[name].dtype) != str(wanted_params[name].dtype)
+  )
+  if recast:
+    name = recast[0]
+    return (
+      f"the checkpoint stores the parameters in {saved_params[name].dtype}, this config in "
+      f"{wanted_params[name].dtype} ({len(recast)} arrays, e.g. {name}); their checksums are of "
+      "the saved bits: resume with the model.param_dtype the run started with (a new run takes "
+      "them in any dtype through init.from_checkpoint)"
+    )
   optimizer = state_lib.make_optimizer(config.train)
   wanted = jax.eval_shape(optimizer.init, params)
   shapes = lambda tree: sorted(tuple(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
