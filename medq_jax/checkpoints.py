@@ -213,15 +213,19 @@ def _check_shapes(saved: Any, abstract: Any, where: str) -> None:
     )
 
 
-def check_fits(directory: str, step: int, model_config, manager=None) -> None:
+def check_fits(directory: str, step: int, model_config, manager=None, abstract=None) -> None:
   """CheckpointError (one line) unless the params saved at `step` have `model_config`'s names
-  and shapes (another size or expert scope is named before anything is built or compiled)."""
+  and shapes (another size or expert scope is named before anything is built or compiled).
+  `abstract`: the caller's `nn.unbox(abstract_params(model_config))`, so the model's init is not
+  traced twice."""
   own = manager is None
   manager = open_manager(directory) if own else manager
+  if abstract is None:
+    abstract = nn.unbox(abstract_params(model_config))
   try:
     saved = manager.item_metadata(step)[STATE_ITEM]
     saved_params = dict(getattr(saved, "tree", saved))["params"]
-    _check_shapes(saved_params, nn.unbox(abstract_params(model_config)), f"{directory}/{step}")
+    _check_shapes(saved_params, abstract, f"{directory}/{step}")
   finally:
     if own:
       manager.close()
@@ -301,7 +305,7 @@ def restore_params(
       steps = [int(step)]
     boxed = abstract_params(model_config)
     abstract = nn.unbox(boxed)
-    check_fits(directory, steps[0], model_config, manager)
+    check_fits(directory, steps[0], model_config, manager, abstract)
     if mesh is not None:
       shardings = sharding_lib.mesh_shardings(boxed, mesh, rules)
     else:

@@ -115,11 +115,13 @@ def _latest_readable_step(directory: str, manager) -> int | None:
   return None
 
 
-def _train_state_problem(config, saved_state) -> str:
+def _train_state_problem(config, saved_state, params) -> str:
   """'' when the train state saved by a run has the parts this config's state has: a parameter
   EMA exactly when `train.ema_decay` > 0, parameters in the same dtype, and AdamW moments of the
-  same shapes (the same trainable parameters: `train.stage`, `train.freeze`). Otherwise what differs and what to do:
-  Orbax would refuse every step with a page about tree structures, read as corrupt checkpoints."""
+  same shapes (the same trainable parameters: `train.stage`, `train.freeze`). `params`: the
+  config's abstract parameters, in the precision policy's dtypes. Otherwise what differs and what
+  to do: Orbax would refuse every step with a page about tree structures, read as corrupt
+  checkpoints."""
   from medq_jax.train import state as state_lib  # imported late: state imports this module
 
   saved = dict(getattr(saved_state, "tree", saved_state))
@@ -135,7 +137,6 @@ def _train_state_problem(config, saved_state) -> str:
       "with train.ema_decay=0, or start a new workdir (init.from_checkpoint=<this run> starts "
       "one from its parameters)"
     )
-  params = nn.unbox(abstract_params(precision.model_config(config)))
   saved_params, wanted_params = flatten(saved.get("params", {})), flatten(params)
   recast = sorted(
     name
@@ -177,23 +178,29 @@ def check_checkpoint_fits(run_dir: str, model_config, field: str, config=None) -
     step = _latest_readable_step(directory, manager)
     if step is None:
       return
+    # One trace of the model's init for both checks (the policy changes dtypes, not shapes).
+    abstract = nn.unbox(
+      abstract_params(precision.model_config(config) if config is not None else model_config)
+    )
     try:
-      checkpoints.check_fits(directory, step, model_config, manager)
+      checkpoints.check_fits(directory, step, model_config, manager, abstract)
     except checkpoints.CheckpointError as error:
       raise ConfigError(f"{field}: {error}") from None
     if config is not None:
-      problem = _train_state_problem(config, manager.item_metadata(step)[checkpoints.STATE_ITEM])
+      saved_state = manager.item_metadata(step)[checkpoints.STATE_ITEM]
+      problem = _train_state_problem(config, saved_state, abstract)
       if problem:
         raise ConfigError(f"{field} (step {step}): {problem}")
   finally:
     manager.close()
 
 
-def check_training(config, workdir: str) -> None:
+def check_training(config, workdir: str) -> bool:
   """Every check above for a `loop.train(config, workdir)` run: numbers, mesh and batch
   (micro-batches included), precision policy and frozen groups, the checkpoint it resumes from
   (workdir) and, for a run that has no step yet, the one it starts from (init.from_checkpoint:
-  a resume restores its own state and reads no init.* weights)."""
+  a resume restores its own state and reads no init.* weights). Returns whether the run resumes
+  (Orbax lists a step in its checkpoint directory)."""
   check_numbers(config)
   check_mesh_and_batch(config)
   check_precision_and_freeze(config)
@@ -201,3 +208,4 @@ def check_training(config, workdir: str) -> None:
   resuming = checkpoints.has_steps(checkpoints.checkpoint_dir(workdir))
   if not resuming and config.get("init") and config.init.get("from_checkpoint"):
     check_checkpoint_fits(config.init.from_checkpoint, config.model, "init.from_checkpoint")
+  return resuming

@@ -111,9 +111,8 @@ def train(
   Config and shape problems raise `config_checks.ConfigError` before anything is built;
   `train.max_consecutive_nonfinite` skipped steps in a row raise `NonFiniteError`."""
   os.makedirs(workdir, exist_ok=True)
-  config_checks.check_training(config, workdir)
+  resuming = config_checks.check_training(config, workdir)
   directory = checkpoints.checkpoint_dir(workdir)
-  resuming = checkpoints.has_steps(directory)
   config = run_record.settle(config, workdir, resuming=resuming)
   # Separate streams: initialisation and the loop's per-step noise never share a key.
   init_rng, loop_rng = jax.random.split(jax.random.key(config.train.seed))
