@@ -10,6 +10,11 @@ Every saved step has a fingerprint of each array (`fingerprints`: a position-wei
 array's bits, computed on the sharded arrays, so any single flipped bit changes it) in
 `<workdir>/checkpoint_checksums/<step>.json`; a restore recomputes them and a step that does not
 match, or does not read, is reported (step and file or array) and the previous step is used.
+
+On several processes each reads its own shards, so a damaged file may fail one process's read
+only. Every restore goes through `restore_agreed`: a failed read is held instead of raised (so the
+failing process still reaches the barrier that ends Orbax's restore), then the processes exchange
+their outcomes and all of them take the same decision on the step.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from data_pipeline import atomic_files
 from medq_jax import sharding as sharding_lib
@@ -152,11 +159,11 @@ def open_manager(directory: str) -> ocp.CheckpointManager:
   # Only the state item is read; a PyTree handler reads its metadata and partial restores. The
   # data item (the Grain iterator position) gets its handler too, where Grain is installed, so
   # orbax does not warn at every read that it has none.
-  handlers = {STATE_ITEM: ocp.PyTreeCheckpointHandler()}
+  handlers = {STATE_ITEM: holding_failed_reads(ocp.PyTreeCheckpointHandler())}
   try:
     import grain
 
-    handlers[DATA_ITEM] = grain.checkpoint.CheckpointHandler()
+    handlers[DATA_ITEM] = holding_failed_reads(grain.checkpoint.CheckpointHandler())
   except ImportError:
     pass
   # Orbax warns "Given directory is read only" at every read-only open: what we asked for, not a
@@ -256,9 +263,10 @@ def _restore_step(manager, directory, step, abstract, shardings, cast, item="par
     abstract,
     shardings,
   )
-  restored = manager.restore(
+  restored = restore_agreed(
+    manager,
     step,
-    args=ocp.args.Composite(
+    ocp.args.Composite(
       **{
         STATE_ITEM: ocp.args.PyTreeRestore(
           item=target, restore_args={item: restore_args}, partial_restore=True
@@ -402,16 +410,82 @@ def absorb_abandoned_reads() -> None:
   sys.unraisablehook = hook
 
 
-def describe_failure(directory: str, step: int, error: Exception) -> str:
-  """One line: which step failed to restore and why, from the innermost cause (TensorStore's
-  names the file and the array key; Orbax's outer error is a page of TensorStore spec)."""
-  if isinstance(error, CheckpointError):
-    return str(error)
+def root_cause(error: BaseException) -> str:
+  """The innermost cause of a failed read, in one line (TensorStore's names the file and the
+  array key; Orbax's outer error is a page of TensorStore spec)."""
   root = error
   while (root.__cause__ or root.__context__) is not None:
     root = root.__cause__ or root.__context__
   text = " ".join(str(root).split("See full TensorStore details")[0].split())
-  return f"step {step} in {directory} does not restore ({type(root).__name__}: {text[:400]})"
+  return f"{type(root).__name__}: {text[:400]}"
+
+
+def describe_failure(directory: str, step: int, error: Exception) -> str:
+  """One line: which step failed to restore and why."""
+  if isinstance(error, CheckpointError):
+    return str(error)
+  return f"step {step} in {directory} does not restore ({root_cause(error)})"
+
+
+# ------------------------------------------------------------------------------ agreeing processes
+
+
+class ReadFailure:
+  """What an item's restore returns instead of raising (`holding_failed_reads`): the error."""
+
+  def __init__(self, error: Exception):
+    self.error = error
+
+
+def holding_failed_reads(handler):
+  """`handler` (an Orbax item handler instance) whose `restore` returns a `ReadFailure` instead
+  of raising. Orbax ends every restore with a barrier of all processes (`Checkpointer.restore`);
+  a process whose read raised never reached it, so the others waited there until Orbax's timeout
+  (300 s) and their barrier keys no longer matched. Holding the error lets every process finish
+  the restore; `restore_agreed` then decides. The instance keeps its class, so Orbax's registry
+  of argument types and the handler name saved with each step are unchanged."""
+  read = handler.restore
+
+  def restore(directory, *args, **kwargs):
+    try:
+      return read(directory, *args, **kwargs)
+    except Exception as error:  # held, then raised on every process by restore_agreed
+      return ReadFailure(error)
+
+  handler.restore = restore
+  return handler
+
+
+MESSAGE_BYTES = 1024  # each process's failure text exchanged by restore_agreed (cut to this)
+
+
+def process_messages(message: str) -> list[str]:
+  """Every process's `message` (a collective: all processes call it), in process order."""
+  if jax.process_count() == 1:
+    return [message]
+  raw = message.encode()[:MESSAGE_BYTES].ljust(MESSAGE_BYTES, b"\0")
+  gathered = multihost_utils.process_allgather(np.frombuffer(raw, np.uint8))
+  rows = np.asarray(gathered).reshape(jax.process_count(), MESSAGE_BYTES)
+  return [bytes(row).rstrip(b"\0").decode(errors="ignore") for row in rows]
+
+
+def restore_agreed(manager, step: int, args):
+  """`manager.restore(step, args=args)` taken as one decision of all processes: the restored
+  items, or, when any process failed to read any item, the same CheckpointError on every process,
+  naming each failing process's file and error. `manager`'s item handlers must be
+  `holding_failed_reads` (`open_manager`, `train.checkpoint.make_manager`)."""
+  directory = str(manager.directory)
+  restored = manager.restore(step, args=args)
+  held = [value.error for value in restored.values() if isinstance(value, ReadFailure)]
+  local = "; ".join(root_cause(error) for error in held)
+  failed = [(i, text) for i, text in enumerate(process_messages(local)) if text]
+  if not failed:
+    return restored
+  if jax.process_count() == 1:
+    reason = failed[0][1]
+  else:
+    reason = "; ".join(f"process {i}: {text}" for i, text in failed)
+  raise CheckpointError(f"step {step} in {directory} does not restore ({reason})")
 
 
 # ------------------------------------------------------------------------------ the frozen VAE

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -37,8 +38,9 @@ def _final_metrics(log: str) -> dict[str, float]:
   return {k: float(v) for k, v in re.findall(r"(\w+)=(\S+)", lines[0])}
 
 
-def test_local_two_processes_train_and_agree(tmp_path, tokenizer_dir, subprocess_env):
-  workdir, logs = tmp_path / "run", tmp_path / "logs"
+def _launch_local_train(workdir, data_dir, logs, tokenizer_dir, steps, env):
+  """launch/cluster/local.sh: two medq-train processes (2 CPU devices each) of a tiny stage-1
+  run saving every 2 steps; returns (returncode, stderr, [process 0 log, process 1 log])."""
   command = [
     LOCAL,
     "2",
@@ -49,20 +51,20 @@ def test_local_two_processes_train_and_agree(tmp_path, tokenizer_dir, subprocess
     "launch.train",
     "--config=configs/medq_uni.py:size=tiny,stage=1",
     f"--workdir={workdir}",
-    f"--config.data.data_dir={tmp_path / 'data'}",
+    f"--config.data.data_dir={data_dir}",
     "--config.data.max_slices_per_volume=2",
     "--config.data.ldct.num_angles=30",
     "--config.data.num_workers=0",
     f"--config.layout.tokenizer_dir={tokenizer_dir}",
-    "--config.train.steps=3",
-    "--config.train.checkpoint_every=3",
+    f"--config.train.steps={steps}",
+    "--config.train.checkpoint_every=2",
     "--config.train.tensorboard=False",
     "--config.init.flux_ae=builtin",
   ]
   result = subprocess.run(
     command,
     cwd=ROOT,
-    env=subprocess_env(MEDQ_LOG_DIR=str(logs)),
+    env=env(MEDQ_LOG_DIR=str(logs)),
     capture_output=True,
     text=True,
     timeout=600,
@@ -70,17 +72,67 @@ def test_local_two_processes_train_and_agree(tmp_path, tokenizer_dir, subprocess
   outputs = [(logs / f"process_{i}.log").read_text() for i in range(2)]
   assert result.returncode == 0, result.stderr + outputs[0][-3000:] + outputs[1][-3000:]
   assert "all 2 processes finished" in result.stdout
-  # Both processes ran the same 3 steps on one 4-device mesh (2 processes x 2 devices) and
+  return outputs
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, tokenizer_dir, subprocess_env):
+  """A 4-step two-process run (checkpoints at steps 2 and 4) and the processes' logs."""
+  root = tmp_path_factory.mktemp("two_process")
+  outputs = _launch_local_train(
+    root / "run", root / "data", root / "logs", tokenizer_dir, 4, subprocess_env
+  )
+  return root, outputs
+
+
+def test_local_two_processes_train_and_agree(two_process_run):
+  root, outputs = two_process_run
+  workdir = root / "run"
+  # Both processes ran the same 4 steps on one 4-device mesh (2 processes x 2 devices) and
   # report the same global loss; process 0 alone wrote the metrics and the checkpoint.
   assert all("mesh {'data': 1, 'fsdp': 4, 'tensor': 1}" in out for out in outputs)
   finals = [_final_metrics(out) for out in outputs]
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [row["step"] for row in rows] == [1, 2, 3]
+  assert [row["step"] for row in rows] == [1, 2, 3, 4]
   for key in ("loss", "loss_rf", "loss_l1", "grad_norm"):
     assert finals[0][key] == finals[1][key], key
     assert finals[0][key] == pytest.approx(rows[-1][key], rel=1e-3), key
-  assert finals[0]["step"] == finals[1]["step"] == 3
-  assert os.path.isdir(workdir / "checkpoints" / "3")
+  assert finals[0]["step"] == finals[1]["step"] == 4
+  assert os.path.isdir(workdir / "checkpoints" / "4")
+
+
+def test_local_processes_fall_back_together(
+  two_process_run, tmp_path, tokenizer_dir, subprocess_env
+):
+  """A data file of the latest step that only process 1 reads (its own FSDP shards) is
+  truncated, and its Grain iterator position deleted. Before, process 1 alone raised inside Orbax's restore while process 0 went on to
+  verify step 4: the two then met in each other's barriers and collectives on different steps,
+  and every good step was reported corrupt. Now both report process 1's file, set step 4 aside
+  together and resume from step 2, reproducing the first run's steps 3 and 4 exactly."""
+  root, _ = two_process_run
+  workdir = tmp_path / "run"
+  shutil.copytree(root / "run", workdir)
+  process_1_data = workdir / "checkpoints" / "4" / "state" / "ocdbt.process_1" / "d"
+  largest = max(process_1_data.iterdir(), key=lambda f: f.stat().st_size)
+  os.truncate(largest, 100)
+  (workdir / "checkpoints" / "4" / "data" / "process_1-of-2.json").unlink()
+  outputs = _launch_local_train(
+    workdir, root / "data", tmp_path / "logs", tokenizer_dir, 6, subprocess_env
+  )
+  for out in outputs:
+    assert "step 4 in " in out and "does not restore (process 1: " in out, out[-3000:]
+    assert "process_1-of-2.json does not exist" in out and "OUT_OF_RANGE" in out
+    assert "process 0: " not in out  # the damaged file is process 1's alone
+    assert "resumed from step 2" in out
+    assert "no usable checkpoint" not in out
+    assert _final_metrics(out)["step"] == 6
+  assert os.path.isdir(workdir / "corrupt_checkpoints" / "4")
+  first = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+  again = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [row["step"] for row in again] == [1, 2, 3, 4, 5, 6]
+  for before, after in zip(first[2:4], again[2:4], strict=True):
+    for key in ("loss", "loss_rf", "loss_l1", "grad_norm"):
+      assert after[key] == before[key], (before["step"], key)
 
 
 def test_local_failure_stops_the_others(tmp_path, subprocess_env):

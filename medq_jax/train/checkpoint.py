@@ -5,7 +5,9 @@ run's parameters alone (evaluation) is `medq_jax.checkpoints`.
 Each saved step also gets the fingerprints of its arrays (`checkpoints.write_checksums`). On
 resume the latest step that reads and matches them is used; a newer step that does not is
 reported (step and file or array) and moved to `<workdir>/corrupt_checkpoints/<step>`, so the
-run can save that step again; when no step is usable the run stops with one error."""
+run can save that step again; when no step is usable the run stops with one error. On several
+processes they all agree on each step (`checkpoints.restore_agreed`): a read that fails on one
+process only is reported by all, and all fall back together."""
 
 from __future__ import annotations
 
@@ -26,9 +28,13 @@ def make_manager(directory: str, keep: int = 3, save_every: int = 100) -> ocp.Ch
   options = ocp.CheckpointManagerOptions(
     max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=True
   )
-  return ocp.CheckpointManager(
-    os.path.abspath(directory), options=options, item_names=checkpoints.ITEM_NAMES
-  )
+  # The item handlers hold a failed read for `checkpoints.restore_agreed` (every process then
+  # takes the same decision on the step).
+  handlers = {
+    checkpoints.STATE_ITEM: checkpoints.holding_failed_reads(ocp.StandardCheckpointHandler()),
+    checkpoints.DATA_ITEM: checkpoints.holding_failed_reads(grain.checkpoint.CheckpointHandler()),
+  }
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, force: bool = False):
@@ -72,9 +78,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
   checkpoints.absorb_abandoned_reads()
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      restored = manager.restore(
+      restored = checkpoints.restore_agreed(
+        manager,
         step,
-        args=ocp.args.Composite(
+        ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state),
           data=grain.checkpoint.CheckpointRestore(data_iterator),
         ),
