@@ -189,14 +189,9 @@ class _DropMessage(logging.Filter):
 
 
 def has_steps(directory: str) -> bool:
-  """Whether Orbax lists a step in `directory` (a `checkpoint_dir`): what a resume restores."""
-  if not os.path.isdir(directory):
-    return False
-  manager = open_manager(directory)
-  try:
-    return bool(manager.all_steps())
-  finally:
-    manager.close()
+  """Whether Orbax lists a step in `directory` (a `checkpoint_dir`): what a resume restores. The
+  same answer on every process, or CheckpointError (`agreed_steps`)."""
+  return bool(agreed_steps(directory))
 
 
 def _check_shapes(saved: Any, abstract: Any, where: str) -> None:
@@ -304,7 +299,7 @@ def restore_params(
   directory = checkpoint_dir(workdir)
   manager = open_manager(directory)
   try:
-    steps = sorted(manager.all_steps(), reverse=True)
+    steps = agreed_steps(manager)
     if not steps:
       raise CheckpointError(f"{directory}: no checkpoint steps found")
     if step is not None:
@@ -467,6 +462,29 @@ def process_messages(message: str) -> list[str]:
   gathered = multihost_utils.process_allgather(np.frombuffer(raw, np.uint8))
   rows = np.asarray(gathered).reshape(jax.process_count(), MESSAGE_BYTES)
   return [bytes(row).rstrip(b"\0").decode(errors="ignore") for row in rows]
+
+
+def agreed_steps(source) -> list[int]:
+  """The finalized steps of `source` (a CheckpointManager, or a `checkpoint_dir` that may not exist
+  yet), newest first, checked to be the same on every process (a collective: all processes call it). A
+  workdir on each host's own disk instead of one shared filesystem gives each process its own
+  list; the processes would then restore different steps, or one would start afresh while another
+  resumed. CheckpointError naming each process's steps."""
+  if isinstance(source, str):
+    # Not through a CheckpointManager: opening one is itself a barrier of all processes, which
+    # a process that has no such directory would never enter.
+    directory, steps = source, ocp.path.step.checkpoint_steps(source)
+  else:
+    directory, steps = str(source.directory), list(source.all_steps())
+  steps = sorted(steps, reverse=True)
+  seen = process_messages(",".join(map(str, steps)))
+  if len(set(seen)) > 1:
+    listed = "; ".join(f"process {i}: [{text}]" for i, text in enumerate(seen))
+    raise CheckpointError(
+      f"{directory}: the processes see different checkpoint steps ({listed}); the workdir must "
+      "be one filesystem shared by every host"
+    )
+  return steps
 
 
 def restore_agreed(manager, step: int, args):

@@ -204,8 +204,10 @@ def check_training(config, workdir: str) -> bool:
   check_numbers(config)
   check_mesh_and_batch(config)
   check_precision_and_freeze(config)
-  check_checkpoint_fits(workdir, config.model, f"resume from {workdir}", config)
+  # First, as every process must: whether the run resumes, the same on all of them (agreed), so
+  # that no process opens a checkpoint another does not.
   resuming = checkpoints.has_steps(checkpoints.checkpoint_dir(workdir))
+  check_checkpoint_fits(workdir, config.model, f"resume from {workdir}", config)
   if not resuming and config.get("init") and config.init.get("from_checkpoint"):
     check_checkpoint_fits(config.init.from_checkpoint, config.model, "init.from_checkpoint")
   return resuming

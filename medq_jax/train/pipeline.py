@@ -56,14 +56,10 @@ def stage_workdir(workdir: str, stage: int) -> str:
 
 
 def completed_step(run_dir: str) -> int:
-  """The latest checkpoint step of the medq-train run in `run_dir` (0 when it has none)."""
-  if not os.path.isdir(checkpoints.checkpoint_dir(run_dir)):
-    return 0
-  manager = checkpoints.open_manager(checkpoints.checkpoint_dir(run_dir))
-  try:
-    return manager.latest_step() or 0
-  finally:
-    manager.close()
+  """The latest checkpoint step of the medq-train run in `run_dir` (0 when it has none), the
+  same on every process (`checkpoints.agreed_steps`)."""
+  steps = checkpoints.agreed_steps(checkpoints.checkpoint_dir(run_dir))
+  return steps[0] if steps else 0
 
 
 def final_step_problem(run_config, run_dir: str, step: int) -> str:

@@ -1,0 +1,82 @@
+"""Two JAX processes on 127.0.0.1 agree on a run's checkpoint steps before any of them resumes:
+a workdir each host sees differently (its own disk instead of one shared filesystem) is one error
+on every process, naming each process's steps, instead of one process resuming while the other
+starts afresh."""
+
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import pytest
+
+from medq_jax import checkpoints
+from medq_jax.train import checkpoint as checkpoint_lib
+
+# Each process: join the two-process cluster, ask whether the checkpoint directory given for it
+# has steps (`checkpoints.has_steps`, what the trainer asks to decide whether it resumes), print
+# the answer or the error.
+CHILD = """
+import sys
+import jax
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                           process_id=int(sys.argv[2]))
+from medq_jax import checkpoints
+try:
+  print("steps", checkpoints.agreed_steps(sys.argv[3]), checkpoints.has_steps(sys.argv[3]))
+except checkpoints.CheckpointError as error:
+  print("error", error)
+"""
+
+
+def _save_steps(workdir, steps):
+  manager = checkpoint_lib.make_manager(checkpoints.checkpoint_dir(str(workdir)), save_every=1)
+  for step in steps:
+    manager.save(
+      step,
+      args=checkpoint_lib.ocp.args.Composite(
+        state=checkpoint_lib.ocp.args.StandardSave({"w": jnp.full((4,), float(step))})
+      ),
+    )
+  manager.wait_until_finished()
+  manager.close()
+  return checkpoints.checkpoint_dir(str(workdir))
+
+
+def _ask_both(free_port, directories, subprocess_env):
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", CHILD, f"127.0.0.1:{free_port}", str(i), str(directory)],
+      env=subprocess_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i, directory in enumerate(directories)
+  ]
+  outputs = []
+  for proc in procs:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    outputs.append(out.strip().splitlines()[-1])
+  return outputs
+
+
+@pytest.mark.parametrize("second", ["fewer", "missing"])
+def test_processes_that_see_different_steps_stop_alike(second, tmp_path, free_port, subprocess_env):
+  first = _save_steps(tmp_path / "host0", [1, 2])
+  other = (
+    _save_steps(tmp_path / "host1", [1])
+    if second == "fewer"
+    else checkpoints.checkpoint_dir(str(tmp_path / "host1"))  # a fresh host: nothing there
+  )
+  seen = "1" if second == "fewer" else ""
+  for output in _ask_both(free_port, [first, other], subprocess_env):
+    assert output.startswith("error "), output
+    assert "the processes see different checkpoint steps" in output
+    assert f"process 0: [2,1]; process 1: [{seen}]" in output
+    assert "shared by every host" in output
+
+
+def test_processes_that_see_the_same_steps_agree(tmp_path, free_port, subprocess_env):
+  shared = _save_steps(tmp_path / "shared", [3, 5])
+  assert _ask_both(free_port, [shared, shared], subprocess_env) == ["steps [5, 3] True"] * 2
