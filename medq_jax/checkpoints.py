@@ -297,9 +297,9 @@ def restore_params(
   dtype, or e.g. "bfloat16".
   """
   directory = checkpoint_dir(workdir)
+  steps = agreed_steps(directory)  # first: opening the manager is a barrier of all processes
   manager = open_manager(directory)
   try:
-    steps = agreed_steps(manager)
     if not steps:
       raise CheckpointError(f"{directory}: no checkpoint steps found")
     if step is not None:
