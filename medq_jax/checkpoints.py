@@ -435,9 +435,10 @@ class ReadFailure:
 def holding_failed_reads(handler):
   """`handler` (an Orbax item handler instance) whose `restore` returns a `ReadFailure` instead
   of raising. Orbax ends every restore with a barrier of all processes (`Checkpointer.restore`);
-  a process whose read raised never reached it, so the others waited there until Orbax's timeout
-  (300 s) and their barrier keys no longer matched. Holding the error lets every process finish
-  the restore; `restore_agreed` then decides. The instance keeps its class, so Orbax's registry
+  a process whose read raised skipped it and tried the previous step, so its next barrier paired
+  with the others' barrier of the failed step, and the processes went on to verify different
+  steps together. Holding the error lets every process finish the restore; `restore_agreed` then
+  decides. The instance keeps its class, so Orbax's registry
   of argument types and the handler name saved with each step are unchanged."""
   read = handler.restore
 
@@ -464,19 +465,14 @@ def process_messages(message: str) -> list[str]:
   return [bytes(row).rstrip(b"\0").decode(errors="ignore") for row in rows]
 
 
-def agreed_steps(source) -> list[int]:
-  """The finalized steps of `source` (a CheckpointManager, or a `checkpoint_dir` that may not exist
-  yet), newest first, checked to be the same on every process (a collective: all processes call it). A
-  workdir on each host's own disk instead of one shared filesystem gives each process its own
-  list; the processes would then restore different steps, or one would start afresh while another
-  resumed. CheckpointError naming each process's steps."""
-  if isinstance(source, str):
-    # Not through a CheckpointManager: opening one is itself a barrier of all processes, which
-    # a process that has no such directory would never enter.
-    directory, steps = source, ocp.path.step.checkpoint_steps(source)
-  else:
-    directory, steps = str(source.directory), list(source.all_steps())
-  steps = sorted(steps, reverse=True)
+def agreed_steps(directory: str) -> list[int]:
+  """The finalized steps in `directory` (a `checkpoint_dir`, which may not exist yet), newest
+  first, checked to be the same on every process (a collective: all processes call it). A workdir
+  on each host's own disk instead of one shared filesystem gives each process its own list; the
+  processes would then restore different steps, or one would start afresh while another resumed.
+  CheckpointError naming each process's steps. Listed without a CheckpointManager: opening one is
+  itself a barrier of all processes, which a process with no such directory would never enter."""
+  steps = sorted(ocp.path.step.checkpoint_steps(directory), reverse=True)
   seen = process_messages(",".join(map(str, steps)))
   if len(set(seen)) > 1:
     listed = "; ".join(f"process {i}: [{text}]" for i, text in enumerate(seen))

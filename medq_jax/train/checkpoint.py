@@ -76,7 +76,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
   directory = str(manager.directory)
   problems = []
   checkpoints.absorb_abandoned_reads()
-  for step in checkpoints.agreed_steps(manager):
+  for step in checkpoints.agreed_steps(directory):
     try:
       restored = checkpoints.restore_agreed(
         manager,
