@@ -73,6 +73,41 @@ def test_cross_entropy_matches_numpy():
   assert abs(float(accuracy) - hits.sum() / mask.sum()) < 1e-6
 
 
+def test_cross_entropy_gradient_matches_torch():
+  """Loss and logit gradient against torch's cross_entropy, with logits large enough that an
+  unshifted exp would overflow."""
+  import torch
+
+  rng = np.random.default_rng(1)
+  logits = (rng.normal(size=(2, 5, 11)) * 40.0).astype(np.float32)
+  targets = rng.integers(0, 11, (2, 5))
+  targets[0, 4] = -1  # a position with no target: masked out, its target clamped
+  mask = (targets >= 0).astype(np.float32)
+  loss_fn = lambda x: objectives.next_token_cross_entropy(x, jnp.asarray(targets), mask)[0]
+  loss, grad = jax.value_and_grad(loss_fn)(jnp.asarray(logits))
+  x = torch.tensor(logits, requires_grad=True)
+  expected = torch.nn.functional.cross_entropy(
+    x.reshape(-1, 11), torch.tensor(targets.reshape(-1)), ignore_index=-1
+  )
+  expected.backward()
+  assert np.isfinite(float(loss))
+  np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(grad), x.grad.numpy(), atol=1e-6)
+
+
+def test_ssim_non_square_matches_scikit_image():
+  """The banded-matmul filter on an image whose sides differ (each side its own band)."""
+  from skimage.data import camera
+  from skimage.transform import resize
+
+  clean = resize(camera().astype(np.float32) / 255.0, (37, 90), anti_aliasing=True)
+  noisy = np.clip(clean + np.random.default_rng(2).normal(0, 0.1, clean.shape), 0, 1)
+  expected = structural_similarity(
+    clean, noisy, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+  )
+  assert abs(float(ssim(clean.astype(np.float32), noisy.astype(np.float32))) - expected) < 1e-5
+
+
 def test_paper_loss_weights(image_pair):
   clean, noisy = image_pair
   l1, one_minus_ssim = objectives.pixel_losses(noisy[None], clean[None], jnp.ones(1))

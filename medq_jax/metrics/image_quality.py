@@ -19,13 +19,27 @@ def _gaussian_kernel_1d(sigma: float = 1.5, truncate: float = 3.5) -> np.ndarray
   return (kernel / kernel.sum()).astype(np.float32)
 
 
+def _band_matrix(size: int, kernel: np.ndarray) -> np.ndarray:
+  """[size, size - taps + 1]: column j holds the kernel on rows j .. j + taps - 1, so x @ band
+  is the 'valid' correlation of x's last axis with the kernel."""
+  taps = kernel.size
+  band = np.zeros((size, size - taps + 1), np.float32)
+  for j in range(band.shape[1]):
+    band[j : j + taps, j] = kernel
+  return band
+
+
 def _filter(images: jax.Array, kernel: np.ndarray) -> jax.Array:
-  """Separable 'valid' Gaussian filter over [N, H, W] images."""
-  k = jnp.asarray(kernel)
-  x = images[:, None]  # [N, 1, H, W]
-  x = jax.lax.conv_general_dilated(x, k[None, None, :, None], (1, 1), "VALID")
-  x = jax.lax.conv_general_dilated(x, k[None, None, None, :], (1, 1), "VALID")
-  return x[:, 0]
+  """Separable 'valid' Gaussian filter over [N, H, W] images, as two banded matmuls.
+
+  Ten times faster than two one-channel convolutions on a CPU (the training step's SSIM, fwd
+  and bwd: 13.5 -> 1.4 ms at [8, 64, 64]; docs/training.md "Profiling a step"); HIGHEST
+  precision so an accelerator's default reduced-precision fp32 matmul does not round SSIM.
+  """
+  height, width = images.shape[-2:]
+  highest = jax.lax.Precision.HIGHEST
+  x = jnp.einsum("nhw,wv->nhv", images, _band_matrix(width, kernel), precision=highest)
+  return jnp.einsum("nhv,hu->nuv", x, _band_matrix(height, kernel), precision=highest)
 
 
 def ssim(

