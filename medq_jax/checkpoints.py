@@ -485,16 +485,37 @@ def agreed_steps(directory: str) -> list[int]:
 
 def restore_agreed(manager, step: int, args):
   """`manager.restore(step, args=args)` taken as one decision of all processes: the restored
-  items, or, when any process failed to read any item, the same CheckpointError on every process,
-  naming each failing process's file and error. `manager`'s item handlers must be
-  `holding_failed_reads` (`open_manager`, `train.checkpoint.make_manager`)."""
+  items, or, when any process cannot read the step, the same CheckpointError on every process,
+  naming each failing process's file and error. Two checks, each agreed before anyone goes on:
+  what Orbax checks before reading any item (`missing_before_read`), then each item's read.
+  `manager`'s item handlers must be `holding_failed_reads` (`open_manager`,
+  `train.checkpoint.make_manager`)."""
   directory = str(manager.directory)
+  step_dir = manager.directory / str(step)  # an etils Path: local or cloud storage
+  _agree(directory, step, missing_before_read(step_dir, list(args.keys())))
   restored = manager.restore(step, args=args)
   held = [value.error for value in restored.values() if isinstance(value, ReadFailure)]
-  local = "; ".join(root_cause(error) for error in held)
-  failed = [(i, text) for i, text in enumerate(process_messages(local)) if text]
+  _agree(directory, step, "; ".join(root_cause(error) for error in held))
+  return restored
+
+
+def missing_before_read(step_dir, items: list[str]) -> str:
+  """What Orbax raises on before it reads any item, outside the handlers `holding_failed_reads`
+  wraps: a missing step directory or item directory ('' when all are there). Raised on one
+  process only, it left the others in the restore's closing barrier (measured: a step whose
+  state item was gone from one host's copy hung the other process). step_dir: an etils Path."""
+  if not step_dir.is_dir():
+    return f"{step_dir}: no such step directory"
+  missing = [item for item in items if not (step_dir / item).is_dir()]
+  return f"{step_dir}: no {', '.join(missing)} item" if missing else ""
+
+
+def _agree(directory: str, step: int, local_failure: str) -> None:
+  """Exchanges every process's failure text for `step` (a collective); raises the same
+  CheckpointError on every process when any is non-empty."""
+  failed = [(i, text) for i, text in enumerate(process_messages(local_failure)) if text]
   if not failed:
-    return restored
+    return
   if jax.process_count() == 1:
     reason = failed[0][1]
   else:
