@@ -46,10 +46,11 @@ def _save_steps(workdir, steps):
   return checkpoints.checkpoint_dir(str(workdir))
 
 
-def _ask_both(free_port, directories, subprocess_env):
+def _ask_both(free_port, directories, subprocess_env, child=CHILD, lines=1):
+  """Runs `child` as process i of two on directories[i]; each one's last `lines` output lines."""
   procs = [
     subprocess.Popen(
-      [sys.executable, "-c", CHILD, f"127.0.0.1:{free_port}", str(i), str(directory)],
+      [sys.executable, "-c", child, f"127.0.0.1:{free_port}", str(i), str(directory)],
       env=subprocess_env(),
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
@@ -61,7 +62,8 @@ def _ask_both(free_port, directories, subprocess_env):
   for proc in procs:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
-    outputs.append(out.strip().splitlines()[-1])
+    tail = out.strip().splitlines()[-lines:]
+    outputs.append(tail[0] if lines == 1 else tail)
   return outputs
 
 
@@ -120,20 +122,7 @@ def test_an_item_missing_on_one_host_falls_back_together(tmp_path, free_port, su
   other = checkpoints.checkpoint_dir(str(tmp_path / "host1"))
   shutil.copytree(first, other)
   shutil.rmtree(os.path.join(other, "2", "state"))
-  procs = [
-    subprocess.Popen(
-      [sys.executable, "-c", RESUME_CHILD, f"127.0.0.1:{free_port}", str(i), str(directory)],
-      env=subprocess_env(),
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i, directory in enumerate([first, other])
-  ]
-  for proc in procs:
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
-    lines = out.strip().splitlines()[-2:]
+  for lines in _ask_both(free_port, [first, other], subprocess_env, RESUME_CHILD, lines=2):
     assert lines[0].startswith("error step 2 in "), lines
     assert f"(process 1: {other}/2: no state item)" in lines[0]
     assert lines[1] == "restored 1 [1.0, 1.0, 1.0, 1.0]"
