@@ -79,7 +79,12 @@ def test_bf16_matmuls_of_the_model_fp32_of_the_vae():
   dots = _dots(jaxpr.jaxpr)
   model = [(dtypes, where) for dtypes, where in dots if "MedQUni" in where]
   vae = [(dtypes, where) for dtypes, where in dots if "FluxAutoEncoder" in where]
-  assert len(model) + len(vae) == len(dots)  # every matmul is the model's or the VAE's
+  # SSIM's Gaussian filter is two banded matmuls per image (metrics.image_quality._filter)
+  ssim = [
+    (dtypes, where) for dtypes, where in dots if "nhw,wv->nhv" in where or "nhv,hu->nuv" in where
+  ]
+  assert len(model) + len(vae) + len(ssim) == len(dots)  # every matmul is one of these
+  assert ssim and all(dtypes == ("float32", "float32") for dtypes, _ in ssim)
   assert all("bfloat16" in dtypes for dtypes, _ in model), [m for m in model if "bf" not in m[0]]
   kinds = Counter(dtypes for dtypes, _ in model)
   # forward and backward projections bf16 x bf16; mixed only where attention accumulates in fp32
