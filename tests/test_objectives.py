@@ -91,7 +91,7 @@ def test_cross_entropy_gradient_matches_torch():
   )
   expected.backward()
   assert np.isfinite(float(loss))
-  np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+  np.testing.assert_allclose(float(loss), expected.item(), rtol=1e-5)
   np.testing.assert_allclose(np.asarray(grad), x.grad.numpy(), atol=1e-6)
 
 
