@@ -117,16 +117,16 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   return _rope_forward(x, cos, sin)
 
 
-def _rotate_half(x: jax.Array, sign: float) -> jax.Array:
-  """concat(sign * -x2, sign * x1) for x = concat(x1, x2) over the last axis."""
+def _rotate_half(x: jax.Array) -> jax.Array:
+  """concat(-x2, x1) for x = concat(x1, x2) over the last axis; its transpose is its negation."""
   half = x.shape[-1] // 2
-  return jnp.concatenate([-sign * x[..., half:], sign * x[..., :half]], axis=-1)
+  return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
 def _rope_forward(x, cos, sin):
   cos, sin = cos[:, :, None, :], sin[:, :, None, :]
   x32 = x.astype(jnp.float32)
-  return (x32 * cos + _rotate_half(x32, 1.0) * sin).astype(x.dtype)
+  return (x32 * cos + _rotate_half(x32) * sin).astype(x.dtype)
 
 
 def _rope_fwd(x, cos, sin):
@@ -136,7 +136,7 @@ def _rope_fwd(x, cos, sin):
 def _rope_bwd(tables, d_out):
   cos, sin = (t[:, :, None, :] for t in tables)
   d32 = d_out.astype(jnp.float32)
-  d_x = d32 * cos + _rotate_half(d32 * sin, -1.0)
+  d_x = d32 * cos - _rotate_half(d32 * sin)
   return d_x.astype(d_out.dtype), None, None
 
 
